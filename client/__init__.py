@@ -1,0 +1,1 @@
+"""fedveil's Flower ClientApp: DP-SGD training, update encoding and sealing."""

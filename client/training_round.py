@@ -1,0 +1,148 @@
+"""One train request, start to finish: budget check, DP-SGD, accounting, reply records."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+
+from client.privacy_state import STATE_KEY, ClientPrivacyState, PrivacyStateError
+from client.trainer import DPSGDSettings, train_dp_sgd
+from common import protocol
+from common.accounting import calibrate_noise_multiplier, sample_rate, steps_per_round
+from common.config import FedveilConfig
+from common.data import FederatedData, load_data
+from common.models import create_model, model_for
+from common.partition import PartitionSpec, cached_partitions
+
+log = logging.getLogger(__name__)
+
+
+def partition_of(context: Context) -> tuple[int, int]:
+    """Return ``(partition_id, num_partitions)`` from the node config."""
+    try:
+        pid = int(context.node_config["partition-id"])
+        count = int(context.node_config["num-partitions"])
+    except (KeyError, ValueError, TypeError):
+        raise ValueError(
+            "node config lacks `partition-id` and `num-partitions`; start the SuperNode with "
+            '--node-config "partition-id=0 num-partitions=N"'
+        ) from None
+    if not 0 <= pid < count:
+        raise ValueError(f"node config `partition-id` {pid} is outside [0, {count})")
+    return pid, count
+
+
+def local_tensors(
+    data: FederatedData, config: FedveilConfig, partition_id: int, num_partitions: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return the client's training examples ``(n, 1, H, W)`` float32 and labels ``(n,)``."""
+    spec = PartitionSpec(config.partitioning, num_partitions, config.seed, config.dirichlet_alpha)
+    parts = cached_partitions(
+        config.dataset, config.data_dir, config.seed, config.test_fraction, spec
+    )
+    return data.tensors(data.train, parts[partition_id])
+
+
+def planned_noise_multiplier(config: FedveilConfig, num_examples: int) -> float:
+    """Return σ: the given one, or one calibrated so that every round spends the target ε."""
+    if config.dp_noise_multiplier > 0:
+        return config.dp_noise_multiplier
+    return calibrate_noise_multiplier(
+        target_epsilon=config.dp_target_epsilon,
+        delta=config.dp_delta,
+        sample_rate=sample_rate(num_examples, config.batch_size),
+        steps=config.num_server_rounds
+        * steps_per_round(num_examples, config.batch_size, config.local_epochs),
+        accountant=config.dp_accountant,
+    )
+
+
+def _load_state(context: Context, run_id: int) -> ClientPrivacyState | None:
+    record = context.state.config_records.get(STATE_KEY)
+    if record is None:
+        return None
+    state = ClientPrivacyState.from_record(record)
+    if state.run_id != run_id:
+        raise PrivacyStateError(
+            f"stored privacy state belongs to run {state.run_id}, not run {run_id}"
+        )
+    return state
+
+
+def _reply(
+    status: str, reason: str, metrics: dict[str, float], arrays: ArrayRecord | None
+) -> RecordDict:
+    content = RecordDict(
+        {
+            protocol.METRICS: MetricRecord(metrics),  # type: ignore[arg-type]
+            protocol.STATUS: ConfigRecord({"status": status, "reason": reason}),
+        }
+    )
+    if arrays is not None:
+        content[protocol.ARRAYS] = arrays
+    return content
+
+
+def run_training_round(msg: Message, context: Context) -> RecordDict:
+    """Handle one train request and return the reply's content."""
+    request = msg.content.config_records[protocol.CONFIG]
+    config = FedveilConfig.from_flat(protocol.run_config_of(request))
+    server_round = int(request[protocol.SERVER_ROUND])  # type: ignore[arg-type]
+    run_id = int(msg.metadata.run_id)
+    partition_id, num_partitions = partition_of(context)
+    data = load_data(config.dataset, config.data_dir, config.seed, config.test_fraction)
+    images, labels = local_tensors(data, config, partition_id, num_partitions)
+    n = int(labels.shape[0])
+
+    state = _load_state(context, run_id) or ClientPrivacyState(
+        run_id=run_id, noise_multiplier=planned_noise_multiplier(config, n)
+    )
+    sigma = state.noise_multiplier
+    entry = (
+        sigma,
+        sample_rate(n, config.batch_size),
+        steps_per_round(n, config.batch_size, config.local_epochs),
+    )
+    spent = state.epsilon(delta=config.dp_delta, accountant=config.dp_accountant)
+    after = state.epsilon_after(entry, delta=config.dp_delta, accountant=config.dp_accountant)
+    facts: dict[str, float] = {
+        protocol.WEIGHT: 1.0,
+        protocol.CLIENT_ID: float(partition_id),
+        protocol.NOISE_MULTIPLIER: sigma,
+        protocol.SAMPLE_RATE: entry[1],
+        protocol.STEPS: float(entry[2]),
+    }
+    if after > config.dp_budget:
+        reason = (
+            f"refused: round {server_round} would take ε from {spent:.3f} to {after:.3f}, "
+            f"past the budget {config.dp_budget}"
+        )
+        log.info("client %d %s", partition_id, reason)
+        context.state[STATE_KEY] = state.to_record()
+        return _reply(protocol.STATUS_REFUSED, reason, {**facts, protocol.EPSILON: spent}, None)
+
+    model = create_model(model_for(config.model, data.image_shape), data.num_classes, seed=0)
+    model.load_state_dict(msg.content.array_records[protocol.ARRAYS].to_torch_state_dict())
+    train_dp_sgd(
+        model,
+        images,
+        labels,
+        DPSGDSettings(
+            local_epochs=config.local_epochs,
+            batch_size=config.batch_size,
+            lr=config.lr,
+            momentum=config.momentum,
+            noise_multiplier=sigma,
+            max_grad_norm=config.dp_max_grad_norm,
+        ),
+    )
+    state.record(server_round, entry)
+    context.state[STATE_KEY] = state.to_record()
+    return _reply(
+        protocol.STATUS_TRAINED,
+        "",
+        {**facts, protocol.EPSILON: after},
+        ArrayRecord(model.state_dict()),
+    )

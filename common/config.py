@@ -1,0 +1,237 @@
+"""The run configuration: one frozen, validated object parsed once from flat kebab-case keys.
+
+Flower flattens nested TOML tables into dotted keys (``dp.target-epsilon``), and the same names
+are used in ``pyproject.toml``, in ``--config`` preset files and in ``--set KEY=VALUE``. Every key
+has a type, a default and a domain; unknown keys and out-of-domain values raise ``ConfigError``
+with one line naming the key and how to fix it.
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ConfigValue = bool | int | float | str
+
+
+class ConfigError(ValueError):
+    """A configuration key is unknown, has the wrong type or lies outside its domain."""
+
+
+DATASETS = ("digits", "mnist", "fashion-mnist", "femnist")
+PARTITIONINGS = ("iid", "dirichlet", "by-writer")
+ACCOUNTANTS = ("rdp", "prv")
+MODELS = ("auto", "mlp", "cnn")
+
+
+@dataclass(frozen=True)
+class _Key:
+    field: str
+    kind: type
+    default: ConfigValue
+    check: Callable[[Any], bool]
+    domain: str
+
+
+def _positive(v: float) -> bool:
+    return v > 0
+
+
+def _non_negative(v: float) -> bool:
+    return v >= 0
+
+
+def _one_of(options: tuple[str, ...]) -> Callable[[Any], bool]:
+    return lambda v: v in options
+
+
+_ANY: Callable[[Any], bool] = lambda v: True  # noqa: E731
+
+KEYS: dict[str, _Key] = {
+    "num-server-rounds": _Key(
+        "num_server_rounds", int, 15, lambda v: 1 <= v <= 100_000, "an integer in [1, 100000]"
+    ),
+    "seed": _Key("seed", int, 0, lambda v: 0 <= v < 2**32, "an integer in [0, 2**32)"),
+    "out-dir": _Key("out_dir", str, "runs", lambda v: v != "", "a non-empty folder path"),
+    "fraction-train": _Key(
+        "fraction_train", float, 1.0, lambda v: 0 < v <= 1, "a fraction in (0, 1]"
+    ),
+    "min-train-clients": _Key("min_train_clients", int, 2, lambda v: v >= 1, "an integer >= 1"),
+    "round-timeout": _Key(
+        "round_timeout", float, 600.0, _positive, "seconds > 0 to wait for a round's replies"
+    ),
+    "dataset": _Key("dataset", str, "digits", _one_of(DATASETS), f"one of {DATASETS}"),
+    "data-dir": _Key("data_dir", str, "", _ANY, "a folder path"),
+    "partitioning": _Key(
+        "partitioning", str, "iid", _one_of(PARTITIONINGS), f"one of {PARTITIONINGS}"
+    ),
+    "dirichlet-alpha": _Key("dirichlet_alpha", float, 0.5, _positive, "a number > 0"),
+    "test-fraction": _Key("test_fraction", float, 0.2, lambda v: 0 < v < 1, "a fraction in (0, 1)"),
+    "model": _Key("model", str, "auto", _one_of(MODELS), f"one of {MODELS}"),
+    "local-epochs": _Key(
+        "local_epochs", int, 1, lambda v: 1 <= v <= 1000, "an integer in [1, 1000]"
+    ),
+    "batch-size": _Key(
+        "batch_size", int, 32, lambda v: 1 <= v <= 65536, "an integer in [1, 65536]"
+    ),
+    "lr": _Key("lr", float, 0.5, _positive, "a number > 0"),
+    "momentum": _Key("momentum", float, 0.0, lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    "dp.target-epsilon": _Key("dp_target_epsilon", float, 8.0, _positive, "a number > 0"),
+    "dp.delta": _Key("dp_delta", float, 1e-5, lambda v: 0 < v < 1, "a number in (0, 1)"),
+    "dp.max-grad-norm": _Key("dp_max_grad_norm", float, 1.0, _positive, "a number > 0"),
+    "dp.noise-multiplier": _Key(
+        "dp_noise_multiplier",
+        float,
+        0.0,
+        _non_negative,
+        "a number >= 0 (0 = calibrate from dp.target-epsilon)",
+    ),
+    "dp.accountant": _Key(
+        "dp_accountant", str, "rdp", _one_of(ACCOUNTANTS), f"one of {ACCOUNTANTS}"
+    ),
+    "dp.budget": _Key("dp_budget", float, 8.0, _positive, "a number > 0"),
+    "sim.clients": _Key(
+        "sim_clients", int, 10, lambda v: 1 <= v <= 100_000, "an integer in [1, 100000]"
+    ),
+    "sim.cpus-per-client": _Key("sim_cpus_per_client", float, 1.0, _positive, "a number > 0"),
+}
+
+
+def _cast(key: str, spec: _Key, raw: Any) -> ConfigValue:
+    """Cast ``raw`` to the key's type, strictly: bools are not numbers, floats not ints."""
+    if isinstance(raw, str) and spec.kind is not str:
+        return _cast(key, spec, _parse_literal(raw))
+    if spec.kind is bool:
+        if type(raw) is bool:
+            return raw
+    elif spec.kind is int:
+        if type(raw) is int:
+            return raw
+        if type(raw) is float and raw.is_integer():
+            return int(raw)
+    elif spec.kind is float:
+        if type(raw) in (int, float) and math.isfinite(raw):
+            return float(raw)
+    elif spec.kind is str and type(raw) is str:
+        return raw
+    raise ConfigError(f"config key `{key}` must be {spec.domain}, got {raw!r}")
+
+
+def _parse_literal(text: str) -> Any:
+    """Read a ``--set`` value as TOML would (``true``, ``3``, ``1e-5``, ``"x"``), else a string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+@dataclass(frozen=True)
+class FedveilConfig:
+    """Every run knob, validated. Field names are the snake_case forms of the config keys."""
+
+    num_server_rounds: int
+    seed: int
+    out_dir: str
+    fraction_train: float
+    min_train_clients: int
+    round_timeout: float
+    dataset: str
+    data_dir: str
+    partitioning: str
+    dirichlet_alpha: float
+    test_fraction: float
+    model: str
+    local_epochs: int
+    batch_size: int
+    lr: float
+    momentum: float
+    dp_target_epsilon: float
+    dp_delta: float
+    dp_max_grad_norm: float
+    dp_noise_multiplier: float
+    dp_accountant: str
+    dp_budget: float
+    sim_clients: int
+    sim_cpus_per_client: float
+
+    @classmethod
+    def from_flat(cls, flat: Mapping[str, Any]) -> FedveilConfig:
+        """Build from flat dotted keys (Flower's ``run_config``); missing keys take defaults."""
+        values: dict[str, ConfigValue] = {}
+        for key, raw in flat.items():
+            spec = KEYS.get(key)
+            if spec is None:
+                raise ConfigError(
+                    f"unknown config key `{key}`; valid keys are listed in README.md "
+                    f"(`fedveil simulate --help`)"
+                )
+            value = _cast(key, spec, raw)
+            if not spec.check(value):
+                raise ConfigError(f"config key `{key}` must be {spec.domain}, got {raw!r}")
+            values[spec.field] = value
+        for spec in KEYS.values():
+            values.setdefault(spec.field, spec.default)
+        config = cls(**values)  # type: ignore[arg-type]
+        config._check_consistency()
+        return config
+
+    def _check_consistency(self) -> None:
+        if self.dataset in ("mnist", "fashion-mnist", "femnist") and not self.data_dir:
+            raise ConfigError(
+                f"config key `data-dir` is required for dataset `{self.dataset}`; "
+                f"point it at a folder holding the files, e.g. --set data-dir=../shared/data"
+            )
+        if self.partitioning == "by-writer" and self.dataset != "femnist":
+            raise ConfigError(
+                "config key `partitioning` = `by-writer` needs `dataset` = `femnist` "
+                "(only FEMNIST has writers); use `iid` or `dirichlet`"
+            )
+
+    def to_flat(self) -> dict[str, ConfigValue]:
+        """Return the flat dotted-key form, every key present (for ``config.json`` and messages)."""
+        return {key: getattr(self, spec.field) for key, spec in KEYS.items()}
+
+    def replace(self, **changes: Any) -> FedveilConfig:
+        """Return a copy with some fields changed, validated again."""
+        flat = self.to_flat()
+        by_field = {spec.field: key for key, spec in KEYS.items()}
+        for field_name, value in changes.items():
+            flat[by_field[field_name]] = value
+        return FedveilConfig.from_flat(flat)
+
+
+def flatten_toml(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Flatten nested TOML tables into dotted keys, as Flower does for ``run_config``."""
+    flat: dict[str, Any] = {}
+    for key, value in table.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten_toml(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def load_toml(path: Path) -> dict[str, Any]:
+    """Read a preset file into flat keys; an unreadable file raises ``ConfigError``."""
+    try:
+        with path.open("rb") as fh:
+            return flatten_toml(tomllib.load(fh))
+    except FileNotFoundError:
+        raise ConfigError(
+            f"config file {path} does not exist; give an existing TOML file"
+        ) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML ({exc}); fix its syntax") from None
+
+
+def parse_assignment(text: str) -> tuple[str, Any]:
+    """Split one ``KEY=VALUE`` from the command line."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set expects KEY=VALUE, got {text!r}; e.g. --set num-server-rounds=3")
+    return key.strip(), _parse_literal(value.strip())

@@ -1,0 +1,211 @@
+"""Data sets: the embedded default (scikit-learn's digits) and MNIST, Fashion-MNIST, FEMNIST.
+
+The last three are read from a local folder (``data-dir``).
+
+Every data set comes as a ``FederatedData``: a training pool that clients partition among
+themselves and a fixed test split that only the server uses for central evaluation, so no client
+ever trains on it. Images are kept as ``uint8``-range arrays of shape ``(N, 1, H, W)`` until a
+client asks for its partition as normalised float32 tensors.
+"""
+
+from __future__ import annotations
+
+import gzip
+import struct
+import zipfile
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+IDX_UBYTE = 0x08
+
+
+class DataError(ValueError):
+    """A data file is missing or corrupt; the message names the file and the fix."""
+
+
+@dataclass(frozen=True)
+class ImageSet:
+    """Images ``(N, 1, H, W)`` of raw pixel values, labels ``(N,)`` int64, optional writer ids."""
+
+    images: npt.NDArray[np.floating] | npt.NDArray[np.uint8]
+    labels: npt.NDArray[np.int64]
+    writers: npt.NDArray[np.str_] | None = None
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+
+@dataclass(frozen=True)
+class FederatedData:
+    """A training pool for clients and a server-only test split, with pixel statistics.
+
+    ``pixel_scale`` maps raw pixels to [0, 1]; ``mean`` and ``std`` are computed on the
+    training pool after scaling, and are used to standardise both splits identically.
+    """
+
+    name: str
+    train: ImageSet
+    test: ImageSet
+    num_classes: int
+    pixel_scale: float
+    mean: float
+    std: float
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """Shape of one image, ``(1, H, W)``."""
+        shape = self.train.images.shape
+        return (int(shape[1]), int(shape[2]), int(shape[3]))
+
+    def tensors(
+        self, split: ImageSet, indices: npt.NDArray[np.int64] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return standardised float32 images ``(n, 1, H, W)`` and int64 labels ``(n,)``."""
+        images = split.images if indices is None else split.images[indices]
+        labels = split.labels if indices is None else split.labels[indices]
+        x = (images.astype(np.float32) / self.pixel_scale - self.mean) / self.std
+        return torch.from_numpy(x), torch.from_numpy(labels.astype(np.int64))
+
+
+def _finish(
+    name: str, train: ImageSet, test: ImageSet, num_classes: int, pixel_scale: float
+) -> FederatedData:
+    scaled = train.images.astype(np.float32) / pixel_scale
+    return FederatedData(
+        name=name,
+        train=train,
+        test=test,
+        num_classes=num_classes,
+        pixel_scale=pixel_scale,
+        mean=float(scaled.mean()),
+        std=float(scaled.std()) or 1.0,
+    )
+
+
+def load_digits_data(seed: int, test_fraction: float) -> FederatedData:
+    """Scikit-learn's 8x8 digits (1,797 images, pixel values 0-16), split stratified by label."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    bunch = load_digits()
+    images = np.asarray(bunch.images, dtype=np.float32).reshape(-1, 1, 8, 8)
+    labels = np.asarray(bunch.target, dtype=np.int64)
+    x_tr, x_te, y_tr, y_te = train_test_split(
+        images, labels, test_size=test_fraction, random_state=seed, stratify=labels
+    )
+    return _finish("digits", ImageSet(x_tr, y_tr), ImageSet(x_te, y_te), 10, 16.0)
+
+
+def _open_maybe_gzip(path: Path) -> bytes:
+    try:
+        raw = path.read_bytes()
+        return gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw
+    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+        raise DataError(f"cannot read {path} ({exc}); replace it with an intact copy") from None
+
+
+def read_idx(path: Path) -> npt.NDArray[np.uint8]:
+    """Read an IDX file of unsigned bytes (gzip-compressed or not) into an array."""
+    raw = _open_maybe_gzip(path)
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != IDX_UBYTE:
+        raise DataError(f"{path} is not an IDX file of unsigned bytes; replace it")
+    ndim = raw[3]
+    header = 4 + 4 * ndim
+    if ndim == 0 or len(raw) < header:
+        raise DataError(f"{path} has a truncated IDX header; replace it with an intact copy")
+    dims = struct.unpack(f">{ndim}I", raw[4:header])
+    expected = header + int(np.prod(dims))
+    if len(raw) != expected:
+        raise DataError(
+            f"{path} holds {len(raw)} bytes but its header promises {expected}; "
+            f"the file is truncated or corrupt, replace it"
+        )
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
+
+
+def _find_idx(folder: Path, stem: str) -> Path:
+    for candidate in (folder / f"{stem}.gz", folder / stem):
+        if candidate.is_file():
+            return candidate
+    raise DataError(
+        f"{folder / stem}[.gz] not found; point `data-dir` at a folder holding "
+        f"the IDX files (e.g. ../shared/data)"
+    )
+
+
+def _subfolder(data_dir: Path, name: str) -> Path:
+    """Accept both ``data-dir`` and ``data-dir/<name>`` as the folder of a data set."""
+    nested = data_dir / name
+    return nested if nested.is_dir() else data_dir
+
+
+def load_idx_data(name: str, data_dir: Path) -> FederatedData:
+    """MNIST or Fashion-MNIST in the IDX layout; the official t10k split is the server's."""
+    folder = _subfolder(data_dir, name)
+    parts: dict[str, npt.NDArray[np.uint8]] = {}
+    for split in ("train", "t10k"):
+        images = read_idx(_find_idx(folder, f"{split}-images-idx3-ubyte"))
+        labels = read_idx(_find_idx(folder, f"{split}-labels-idx1-ubyte"))
+        if images.ndim != 3 or labels.ndim != 1 or images.shape[0] != labels.shape[0]:
+            raise DataError(
+                f"{folder}: {split} images {images.shape} and labels {labels.shape} do not match"
+            )
+        parts[f"{split}-x"], parts[f"{split}-y"] = images, labels
+    train = ImageSet(parts["train-x"][:, None], parts["train-y"].astype(np.int64))
+    test = ImageSet(parts["t10k-x"][:, None], parts["t10k-y"].astype(np.int64))
+    return _finish(name, train, test, 10, 255.0)
+
+
+FEMNIST_FILE = "femnist_leaf_subset.npz"
+FEMNIST_KEYS = ("x_train", "y_train", "writer_train", "x_test", "y_test", "writer_test")
+
+
+def load_femnist_data(data_dir: Path) -> FederatedData:
+    """FEMNIST (LEAF) from the npz layout; pixels inverted to MNIST's ink-on-black convention."""
+    folder = _subfolder(data_dir, "femnist")
+    path = folder / FEMNIST_FILE
+    if not path.is_file():
+        raise DataError(f"{path} not found; point `data-dir` at a folder holding {FEMNIST_FILE}")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            missing = [k for k in FEMNIST_KEYS if k not in npz.files]
+            if missing:
+                raise DataError(f"{path} lacks arrays {missing}; replace it with an intact copy")
+            arrays = {k: npz[k] for k in FEMNIST_KEYS}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        if isinstance(exc, DataError):
+            raise
+        raise DataError(f"cannot read {path} ({exc}); replace it with an intact copy") from None
+    sets = []
+    for split in ("train", "test"):
+        x, y, w = arrays[f"x_{split}"], arrays[f"y_{split}"], arrays[f"writer_{split}"]
+        if x.ndim != 3 or not (x.shape[0] == y.shape[0] == w.shape[0]):
+            raise DataError(f"{path}: {split} arrays have inconsistent shapes; replace the file")
+        inverted = (255 - x.astype(np.uint8))[:, None]
+        sets.append(ImageSet(inverted, y.astype(np.int64), w.astype(np.str_)))
+    return _finish("femnist", sets[0], sets[1], 62, 255.0)
+
+
+@lru_cache(maxsize=4)
+def load_data(name: str, data_dir: str, seed: int, test_fraction: float) -> FederatedData:
+    """Load a data set by its config name, once per process.
+
+    ``seed`` and ``test_fraction`` matter only for ``digits``, which has no official test split.
+    """
+    if name == "digits":
+        return load_digits_data(seed, test_fraction)
+    folder = Path(data_dir).expanduser()
+    if not folder.is_dir():
+        raise DataError(
+            f"data-dir {folder} is not a folder; point `data-dir` at the folder holding {name}"
+        )
+    if name in ("mnist", "fashion-mnist"):
+        return load_idx_data(name, folder)
+    if name == "femnist":
+        return load_femnist_data(folder)
+    raise DataError(f"unknown dataset {name!r}; use digits, mnist, fashion-mnist or femnist")

@@ -1,0 +1,49 @@
+"""What travels between ServerApp and ClientApp in a train round: record names and metric keys.
+
+Request ``RecordDict``:
+    ``arrays``  ArrayRecord, the global model (``state_dict`` names, float32).
+    ``config``  ConfigRecord, every run-config key (flat, dotted) plus ``server-round``.
+
+Reply ``RecordDict``:
+    ``metrics`` MetricRecord, the DP facts of this round (``REPLY_METRICS``).
+    ``status``  ConfigRecord, ``status`` = ``trained`` or ``refused`` and a one-line ``reason``.
+    ``arrays``  ArrayRecord, the locally trained model; only when ``status`` is ``trained``.
+
+Nothing else leaves a client: no training loss, no example count (aggregation is uniform).
+The sample rate reveals ``ceil(n / batch_size)``; the privacy report names that channel.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from flwr.app import ConfigRecord
+
+ARRAYS = "arrays"
+CONFIG = "config"
+METRICS = "metrics"
+STATUS = "status"
+
+SERVER_ROUND = "server-round"
+STATUS_TRAINED = "trained"
+STATUS_REFUSED = "refused"
+
+# Metric keys of a train reply; "weight" is the aggregation weight (uniform, 1.0).
+WEIGHT = "weight"
+CLIENT_ID = "client-id"
+EPSILON = "epsilon"
+NOISE_MULTIPLIER = "dp-noise-multiplier"
+SAMPLE_RATE = "dp-sample-rate"
+STEPS = "dp-steps"
+REPLY_METRICS = (WEIGHT, CLIENT_ID, EPSILON, NOISE_MULTIPLIER, SAMPLE_RATE, STEPS)
+
+
+def run_config_of(record: ConfigRecord) -> dict[str, Any]:
+    """Return the run-config keys of a request's config record (round bookkeeping removed)."""
+    return {k: v for k, v in record.items() if k != SERVER_ROUND}
+
+
+def config_record(flat: Mapping[str, Any], server_round: int) -> ConfigRecord:
+    """Build a request's config record from a flat run config and the round number."""
+    return ConfigRecord({**flat, SERVER_ROUND: server_round})

@@ -1,0 +1,95 @@
+"""Model weights as named float32 arrays: flat vectors for the codec, safetensors on disk.
+
+Names are the model's ``state_dict`` keys, in ``state_dict`` order; that order defines the layout
+of the flat vector a client's update is encoded as.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+NamedArrays = dict[str, npt.NDArray[np.float32]]
+
+
+class WeightsError(ValueError):
+    """A weights file or update does not fit the model (names, shapes, dtype, format)."""
+
+
+def flatten(arrays: Mapping[str, npt.NDArray[np.float32]]) -> npt.NDArray[np.float32]:
+    """Concatenate arrays (in mapping order) into one 1-D float32 vector."""
+    if not arrays:
+        return np.zeros(0, dtype=np.float32)
+    return np.concatenate([np.asarray(a, dtype=np.float32).ravel() for a in arrays.values()])
+
+
+def unflatten(
+    vector: npt.NDArray[np.float32], shapes: Mapping[str, tuple[int, ...]]
+) -> NamedArrays:
+    """Split a 1-D vector back into named arrays of ``shapes`` (the inverse of ``flatten``)."""
+    total = sum(int(np.prod(s)) for s in shapes.values())
+    if vector.ndim != 1 or vector.shape[0] != total:
+        raise WeightsError(f"vector of shape {vector.shape} does not fit {total} parameters")
+    out: NamedArrays = {}
+    offset = 0
+    for name, shape in shapes.items():
+        n = int(np.prod(shape))
+        out[name] = vector[offset : offset + n].reshape(shape)
+        offset += n
+    return out
+
+
+def write_atomic(path: Path, data: bytes, *, mode: int = 0o644) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the new one, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_safetensors(path: Path, arrays: Mapping[str, npt.NDArray[np.float32]]) -> None:
+    """Write named arrays as a safetensors file, atomically."""
+    from safetensors.numpy import save
+
+    contiguous = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in arrays.items()}
+    write_atomic(path, save(contiguous))
+
+
+def load_safetensors(path: Path, expected: Mapping[str, tuple[int, ...]]) -> NamedArrays:
+    """Read a safetensors model and check it has exactly the ``expected`` names and shapes."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import load
+
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise WeightsError(f"cannot read {path} ({exc.strerror}); give an existing file") from None
+    try:
+        arrays = load(data)
+    except (SafetensorError, ValueError, OSError) as exc:
+        raise WeightsError(f"{path} is not a safetensors file ({exc})") from None
+    missing = sorted(set(expected) - set(arrays))
+    extra = sorted(set(arrays) - set(expected))
+    if missing or extra:
+        raise WeightsError(f"{path} does not fit the model: missing {missing}, unexpected {extra}")
+    out: NamedArrays = {}
+    for name, shape in expected.items():
+        if tuple(arrays[name].shape) != tuple(shape):
+            raise WeightsError(
+                f"{path}: tensor {name} has shape {arrays[name].shape}, the model needs {shape}"
+            )
+        out[name] = arrays[name].astype(np.float32)
+    return out

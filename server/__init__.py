@@ -1,0 +1,1 @@
+"""fedveil's Flower ServerApp: opening, validating and aggregating updates; the ledger."""

@@ -1,0 +1,40 @@
+"""fedveil's Flower ServerApp: read the run config once, then run the federation.
+
+``flwr run .`` uses the module-level ``app``; ``fedveil simulate`` builds its own ServerApp with
+``build_server_app`` to observe rounds as they finish.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+from common.config import FedveilConfig
+from server.federation import FederationResult, RoundObserver, run_federation
+from server.rundir import RunDirectory, new_run_id
+
+
+def build_server_app(
+    config: FedveilConfig | None,
+    run_path: Path | None = None,
+    *,
+    on_round: RoundObserver | None = None,
+    results: list[FederationResult] | None = None,
+) -> ServerApp:
+    """Return a ServerApp for ``config`` (or the context's run config when ``None``)."""
+    server_app = ServerApp()
+
+    @server_app.main()
+    def main(grid: Grid, context: Context) -> None:
+        resolved = config or FedveilConfig.from_flat(context.run_config)
+        path = run_path or Path(resolved.out_dir) / new_run_id()
+        result = run_federation(grid, resolved, RunDirectory.create(path), on_round=on_round)
+        if results is not None:
+            results.append(result)
+
+    return server_app
+
+
+app = build_server_app(None)

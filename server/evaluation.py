@@ -1,0 +1,40 @@
+"""Central evaluation of the global model on the server's own test split."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from common.data import FederatedData
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Accuracy in [0, 1] and mean cross-entropy loss (nats) over the test split."""
+
+    accuracy: float
+    loss: float
+
+
+class CentralEvaluator:
+    """Evaluates weights on a fixed test split that no client ever trains on."""
+
+    def __init__(self, data: FederatedData, batch_size: int = 1024) -> None:
+        self._images, self._labels = data.tensors(data.test)
+        self._batch_size = batch_size
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module) -> Evaluation:
+        """Return accuracy and loss of ``model`` on the test split."""
+        model.eval()
+        correct, loss_sum = 0, 0.0
+        for start in range(0, len(self._labels), self._batch_size):
+            x = self._images[start : start + self._batch_size]
+            y = self._labels[start : start + self._batch_size]
+            logits = model(x)
+            loss_sum += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
+            correct += int((logits.argmax(dim=1) == y).sum())
+        n = len(self._labels)
+        return Evaluation(accuracy=correct / n, loss=loss_sum / n)

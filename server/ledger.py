@@ -1,0 +1,110 @@
+"""The server's privacy ledger: per client, every round trained and the ε it cost.
+
+The ledger is authoritative: it recomputes each client's ε from the ``(σ, q, steps)`` entries of
+the rounds the client actually trained, with a real Opacus accountant, and compares the ε the
+client reported; a mismatch is recorded, never silently trusted.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from common.accounting import HistoryEntry, epsilon_from_history
+from common.weights import write_atomic
+
+# Relative tolerance between the ε a client reports and the ledger's own computation.
+REPORT_TOLERANCE = 1e-6
+
+
+@dataclass
+class ClientAccount:
+    """One client's account: history entries with the rounds they belong to."""
+
+    history: list[HistoryEntry] = field(default_factory=list)
+    rounds: list[int] = field(default_factory=list)
+    epsilon: float = 0.0
+    reported_epsilon: float | None = None
+    mismatch: bool = False
+    exhausted: bool = False
+    refusals: int = 0
+
+
+@dataclass
+class PrivacyLedger:
+    """ε per client under one accountant, and the budget each may spend."""
+
+    accountant: str
+    delta: float
+    budget: float | None
+    unit: str = "example"
+    clients: dict[str, ClientAccount] = field(default_factory=dict)
+
+    def account(self, client_id: str) -> ClientAccount:
+        """Return the client's account, opening an empty one on first sight."""
+        return self.clients.setdefault(client_id, ClientAccount())
+
+    def epsilon_of(self, history: list[HistoryEntry]) -> float:
+        """Return ε of a history under this ledger's accountant and δ."""
+        return epsilon_from_history(history, delta=self.delta, accountant=self.accountant)
+
+    def charge(
+        self, client_id: str, server_round: int, entry: HistoryEntry, reported_epsilon: float
+    ) -> ClientAccount:
+        """Record one trained round and recompute the client's ε."""
+        acct = self.account(client_id)
+        if server_round in acct.rounds:
+            raise ValueError(f"client {client_id} already charged for round {server_round}")
+        acct.history.append(entry)
+        acct.rounds.append(server_round)
+        acct.epsilon = self.epsilon_of(acct.history)
+        acct.reported_epsilon = reported_epsilon
+        acct.mismatch = not math.isclose(
+            acct.epsilon, reported_epsilon, rel_tol=REPORT_TOLERANCE, abs_tol=1e-9
+        )
+        return acct
+
+    def note_refusal(self, client_id: str) -> None:
+        """Record that a client refused to train: its next round would pass its budget."""
+        acct = self.account(client_id)
+        acct.refusals += 1
+        acct.exhausted = True
+
+    def would_exceed(self, client_id: str, entry: HistoryEntry) -> bool:
+        """Return whether one more round of ``entry`` would take the client past its budget."""
+        if self.budget is None:
+            return False
+        acct = self.account(client_id)
+        return self.epsilon_of([*acct.history, entry]) > self.budget
+
+    def to_json(self) -> dict[str, Any]:
+        """Return the ``privacy.json`` document (the run-directory contract)."""
+        return {
+            "unit": self.unit,
+            "accountant": self.accountant,
+            "delta": self.delta,
+            "clients": {
+                cid: {
+                    "epsilon": acct.epsilon,
+                    "budget": self.budget,
+                    "exhausted": acct.exhausted,
+                    "history": [[s, q, n] for s, q, n in acct.history],
+                    "rounds": list(acct.rounds),
+                    "reported_epsilon": acct.reported_epsilon,
+                    "mismatch": acct.mismatch,
+                }
+                for cid, acct in sorted(self.clients.items(), key=lambda kv: _sort_key(kv[0]))
+            },
+            "central": None,
+        }
+
+    def save(self, path: Path) -> None:
+        """Write ``privacy.json`` atomically."""
+        write_atomic(path, (json.dumps(self.to_json(), indent=2) + "\n").encode())
+
+
+def _sort_key(client_id: str) -> tuple[int, str]:
+    return (int(client_id), "") if client_id.isdigit() else (1 << 62, client_id)

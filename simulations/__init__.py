@@ -1,0 +1,1 @@
+"""The ``fedveil`` command line, scenario presets and benchmarks."""

@@ -1,0 +1,1 @@
+"""fedveil: scenario presets (TOML)."""

@@ -1,0 +1,91 @@
+"""Terminal display of a run: a live progress bar per round, then a summary table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from server.ledger import PrivacyLedger
+from server.rundir import RoundRecord
+
+
+class RoundProgress:
+    """A rich progress bar that shows round, accuracy and the largest ε spent so far."""
+
+    def __init__(self, console: Console, total_rounds: int) -> None:
+        self.console = console
+        self.progress = Progress(
+            TextColumn("[bold]round[/bold]"),
+            MofNCompleteColumn(),
+            BarColumn(),
+            TextColumn("{task.fields[status]}"),
+            TimeElapsedColumn(),
+            console=console,
+            transient=False,
+        )
+        self.task = self.progress.add_task(
+            "rounds", total=total_rounds, status="starting clients..."
+        )
+        self.records: list[RoundRecord] = []
+
+    def __enter__(self) -> RoundProgress:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def update(self, record: RoundRecord, ledger: PrivacyLedger) -> None:
+        """Advance one round (called by the server loop as each round ends)."""
+        self.records.append(record)
+        status = (
+            f"accuracy {record.accuracy:.3f}  max ε {record.epsilon_max:.2f}  "
+            f"clients {len(record.clients)}"
+        )
+        if record.rejected:
+            status += f"  rejected {len(record.rejected)}"
+        self.progress.update(self.task, completed=record.round, status=status)
+
+
+def summary_table(records: list[RoundRecord], run: Path) -> Table:
+    """Return a table of the finished run: per-round results and per-client ε."""
+    table = Table(title=f"fedveil run {run.name}", show_lines=False)
+    table.add_column("round", justify="right")
+    table.add_column("accuracy", justify="right")
+    table.add_column("loss", justify="right")
+    table.add_column("clients", justify="right")
+    table.add_column("rejected", justify="right")
+    table.add_column("max ε", justify="right")
+    table.add_column("seconds", justify="right")
+    for r in records:
+        table.add_row(
+            str(r.round),
+            f"{r.accuracy:.4f}",
+            f"{r.loss:.4f}",
+            str(len(r.clients)),
+            str(len(r.rejected)),
+            f"{r.epsilon_max:.3f}",
+            f"{r.seconds:.2f}",
+        )
+    return table
+
+
+def privacy_table(doc: dict[str, Any]) -> Table:
+    """Return a table of ε spent per client against its budget, from ``privacy.json``."""
+    table = Table(title=f"privacy spent ({doc['accountant']}, δ = {doc['delta']:g})")
+    table.add_column("client", justify="right")
+    table.add_column("ε", justify="right")
+    table.add_column("budget", justify="right")
+    table.add_column("rounds", justify="right")
+    table.add_column("status")
+    for cid, acct in doc["clients"].items():
+        status = "budget reached" if acct["exhausted"] else "ok"
+        if acct["mismatch"]:
+            status += ", reported ε differs"
+        budget = "-" if acct["budget"] is None else f"{acct['budget']:g}"
+        table.add_row(cid, f"{acct['epsilon']:.3f}", budget, str(len(acct["rounds"])), status)
+    return table
