@@ -66,10 +66,10 @@ def train_dp_sgd(
         generator=_secret_generator(),
     )
     optimizer = torch.optim.SGD(model.parameters(), lr=settings.lr, momentum=settings.momentum)
-    engine = PrivacyEngine(accountant="rdp")
     with warnings.catch_warnings():
         # Opacus warns that secure_mode is off; the privacy report names that limitation.
         warnings.filterwarnings("ignore", message=".*[Ss]ecure.*")
+        engine = PrivacyEngine(accountant="rdp")
         private_model, private_optimizer, private_loader = engine.make_private(
             module=model,
             optimizer=optimizer,

@@ -105,7 +105,6 @@ def run_training_round(msg: Message, context: Context) -> RecordDict:
         sample_rate(n, config.batch_size),
         steps_per_round(n, config.batch_size, config.local_epochs),
     )
-    spent = state.epsilon(delta=config.dp_delta, accountant=config.dp_accountant)
     after = state.epsilon_after(entry, delta=config.dp_delta, accountant=config.dp_accountant)
     facts: dict[str, float] = {
         protocol.WEIGHT: 1.0,
@@ -115,6 +114,7 @@ def run_training_round(msg: Message, context: Context) -> RecordDict:
         protocol.STEPS: float(entry[2]),
     }
     if after > config.dp_budget:
+        spent = state.epsilon(delta=config.dp_delta, accountant=config.dp_accountant)
         reason = (
             f"refused: round {server_round} would take ε from {spent:.3f} to {after:.3f}, "
             f"past the budget {config.dp_budget}"

@@ -73,12 +73,12 @@ KEYS: dict[str, _Key] = {
     "test-fraction": _Key("test_fraction", float, 0.2, lambda v: 0 < v < 1, "a fraction in (0, 1)"),
     "model": _Key("model", str, "auto", _one_of(MODELS), f"one of {MODELS}"),
     "local-epochs": _Key(
-        "local_epochs", int, 1, lambda v: 1 <= v <= 1000, "an integer in [1, 1000]"
+        "local_epochs", int, 2, lambda v: 1 <= v <= 1000, "an integer in [1, 1000]"
     ),
     "batch-size": _Key(
-        "batch_size", int, 32, lambda v: 1 <= v <= 65536, "an integer in [1, 65536]"
+        "batch_size", int, 64, lambda v: 1 <= v <= 65536, "an integer in [1, 65536]"
     ),
-    "lr": _Key("lr", float, 0.5, _positive, "a number > 0"),
+    "lr": _Key("lr", float, 1.0, _positive, "a number > 0"),
     "momentum": _Key("momentum", float, 0.0, lambda v: 0 <= v < 1, "a number in [0, 1)"),
     "dp.target-epsilon": _Key("dp_target_epsilon", float, 8.0, _positive, "a number > 0"),
     "dp.delta": _Key("dp_delta", float, 1e-5, lambda v: 0 < v < 1, "a number in (0, 1)"),
