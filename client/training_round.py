@@ -5,16 +5,21 @@ from __future__ import annotations
 import logging
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 
+from client.faults import inject_fault
 from client.privacy_state import STATE_KEY, ClientPrivacyState, PrivacyStateError
+from client.sealed_reply import aggregator_key, remember_sealed, seal_trained_model
 from client.trainer import DPSGDSettings, train_dp_sgd
 from common import protocol
 from common.accounting import calibrate_noise_multiplier, sample_rate, steps_per_round
+from common.codec import CodecParams
 from common.config import FedveilConfig
 from common.data import FederatedData, load_data
+from common.envelope import DPFacts
 from common.models import create_model, model_for
 from common.partition import PartitionSpec, cached_partitions
+from common.sealing import SealContext
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +77,7 @@ def _load_state(context: Context, run_id: int) -> ClientPrivacyState | None:
 
 
 def _reply(
-    status: str, reason: str, metrics: dict[str, float], arrays: ArrayRecord | None
+    status: str, reason: str, metrics: dict[str, float], update: ConfigRecord | None
 ) -> RecordDict:
     content = RecordDict(
         {
@@ -80,8 +85,8 @@ def _reply(
             protocol.STATUS: ConfigRecord({"status": status, "reason": reason}),
         }
     )
-    if arrays is not None:
-        content[protocol.ARRAYS] = arrays
+    if update is not None:
+        content[protocol.UPDATE] = update
     return content
 
 
@@ -91,6 +96,9 @@ def run_training_round(msg: Message, context: Context) -> RecordDict:
     config = FedveilConfig.from_flat(protocol.run_config_of(request))
     server_round = int(request[protocol.SERVER_ROUND])  # type: ignore[arg-type]
     run_id = int(msg.metadata.run_id)
+    seal_request = msg.content.config_records[protocol.SEAL]
+    # Check the aggregator's key before spending any privacy on a round nobody should read.
+    public_key = aggregator_key(seal_request, context)
     partition_id, num_partitions = partition_of(context)
     data = load_data(config.dataset, config.data_dir, config.seed, config.test_fraction)
     images, labels = local_tensors(data, config, partition_id, num_partitions)
@@ -140,9 +148,34 @@ def run_training_round(msg: Message, context: Context) -> RecordDict:
     )
     state.record(server_round, entry)
     context.state[STATE_KEY] = state.to_record()
+    local = {k: v.detach().numpy() for k, v in model.state_dict().items()}
+
+    def seal_as(node_id: int) -> bytes:
+        return seal_trained_model(
+            local,
+            msg.content.array_records[protocol.ARRAYS],
+            facts=DPFacts(sigma, entry[1], entry[2], after),
+            config_params=CodecParams(topk=config.codec_topk, bits=config.codec_bits),
+            error_feedback=config.codec_error_feedback and node_id == context.node_id,
+            public_key=public_key,
+            seal_context=SealContext(run_id, server_round, node_id),
+            context=context,
+        )
+
+    sealed = seal_as(int(context.node_id))
+    previous = remember_sealed(context, sealed)
+    fault = str(seal_request.get(protocol.FAULT, ""))
+    if fault:
+        sealed = inject_fault(
+            fault,
+            sealed,
+            previous=previous,
+            seal_as=seal_as,
+            target=int(seal_request.get(protocol.FAULT_TARGET, 0)),  # type: ignore[arg-type]
+        )
     return _reply(
         protocol.STATUS_TRAINED,
         "",
         {**facts, protocol.EPSILON: after},
-        ArrayRecord(model.state_dict()),
+        ConfigRecord({protocol.SEALED: sealed}),
     )

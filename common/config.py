@@ -94,6 +94,25 @@ KEYS: dict[str, _Key] = {
         "dp_accountant", str, "rdp", _one_of(ACCOUNTANTS), f"one of {ACCOUNTANTS}"
     ),
     "dp.budget": _Key("dp_budget", float, 8.0, _positive, "a number > 0"),
+    "codec.topk": _Key(
+        "codec_topk", float, 0.1, lambda v: 0 < v <= 1, "a fraction in (0, 1] of coordinates kept"
+    ),
+    "codec.bits": _Key(
+        "codec_bits", int, 8, lambda v: v in (*range(1, 9), 16, 32), "1-8, 16 or 32 (raw float32)"
+    ),
+    "codec.error-feedback": _Key("codec_error_feedback", bool, True, _ANY, "true or false"),
+    "seal.private-key": _Key(
+        "seal_private_key", str, "", _ANY, "a path to the aggregator's private key, or empty"
+    ),
+    "faults.tamper": _Key(
+        "faults_tamper", float, 0.0, lambda v: 0 <= v <= 1, "a fraction in [0, 1]"
+    ),
+    "faults.replay": _Key(
+        "faults_replay", float, 0.0, lambda v: 0 <= v <= 1, "a fraction in [0, 1]"
+    ),
+    "faults.misroute": _Key(
+        "faults_misroute", float, 0.0, lambda v: 0 <= v <= 1, "a fraction in [0, 1]"
+    ),
     "sim.clients": _Key(
         "sim_clients", int, 10, lambda v: 1 <= v <= 100_000, "an integer in [1, 100000]"
     ),
@@ -155,6 +174,13 @@ class FedveilConfig:
     dp_noise_multiplier: float
     dp_accountant: str
     dp_budget: float
+    codec_topk: float
+    codec_bits: int
+    codec_error_feedback: bool
+    seal_private_key: str
+    faults_tamper: float
+    faults_replay: float
+    faults_misroute: float
     sim_clients: int
     sim_cpus_per_client: float
 
@@ -184,6 +210,11 @@ class FedveilConfig:
             raise ConfigError(
                 f"config key `data-dir` is required for dataset `{self.dataset}`; "
                 f"point it at a folder holding the files, e.g. --set data-dir=../shared/data"
+            )
+        if self.faults_tamper + self.faults_replay + self.faults_misroute > 1:
+            raise ConfigError(
+                "config keys `faults.tamper` + `faults.replay` + `faults.misroute` add up to more "
+                "than 1; each sampled client gets at most one fault"
             )
         if self.partitioning == "by-writer" and self.dataset != "femnist":
             raise ConfigError(

@@ -3,13 +3,19 @@
 Request ``RecordDict``:
     ``arrays``  ArrayRecord, the global model (``state_dict`` names, float32).
     ``config``  ConfigRecord, every run-config key (flat, dotted) plus ``server-round``.
+    ``seal``    ConfigRecord, ``public-key``: the aggregator's raw X25519 key (32 bytes); and,
+                only under fault injection, ``fault`` (``tamper``/``replay``/``misroute``)
+                with ``fault-target`` (the node id a misrouted update claims).
 
 Reply ``RecordDict``:
     ``metrics`` MetricRecord, the DP facts of this round (``REPLY_METRICS``).
     ``status``  ConfigRecord, ``status`` = ``trained`` or ``refused`` and a one-line ``reason``.
-    ``arrays``  ArrayRecord, the locally trained model; only when ``status`` is ``trained``.
+    ``update``  ConfigRecord, ``sealed``: the sealed update (``common.envelope``); only when
+                ``status`` is ``trained``.
 
 Nothing else leaves a client: no training loss, no example count (aggregation is uniform).
+The metrics repeat the DP facts in the clear for refusals and logs; the ledger charges the
+copy inside the seal, which the relay can neither read nor alter.
 The sample rate reveals ``ceil(n / batch_size)``; the privacy report names that channel.
 """
 
@@ -26,6 +32,13 @@ METRICS = "metrics"
 STATUS = "status"
 
 SERVER_ROUND = "server-round"
+SEAL = "seal"
+PUBLIC_KEY = "public-key"
+FAULT = "fault"
+FAULT_TARGET = "fault-target"
+SEALED = "sealed"
+UPDATE = "update"
+PINNED_FINGERPRINT = "aggregator-fingerprint"
 STATUS_TRAINED = "trained"
 STATUS_REFUSED = "refused"
 

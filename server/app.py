@@ -30,7 +30,9 @@ def build_server_app(
     def main(grid: Grid, context: Context) -> None:
         resolved = config or FedveilConfig.from_flat(context.run_config)
         path = run_path or Path(resolved.out_dir) / new_run_id()
-        result = run_federation(grid, resolved, RunDirectory.create(path), on_round=on_round)
+        result = run_federation(
+            grid, resolved, RunDirectory.create(path), run_id=context.run_id, on_round=on_round
+        )
         if results is not None:
             results.append(result)
 

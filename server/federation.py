@@ -10,6 +10,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from flwr.app import ArrayRecord
@@ -17,14 +18,17 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from common import protocol
+from common.codec import CodecParams
 from common.config import FedveilConfig
 from common.data import load_data
 from common.models import create_model, model_for
+from common.sealing import AggregatorKeyPair, load_private_key
 from server.evaluation import CentralEvaluator
 from server.ledger import PrivacyLedger
+from server.opening import UpdateOpener
 from server.rundir import RoundRecord, RunDirectory
 from server.sampling import BudgetAwareSampler, NotEnoughClients
-from server.strategy import FedveilStrategy
+from server.strategy import FaultRates, FedveilStrategy
 
 log = logging.getLogger(__name__)
 
@@ -51,11 +55,19 @@ def build_inner_strategy(config: FedveilConfig) -> FedAvg:
     )
 
 
+def aggregator_keypair(config: FedveilConfig) -> AggregatorKeyPair:
+    """Load the configured aggregator key, or make a fresh key pair for this run only."""
+    if config.seal_private_key:
+        return load_private_key(Path(config.seal_private_key).expanduser())
+    return AggregatorKeyPair.generate()
+
+
 def run_federation(
     grid: Grid,
     config: FedveilConfig,
     run_dir: RunDirectory,
     *,
+    run_id: int,
     on_round: RoundObserver | None = None,
 ) -> FederationResult:
     """Run every round of ``config`` on ``grid``, writing ``run_dir`` as rounds finish."""
@@ -78,6 +90,17 @@ def run_federation(
             eligible=lambda node: _eligible(node, strategy, ledger),
         ),
         expected_shapes=shapes,
+        opener=UpdateOpener(
+            aggregator_keypair(config),
+            run_id=run_id,
+            params=CodecParams(topk=config.codec_topk, bits=config.codec_bits),
+            shapes=shapes,
+        ),
+        faults=FaultRates(
+            tamper=config.faults_tamper,
+            replay=config.faults_replay,
+            misroute=config.faults_misroute,
+        ),
     )
     run_dir.write_config(config.to_flat())
     ledger.save(run_dir.path / run_dir.PRIVACY)
@@ -124,6 +147,7 @@ def run_federation(
             bytes_dense=outcome.bytes_dense,
             seconds=round(time.perf_counter() - started, 4),
             refused=sorted(node for node, _ in outcome.refused),
+            faults=[{"node": n, "kind": k} for n, k in sorted(outcome.injected.items())],
             epsilon_max=max((a.epsilon for a in ledger.clients.values()), default=0.0),
         )
         run_dir.append_round(record)

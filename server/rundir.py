@@ -44,6 +44,7 @@ class RoundRecord:
     bytes_dense: int
     seconds: float
     refused: list[int] = field(default_factory=list)
+    faults: list[dict[str, Any]] = field(default_factory=list)
     epsilon_max: float = 0.0
 
     def to_json(self) -> dict[str, Any]:

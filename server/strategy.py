@@ -13,13 +13,23 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Message,
+    MessageType,
+    MetricRecord,
+    RecordDict,
+)
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from common import protocol
 from common.accounting import HistoryEntry
+from common.envelope import UpdateRejected
+from server.fault_plan import plan_faults
+from server.opening import UpdateOpener
 from server.rundir import Rejection
 from server.sampling import BudgetAwareSampler
 
@@ -36,6 +46,15 @@ class TrainedReport:
     epsilon: float
 
 
+@dataclass(frozen=True)
+class FaultRates:
+    """Per-round fractions of sampled clients told to send a faulty update (demonstrations)."""
+
+    tamper: float = 0.0
+    replay: float = 0.0
+    misroute: float = 0.0
+
+
 @dataclass
 class RoundOutcome:
     """What happened to every reply of one round."""
@@ -45,6 +64,7 @@ class RoundOutcome:
     contributed: list[int] = field(default_factory=list)
     refused: list[tuple[int, str]] = field(default_factory=list)
     rejected: list[Rejection] = field(default_factory=list)
+    injected: dict[int, str] = field(default_factory=dict)
     bytes_sealed: int = 0
     bytes_dense: int = 0
 
@@ -74,12 +94,19 @@ class FedveilStrategy(Strategy):
         *,
         sampler: BudgetAwareSampler,
         expected_shapes: dict[str, tuple[int, ...]],
+        opener: UpdateOpener,
+        faults: FaultRates | None = None,
     ) -> None:
         self.inner = inner
         self.sampler = sampler
         self.expected_shapes = expected_shapes
+        self.opener = opener
+        self.faults = faults or FaultRates()
         self.node_clients: dict[int, str] = {}
+        self.trained_before: set[int] = set()
         self.outcome = RoundOutcome()
+        self._global: ArrayRecord | None = None
+        self._round = 0
 
     def summary(self) -> None:
         """Log the wrapped strategy's summary."""
@@ -91,16 +118,31 @@ class FedveilStrategy(Strategy):
     ) -> Iterable[Message]:
         """Send the global model and the run config to this round's sample."""
         nodes = self.sampler.sample(server_round, self.sampler.connected(grid))
-        self.outcome = RoundOutcome(sampled=nodes)
+        plan = plan_faults(
+            nodes,
+            tamper=self.faults.tamper,
+            replay=self.faults.replay,
+            misroute=self.faults.misroute,
+            trained_before=self.trained_before,
+            seed=self.sampler.seed,
+            server_round=server_round,
+        )
+        self.outcome = RoundOutcome(sampled=nodes, injected=dict(plan.kinds))
+        self._global, self._round = arrays, server_round
         config[protocol.SERVER_ROUND] = server_round
-        return [
-            Message(
-                content=RecordDict({protocol.ARRAYS: arrays, protocol.CONFIG: config}),
-                message_type=MessageType.TRAIN,
-                dst_node_id=node,
+        messages = []
+        for node in nodes:
+            seal = ConfigRecord({protocol.PUBLIC_KEY: self.opener.public_key})
+            if node in plan.kinds:
+                seal[protocol.FAULT] = plan.kinds[node]
+                seal[protocol.FAULT_TARGET] = plan.targets.get(node, 0)
+            content = RecordDict(
+                {protocol.ARRAYS: arrays, protocol.CONFIG: config, protocol.SEAL: seal}
             )
-            for node in nodes
-        ]
+            messages.append(
+                Message(content=content, message_type=MessageType.TRAIN, dst_node_id=node)
+            )
+        return messages
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -152,44 +194,45 @@ class FedveilStrategy(Strategy):
             return None
         if status.get("status") != protocol.STATUS_TRAINED:
             raise ReplyRejected("malformed", "reply status is neither trained nor refused")
-        entry = (
+        claimed = (
             _metric(metrics, protocol.NOISE_MULTIPLIER),
             _metric(metrics, protocol.SAMPLE_RATE),
             int(_metric(metrics, protocol.STEPS)),
         )
-        if not (entry[0] > 0 and 0 < entry[1] <= 1 and entry[2] >= 1):
-            raise ReplyRejected("malformed", f"DP facts out of range: {entry}")
-        # The client has spent privacy on this round whatever happens to its update next.
-        self.outcome.trained.append(
-            TrainedReport(node, client_id, entry, _metric(metrics, protocol.EPSILON))
-        )
-        arrays = content.array_records.get(protocol.ARRAYS)
-        if arrays is None:
-            raise ReplyRejected("malformed", "trained reply carries no update")
-        checked = self._check_arrays(arrays)
-        self.outcome.bytes_dense += sum(a.nbytes for a in checked.values())
+        claimed_eps = _metric(metrics, protocol.EPSILON)
+        if not (claimed[0] > 0 and 0 < claimed[1] <= 1 and claimed[2] >= 1 and claimed_eps >= 0):
+            raise ReplyRejected("malformed", f"DP facts out of range: {claimed}")
+        update = content.config_records.get(protocol.UPDATE)
+        sealed = None if update is None else update.get(protocol.SEALED)
+        try:
+            if not isinstance(sealed, bytes):
+                raise ReplyRejected("malformed", "trained reply carries no sealed update")
+            self.outcome.bytes_sealed += len(sealed)
+            self.outcome.bytes_dense += self.opener.dense_nbytes
+            if self._global is None:
+                raise ReplyRejected("malformed", "reply to no request of this round")
+            try:
+                facts, weights = self.opener.open(
+                    sealed, node=node, server_round=self._round, global_arrays=self._global
+                )
+            except UpdateRejected as exc:
+                raise ReplyRejected(exc.reason, exc.detail) from None
+        except ReplyRejected:
+            # The client says it trained, so it spent privacy even though its update is
+            # lost: charge the facts it claims in the clear (never under-count).
+            self.outcome.trained.append(TrainedReport(node, client_id, claimed, claimed_eps))
+            raise
+        sealed_entry = (facts.noise_multiplier, facts.sample_rate, facts.steps)
+        self.outcome.trained.append(TrainedReport(node, client_id, sealed_entry, facts.epsilon))
+        if sealed_entry != claimed or facts.epsilon != claimed_eps:
+            raise ReplyRejected("tamper", "DP facts in the clear differ from the sealed ones")
+        self.trained_before.add(node)
         return RecordDict(
             {
-                protocol.ARRAYS: ArrayRecord({k: Array(v) for k, v in checked.items()}),
+                protocol.ARRAYS: ArrayRecord({k: Array(v) for k, v in weights.items()}),
                 protocol.METRICS: MetricRecord({protocol.WEIGHT: 1.0}),
             }
         )
-
-    def _check_arrays(self, arrays: ArrayRecord) -> dict[str, np.ndarray]:
-        if set(arrays.keys()) != set(self.expected_shapes):
-            raise ReplyRejected("malformed", "update tensor names do not match the model")
-        out: dict[str, np.ndarray] = {}
-        for name, shape in self.expected_shapes.items():
-            try:
-                value = arrays[name].numpy()
-            except (TypeError, ValueError) as exc:
-                raise ReplyRejected("malformed", f"tensor {name} unreadable ({exc})") from None
-            if tuple(value.shape) != shape or value.dtype != np.float32:
-                raise ReplyRejected("malformed", f"tensor {name} is {value.dtype}{value.shape}")
-            if not np.isfinite(value).all():
-                raise ReplyRejected("malformed", f"tensor {name} has non-finite values")
-            out[name] = value
-        return out
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid

@@ -1,0 +1,53 @@
+"""Which sampled clients are told to misbehave this round (fault injection, seeded)."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class FaultPlan:
+    """Fault kind per node, and for misroutes the node whose context the update claims."""
+
+    kinds: dict[int, str]
+    targets: dict[int, int]
+
+
+def plan_faults(
+    sampled: Sequence[int],
+    *,
+    tamper: float,
+    replay: float,
+    misroute: float,
+    trained_before: Collection[int],
+    seed: int,
+    server_round: int,
+) -> FaultPlan:
+    """Assign disjoint faulty subsets of ``round(fraction * len(sampled))`` nodes each.
+
+    Replays need an update from an earlier round, so only nodes in ``trained_before`` replay;
+    a misrouted update claims the context of another sampled node.
+    """
+    rng = np.random.default_rng([seed, server_round, 0xFA17])
+    order = [sampled[int(i)] for i in rng.permutation(len(sampled))]
+    kinds: dict[int, str] = {}
+    targets: dict[int, int] = {}
+    n = len(sampled)
+    for kind, fraction in (("replay", replay), ("tamper", tamper), ("misroute", misroute)):
+        want = round(fraction * n)
+        for node in order:
+            if want == 0:
+                break
+            if node in kinds or (kind == "replay" and node not in trained_before):
+                continue
+            if kind == "misroute":
+                others = [m for m in sampled if m != node]
+                if not others:
+                    continue
+                targets[node] = others[int(rng.integers(len(others)))]
+            kinds[node] = kind
+            want -= 1
+    return FaultPlan(kinds, targets)
