@@ -1,0 +1,169 @@
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+from flwr.app import ArrayRecord, Message
+
+from client.app import app
+from client.privacy_state import STATE_KEY, ClientPrivacyState
+from common import protocol
+from common.accounting import epsilon_from_history
+from common.codec import CodecParams
+from common.config import FedveilConfig
+from common.envelope import UpdateRejected, open_client_update
+from common.models import create_model
+from common.sealing import AggregatorKeyPair, SealContext, fingerprint
+from tests.conftest import NODE_ID, RUN_ID, client_context
+
+CONFIG = FedveilConfig.from_flat({"num-server-rounds": 3, "sim.clients": 4})
+PARAMS = CodecParams(topk=CONFIG.codec_topk, bits=CONFIG.codec_bits)
+SIZE = 4810  # DigitsMLP parameters
+
+
+def _global() -> ArrayRecord:
+    return ArrayRecord(create_model("mlp", 10, seed=0).state_dict())
+
+
+def _status(reply: Message) -> str:
+    return str(reply.content.config_records[protocol.STATUS]["status"])
+
+
+def _sealed(reply: Message) -> bytes:
+    value = reply.content.config_records[protocol.UPDATE][protocol.SEALED]
+    assert isinstance(value, bytes)
+    return value
+
+
+def _open(reply: Message, key: AggregatorKeyPair, rnd: int, node: int = NODE_ID):  # type: ignore[no-untyped-def]
+    return open_client_update(
+        _sealed(reply),
+        keypair=key,
+        expected=SealContext(RUN_ID, rnd, node),
+        params=PARAMS,
+        size=SIZE,
+    )
+
+
+def test_reply_is_a_sealed_compressed_update_with_dp_facts(
+    train_request: Callable[..., Message], aggregator: AggregatorKeyPair
+) -> None:
+    reply = app(train_request(CONFIG, _global(), 1), client_context(1, 4))
+
+    assert _status(reply) == protocol.STATUS_TRAINED
+    assert protocol.ARRAYS not in reply.content.array_records  # nothing travels in the clear
+    assert len(_sealed(reply)) < 4 * SIZE / 5
+    facts, delta = _open(reply, aggregator, 1)
+    metrics = reply.content.metric_records[protocol.METRICS]
+    assert set(metrics) == set(protocol.REPLY_METRICS)
+    assert metrics[protocol.WEIGHT] == 1.0  # no raw example count leaves the client
+    assert (facts.noise_multiplier, facts.sample_rate, facts.steps) == (
+        metrics[protocol.NOISE_MULTIPLIER],
+        metrics[protocol.SAMPLE_RATE],
+        metrics[protocol.STEPS],
+    )
+    assert facts.epsilon == pytest.approx(
+        epsilon_from_history(
+            [(facts.noise_multiplier, facts.sample_rate, facts.steps)],
+            delta=CONFIG.dp_delta,
+            accountant="rdp",
+        )
+    )
+    assert np.count_nonzero(delta) == int(np.ceil(CONFIG.codec_topk * SIZE))
+
+
+def test_update_cannot_be_opened_for_another_node_or_round(
+    train_request: Callable[..., Message], aggregator: AggregatorKeyPair
+) -> None:
+    reply = app(train_request(CONFIG, _global(), 2), client_context(1, 4))
+
+    with pytest.raises(UpdateRejected) as other_node:
+        _open(reply, aggregator, 2, node=NODE_ID + 1)
+    with pytest.raises(UpdateRejected) as other_round:
+        _open(reply, aggregator, 3)
+    assert (other_node.value.reason, other_round.value.reason) == ("misroute", "replay")
+
+
+def test_privacy_state_accumulates_across_rounds(train_request: Callable[..., Message]) -> None:
+    ctx = client_context(0, 4)
+    eps = []
+    for rnd in (1, 2, 3):
+        reply = app(train_request(CONFIG, _global(), rnd), ctx)
+        eps.append(reply.content.metric_records[protocol.METRICS][protocol.EPSILON])
+    state = ClientPrivacyState.from_record(ctx.state.config_records[STATE_KEY])
+
+    assert state.rounds == [1, 2, 3]
+    assert eps[0] < eps[1] < eps[2]  # never a fresh accountant per round
+    # Calibrated for 3 rounds: the third lands at, not past, the target.
+    assert eps[2] <= CONFIG.dp_target_epsilon
+    assert eps[2] == pytest.approx(CONFIG.dp_target_epsilon, rel=0.02)
+
+
+def test_client_refuses_to_pass_its_budget(train_request: Callable[..., Message]) -> None:
+    # σ fixed, so each round costs the same; a budget of ~2 rounds must stop the third.
+    config = CONFIG.replace(dp_noise_multiplier=1.0, dp_budget=100.0)
+    probe = client_context(2, 4)
+    one = app(train_request(config, _global(), 1), probe)
+    two = app(train_request(config, _global(), 2), probe)
+    eps_two = two.content.metric_records[protocol.METRICS][protocol.EPSILON]
+    assert one.content.metric_records[protocol.METRICS][protocol.EPSILON] < eps_two
+
+    tight = config.replace(dp_budget=eps_two * 1.001)
+    ctx = client_context(2, 4)
+    replies = [app(train_request(tight, _global(), r), ctx) for r in (1, 2, 3)]
+
+    assert [_status(r) for r in replies] == ["trained", "trained", "refused"]
+    refused = replies[2].content
+    assert protocol.UPDATE not in refused.config_records
+    assert "budget" in str(refused.config_records[protocol.STATUS]["reason"])
+    state = ClientPrivacyState.from_record(ctx.state.config_records[STATE_KEY])
+    assert state.rounds == [1, 2]
+    assert state.epsilon(delta=tight.dp_delta, accountant="rdp") <= tight.dp_budget
+
+
+def test_pinned_fingerprint_mismatch_refuses_before_training(
+    train_request: Callable[..., Message], aggregator: AggregatorKeyPair
+) -> None:
+    other = fingerprint(AggregatorKeyPair.generate().public_bytes)
+    ctx = client_context(0, 4, **{protocol.PINNED_FINGERPRINT: other})
+
+    with pytest.raises(ValueError, match="does not match the pinned"):
+        app(train_request(CONFIG, _global(), 1), ctx)
+    assert STATE_KEY not in ctx.state.config_records  # no privacy spent
+
+    pinned = client_context(0, 4, **{protocol.PINNED_FINGERPRINT: aggregator.fingerprint()})
+    assert _status(app(train_request(CONFIG, _global(), 1), pinned)) == "trained"
+
+
+@pytest.mark.parametrize("fault", ["tamper", "replay", "misroute"])
+def test_injected_faults_are_rejected_with_their_reason(
+    fault: str, train_request: Callable[..., Message], aggregator: AggregatorKeyPair
+) -> None:
+    ctx = client_context(3, 4)
+    app(train_request(CONFIG, _global(), 1), ctx)
+    reply = app(
+        train_request(
+            CONFIG, _global(), 2, **{protocol.FAULT: fault, protocol.FAULT_TARGET: NODE_ID + 5}
+        ),
+        ctx,
+    )
+
+    with pytest.raises(UpdateRejected) as rejected:
+        _open(reply, aggregator, 2)
+    assert rejected.value.reason == fault
+
+
+def test_state_from_another_run_is_refused(train_request: Callable[..., Message]) -> None:
+    ctx = client_context(0, 4)
+    ctx.state[STATE_KEY] = ClientPrivacyState(run_id=1, noise_multiplier=1.0).to_record()
+    with pytest.raises(Exception, match="belongs to run"):
+        app(train_request(CONFIG, _global(), 1), ctx)
+
+
+def test_missing_partition_in_node_config_is_named(train_request: Callable[..., Message]) -> None:
+    from flwr.app import Context, RecordDict
+
+    ctx = Context(run_id=1, node_id=7, node_config={}, state=RecordDict(), run_config={})
+    with pytest.raises(Exception, match="partition-id"):
+        app(train_request(CONFIG, _global(), 1), ctx)

@@ -1,0 +1,91 @@
+"""End to end: ``fedveil simulate`` runs Flower's simulation engine and keeps the contract."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from common.accounting import epsilon_from_history
+from tests.conftest import REPO
+
+CONTRACT = REPO.parent / "shared" / "checks" / "run_contract.py"
+
+pytestmark = pytest.mark.slow
+
+
+def _simulate(out: Path, *sets: str) -> subprocess.CompletedProcess[str]:
+    args = [
+        sys.executable,
+        "-m",
+        "simulations.cli",
+        "simulate",
+        "--config",
+        "quick",
+        "--out",
+        str(out),
+    ]
+    for s in sets:
+        args += ["--set", s]
+    return subprocess.run(args, capture_output=True, text=True, timeout=600, cwd=REPO, check=False)
+
+
+@pytest.fixture(scope="module")
+def faulty_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "faulty"
+    done = _simulate(
+        out,
+        "sim.clients=4",
+        "num-server-rounds=3",
+        "faults.tamper=0.25",
+        "faults.replay=0.25",
+        "faults.misroute=0.25",
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == str(out)  # the run directory, printed last
+    return out
+
+
+def test_run_directory_keeps_the_contract(faulty_run: Path) -> None:
+    if CONTRACT.is_file():
+        check = subprocess.run(
+            [sys.executable, str(CONTRACT), str(faulty_run)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert check.returncode == 0, check.stdout
+    rows = [json.loads(line) for line in (faulty_run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rows] == [1, 2, 3]
+    config = json.loads((faulty_run / "config.json").read_text())
+    assert config["sim.clients"] == 4 and config["seed"] == 0
+
+
+def test_every_epsilon_recomputes_from_its_history(faulty_run: Path) -> None:
+    ledger = json.loads((faulty_run / "privacy.json").read_text())
+    assert len(ledger["clients"]) == 4
+    for client in ledger["clients"].values():
+        recomputed = epsilon_from_history(
+            [tuple(e) for e in client["history"]],
+            delta=ledger["delta"],
+            accountant=ledger["accountant"],
+        )
+        assert client["epsilon"] == pytest.approx(recomputed, rel=1e-9)
+        assert client["epsilon"] <= client["budget"]
+        assert len(client["history"]) == len(client["rounds"]) <= 3
+
+
+def test_injected_faults_are_rejected_exactly_with_their_reason(faulty_run: Path) -> None:
+    rows = [json.loads(line) for line in (faulty_run / "metrics.jsonl").read_text().splitlines()]
+    kinds = set()
+    for row in rows:
+        injected = {(f["node"], f["kind"]) for f in row["faults"]}
+        rejected = {(r["node"], r["reason"]) for r in row["rejected"]}
+        assert injected == rejected
+        assert not set(row["clients"]) & {node for node, _ in injected}
+        assert row["bytes_sealed"] < row["bytes_dense"] / 5
+        kinds |= {k for _, k in injected}
+    assert kinds == {"tamper", "replay", "misroute"}

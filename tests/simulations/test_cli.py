@@ -1,0 +1,112 @@
+"""Bad input on the command line: one line naming the problem, exit 2, nothing written."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from simulations.cli import main, resolve_config
+from tests.conftest import REPO
+
+
+@pytest.mark.parametrize(
+    ("sets", "named"),
+    [
+        (["nonsense-key=1"], "nonsense-key"),
+        (["dp.target-epsilon=0"], "dp.target-epsilon"),
+        (["dp.target-epsilon=-1"], "dp.target-epsilon"),
+        (["dp.delta=1"], "dp.delta"),
+        (["dp.delta=0"], "dp.delta"),
+        (["fraction-train=0"], "fraction-train"),
+        (["fraction-train=1.5"], "fraction-train"),
+        (["dataset=mnist"], "data-dir"),
+        (["codec.bits=12"], "codec.bits"),
+        (["faults.tamper=0.6", "faults.replay=0.6"], "faults"),
+        (["seed"], "KEY=VALUE"),
+    ],
+)
+def test_bad_config_is_one_line_exit_2_and_writes_nothing(
+    sets: list[str], named: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run"
+    argv = ["simulate", "--out", str(out)]
+    for s in sets:
+        argv += ["--set", s]
+
+    status = main(argv)
+
+    err = capsys.readouterr().err.strip()
+    assert status == 2
+    assert len(err.splitlines()) == 1 and named in err
+    assert "Traceback" not in err
+    assert not out.exists()
+
+
+def test_corrupt_data_file_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = tmp_path / "mnist"
+    data.mkdir()
+    for name in (
+        "train-images-idx3-ubyte",
+        "train-labels-idx1-ubyte",
+        "t10k-images-idx3-ubyte",
+        "t10k-labels-idx1-ubyte",
+    ):
+        (data / f"{name}.gz").write_bytes(b"\x1f\x8b not really gzip")
+    out = tmp_path / "run"
+
+    status = main(
+        ["simulate", "--out", str(out), "--set", "dataset=mnist", "--set", f"data-dir={tmp_path}"]
+    )
+
+    err = capsys.readouterr().err.strip()
+    assert status == 2 and len(err.splitlines()) == 1
+    assert "train-images-idx3-ubyte.gz" in err
+    assert not out.exists()
+
+
+def test_existing_run_directory_is_not_touched(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "metrics.jsonl").write_text("precious\n")
+
+    status = main(["simulate", "--config", "quick", "--out", str(out)])
+
+    assert status == 2
+    assert "already holds files" in capsys.readouterr().err
+    assert (out / "metrics.jsonl").read_text() == "precious\n"
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.jsonl"]
+
+
+def test_missing_config_file_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    status = main(["simulate", "--config", str(tmp_path / "nope.toml")])
+    assert status == 2 and "nope.toml" in capsys.readouterr().err
+
+
+def test_precedence_defaults_then_file_then_set(tmp_path: Path) -> None:
+    preset = tmp_path / "p.toml"
+    preset.write_text("num-server-rounds = 7\n[dp]\ndelta = 1e-6\n")
+
+    config = resolve_config(str(preset), ["dp.delta=1e-7", "codec.error-feedback=false"])
+
+    assert config.num_server_rounds == 7
+    assert config.dp_delta == 1e-7
+    assert config.codec_error_feedback is False
+
+
+def test_help_lists_every_config_key() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "simulations.cli", "simulate", "--help"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        check=True,
+    )
+    from common.config import KEYS
+
+    for key in KEYS:
+        assert key in done.stdout
