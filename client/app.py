@@ -10,7 +10,7 @@ from __future__ import annotations
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
-from client.training_round import run_training_round
+from client.training_round import answer_plan_query, run_training_round
 
 app = ClientApp()
 
@@ -19,3 +19,9 @@ app = ClientApp()
 def train(msg: Message, context: Context) -> Message:
     """Train on the local partition and reply with the new weights and DP facts."""
     return Message(content=run_training_round(msg, context), reply_to=msg)
+
+
+@app.query()
+def query(msg: Message, context: Context) -> Message:
+    """Answer the server's planning query: this client's sampling rate and steps per round."""
+    return Message(content=answer_plan_query(msg, context), reply_to=msg)

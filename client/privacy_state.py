@@ -1,30 +1,35 @@
 """A client's privacy state: what it has spent, kept across rounds and never reset.
 
-The state lives in the node's ``context.state`` (which Flower keeps per node across rounds) as a
-``ConfigRecord``. It holds the noise multiplier fixed at the first round and one history entry per
-round trained, so ε can be recomputed at any time with any accountant.
+The state holds the run it belongs to and one history entry per round trained, so ε can be
+recomputed at any time with any accountant. It lives in the node's ``context.state`` (Flower
+keeps it per node across rounds, in memory) and, when the node has a state directory, on disk
+(``client.state_store``), so a restarted SuperNode continues its ε instead of starting at zero.
 """
 
 from __future__ import annotations
 
+import json
+import math
 from dataclasses import dataclass, field
+from typing import Any
 
 from flwr.app import ConfigRecord
 
 from common.accounting import HistoryEntry, epsilon_from_history
 
 STATE_KEY = "fedveil.privacy"
+STATE_VERSION = 1
 
 
 class PrivacyStateError(ValueError):
-    """The stored privacy state is inconsistent (corrupt or from another run)."""
+    """The stored privacy state is corrupt or belongs to another run."""
 
 
 @dataclass
 class ClientPrivacyState:
-    """Noise multiplier σ chosen for this run, and ``(σ, q, steps)`` per round trained."""
+    """The run's tag, the client's own calibrated σ, and ``(σ, q, steps)`` per round trained."""
 
-    run_id: int
+    run_tag: str
     noise_multiplier: float
     history: list[HistoryEntry] = field(default_factory=list)
     rounds: list[int] = field(default_factory=list)
@@ -44,33 +49,45 @@ class ClientPrivacyState:
         self.history.append(entry)
         self.rounds.append(server_round)
 
+    def to_json(self) -> dict[str, Any]:
+        """Return the state as a JSON object."""
+        return {
+            "version": STATE_VERSION,
+            "run_tag": self.run_tag,
+            "noise_multiplier": self.noise_multiplier,
+            "history": [[s, q, n] for s, q, n in self.history],
+            "rounds": list(self.rounds),
+        }
+
+    @classmethod
+    def from_json(cls, doc: Any) -> ClientPrivacyState:
+        """Load and validate a stored state."""
+        try:
+            if doc["version"] != STATE_VERSION:
+                raise PrivacyStateError(f"privacy state version {doc['version']} is unknown")
+            history = [(float(s), float(q), int(n)) for s, q, n in doc["history"]]
+            rounds = [int(r) for r in doc["rounds"]]
+            state = cls(str(doc["run_tag"]), float(doc["noise_multiplier"]), history, rounds)
+        except (KeyError, TypeError, ValueError) as exc:
+            if isinstance(exc, PrivacyStateError):
+                raise
+            raise PrivacyStateError(f"stored privacy state is unreadable ({exc})") from None
+        if len(history) != len(rounds) or len(set(rounds)) != len(rounds):
+            raise PrivacyStateError("stored privacy state counts a round twice or loses one")
+        if any(not (s > 0 and 0 < q <= 1 and n >= 1 and math.isfinite(s)) for s, q, n in history):
+            raise PrivacyStateError("stored privacy state has out-of-range history entries")
+        return state
+
     def to_record(self) -> ConfigRecord:
         """Serialise into a ``ConfigRecord`` for ``context.state``."""
-        return ConfigRecord(
-            {
-                "run-id": self.run_id,
-                "noise-multiplier": self.noise_multiplier,
-                "sigma": [float(s) for s, _, _ in self.history],
-                "sample-rate": [float(q) for _, q, _ in self.history],
-                "steps": [int(n) for _, _, n in self.history],
-                "rounds": list(self.rounds),
-            }
-        )
+        return ConfigRecord({"json": json.dumps(self.to_json())})
 
     @classmethod
     def from_record(cls, record: ConfigRecord) -> ClientPrivacyState:
-        """Load and validate a stored state."""
+        """Load a state kept in ``context.state``."""
         try:
-            sigmas = [float(v) for v in record["sigma"]]  # type: ignore[union-attr]
-            rates = [float(v) for v in record["sample-rate"]]  # type: ignore[union-attr]
-            steps = [int(v) for v in record["steps"]]  # type: ignore[union-attr]
-            rounds = [int(v) for v in record["rounds"]]  # type: ignore[union-attr]
-            run_id = int(record["run-id"])  # type: ignore[arg-type]
-            sigma = float(record["noise-multiplier"])  # type: ignore[arg-type]
-        except (KeyError, TypeError, ValueError) as exc:
+            return cls.from_json(json.loads(str(record["json"])))
+        except (KeyError, ValueError) as exc:
+            if isinstance(exc, PrivacyStateError):
+                raise
             raise PrivacyStateError(f"stored privacy state is unreadable ({exc})") from None
-        if not len(sigmas) == len(rates) == len(steps) == len(rounds):
-            raise PrivacyStateError("stored privacy state has history columns of unequal length")
-        if len(set(rounds)) != len(rounds):
-            raise PrivacyStateError("stored privacy state counts a round twice")
-        return cls(run_id, sigma, list(zip(sigmas, rates, steps, strict=True)), rounds)

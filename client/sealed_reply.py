@@ -2,7 +2,8 @@
 
 delta = local - global (flattened in ``state_dict`` order) + error-feedback residual, encoded by
 ``common.codec`` and sealed with ``common.envelope`` to the aggregator's key for this run, round
-and node. The residual and the last sealed update stay in the node's state across rounds.
+and node. The residual and the last sealed update stay in the node's state across rounds
+(``client.state_store``).
 """
 
 from __future__ import annotations
@@ -10,15 +11,15 @@ from __future__ import annotations
 import secrets
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context
+from flwr.app import ArrayRecord, ConfigRecord, Context
 
+from client.state_store import NodeState
 from common import protocol
 from common.codec import CodecParams, ErrorFeedback, encode_update
 from common.envelope import DPFacts, seal_client_update
 from common.sealing import SealContext, fingerprint
 from common.weights import flatten
 
-RESIDUAL_KEY = "fedveil.residual"
 LAST_SEALED_KEY = "fedveil.last-sealed"
 
 
@@ -40,14 +41,6 @@ def aggregator_key(request: ConfigRecord, context: Context) -> bytes:
     return key
 
 
-def _residual(context: Context, size: int) -> ErrorFeedback:
-    record = context.state.array_records.get(RESIDUAL_KEY)
-    if record is None:
-        return ErrorFeedback()
-    residual = record["residual"].numpy().astype(np.float32)
-    return ErrorFeedback(residual if residual.shape == (size,) else None)
-
-
 def seal_trained_model(
     local: dict[str, np.ndarray],
     global_arrays: ArrayRecord,
@@ -57,14 +50,15 @@ def seal_trained_model(
     error_feedback: bool,
     public_key: bytes,
     seal_context: SealContext,
-    context: Context,
+    node_state: NodeState,
 ) -> bytes:
     """Encode ``local - global`` (with error feedback) and seal it for ``seal_context``."""
     names = list(global_arrays.keys())
     delta = flatten({n: local[n] for n in names}) - flatten(
         {n: global_arrays[n].numpy() for n in names}
     )
-    feedback = _residual(context, delta.shape[0]) if error_feedback else ErrorFeedback()
+    stored = node_state.load_residual(int(delta.shape[0])) if error_feedback else None
+    feedback = ErrorFeedback(stored)
     compensated = feedback.compensate(delta.astype(np.float32))
     # Quantization noise is post-processing of a DP output; OS entropy keeps it unguessable.
     encoded = encode_update(
@@ -74,7 +68,7 @@ def seal_trained_model(
         feedback.update(compensated, encoded.decoded)
         residual = feedback.residual
         if residual is not None:
-            context.state[RESIDUAL_KEY] = ArrayRecord({"residual": Array(residual)})
+            node_state.save_residual(residual)
     sealed = seal_client_update(
         encoded.payload,
         facts=facts,

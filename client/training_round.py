@@ -8,8 +8,9 @@ import torch
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 
 from client.faults import inject_fault
-from client.privacy_state import STATE_KEY, ClientPrivacyState, PrivacyStateError
+from client.privacy_state import ClientPrivacyState
 from client.sealed_reply import aggregator_key, remember_sealed, seal_trained_model
+from client.state_store import NodeState
 from client.trainer import DPSGDSettings, train_dp_sgd
 from common import protocol
 from common.accounting import calibrate_noise_multiplier, sample_rate, steps_per_round
@@ -64,16 +65,38 @@ def planned_noise_multiplier(config: FedveilConfig, num_examples: int) -> float:
     )
 
 
-def _load_state(context: Context, run_id: int) -> ClientPrivacyState | None:
-    record = context.state.config_records.get(STATE_KEY)
-    if record is None:
+def answer_plan_query(msg: Message, context: Context) -> RecordDict:
+    """Return the DP facts the server needs to plan: q and steps per round (no data)."""
+    config = FedveilConfig.from_flat(
+        protocol.run_config_of(msg.content.config_records[protocol.CONFIG])
+    )
+    partition_id, num_partitions = partition_of(context)
+    data = load_data(config.dataset, config.data_dir, config.seed, config.test_fraction)
+    _, labels = local_tensors(data, config, partition_id, num_partitions)
+    n = int(labels.shape[0])
+    return RecordDict(
+        {
+            protocol.METRICS: MetricRecord(
+                {
+                    protocol.CLIENT_ID: float(partition_id),
+                    protocol.SAMPLE_RATE: sample_rate(n, config.batch_size),
+                    protocol.STEPS: float(
+                        steps_per_round(n, config.batch_size, config.local_epochs)
+                    ),
+                }
+            )
+        }
+    )
+
+
+def _assigned_sigma(msg: Message) -> float | None:
+    record = msg.content.config_records.get(protocol.DP)
+    value = None if record is None else record.get(protocol.ASSIGNED_NOISE)
+    if value is None:
         return None
-    state = ClientPrivacyState.from_record(record)
-    if state.run_id != run_id:
-        raise PrivacyStateError(
-            f"stored privacy state belongs to run {state.run_id}, not run {run_id}"
-        )
-    return state
+    if type(value) is not float or not value > 0:
+        raise ValueError(f"the server assigned an invalid noise multiplier {value!r}")
+    return value
 
 
 def _reply(
@@ -96,6 +119,7 @@ def run_training_round(msg: Message, context: Context) -> RecordDict:
     config = FedveilConfig.from_flat(protocol.run_config_of(request))
     server_round = int(request[protocol.SERVER_ROUND])  # type: ignore[arg-type]
     run_id = int(msg.metadata.run_id)
+    run_tag = str(request.get(protocol.RUN_TAG, run_id))
     seal_request = msg.content.config_records[protocol.SEAL]
     # Check the aggregator's key before spending any privacy on a round nobody should read.
     public_key = aggregator_key(seal_request, context)
@@ -104,10 +128,30 @@ def run_training_round(msg: Message, context: Context) -> RecordDict:
     images, labels = local_tensors(data, config, partition_id, num_partitions)
     n = int(labels.shape[0])
 
-    state = _load_state(context, run_id) or ClientPrivacyState(
-        run_id=run_id, noise_multiplier=planned_noise_multiplier(config, n)
+    node_state = NodeState.for_node(context, config.client_state_dir, partition_id)
+    # The server's plan assigns σ; without one (an unplanned node) the client calibrates its
+    # own. Either way the client's own accountant and budget check below have the last word.
+    assigned = _assigned_sigma(msg)
+    state = node_state.load_privacy(run_tag) or ClientPrivacyState(
+        run_tag=run_tag, noise_multiplier=assigned or planned_noise_multiplier(config, n)
     )
-    sigma = state.noise_multiplier
+    sigma = assigned or state.noise_multiplier
+    if server_round in state.rounds:
+        done = state.history[state.rounds.index(server_round)]
+        spent = state.epsilon(delta=config.dp_delta, accountant=config.dp_accountant)
+        return _reply(
+            protocol.STATUS_ALREADY_TRAINED,
+            f"round {server_round} was already trained before a restart; not training it twice",
+            {
+                protocol.WEIGHT: 1.0,
+                protocol.CLIENT_ID: float(partition_id),
+                protocol.NOISE_MULTIPLIER: done[0],
+                protocol.SAMPLE_RATE: done[1],
+                protocol.STEPS: float(done[2]),
+                protocol.EPSILON: spent,
+            },
+            None,
+        )
     entry = (
         sigma,
         sample_rate(n, config.batch_size),
@@ -128,7 +172,7 @@ def run_training_round(msg: Message, context: Context) -> RecordDict:
             f"past the budget {config.dp_budget}"
         )
         log.info("client %d %s", partition_id, reason)
-        context.state[STATE_KEY] = state.to_record()
+        node_state.save_privacy(state)
         return _reply(protocol.STATUS_REFUSED, reason, {**facts, protocol.EPSILON: spent}, None)
 
     model = create_model(model_for(config.model, data.image_shape), data.num_classes, seed=0)
@@ -146,8 +190,9 @@ def run_training_round(msg: Message, context: Context) -> RecordDict:
             max_grad_norm=config.dp_max_grad_norm,
         ),
     )
+    # Charged before anything is sent: a crash after training must not forget this round.
     state.record(server_round, entry)
-    context.state[STATE_KEY] = state.to_record()
+    node_state.save_privacy(state)
     local = {k: v.detach().numpy() for k, v in model.state_dict().items()}
 
     def seal_as(node_id: int) -> bytes:
@@ -159,7 +204,7 @@ def run_training_round(msg: Message, context: Context) -> RecordDict:
             error_feedback=config.codec_error_feedback and node_id == context.node_id,
             public_key=public_key,
             seal_context=SealContext(run_id, server_round, node_id),
-            context=context,
+            node_state=node_state,
         )
 
     sealed = seal_as(int(context.node_id))

@@ -28,6 +28,8 @@ def epsilon_from_history(
 
     if accountant not in ACCOUNTANTS:
         raise ValueError(f"`accountant` must be one of {ACCOUNTANTS}, got {accountant!r}")
+    if not 0 < delta < 1:
+        raise ValueError(f"`delta` must be in (0, 1), got {delta}")
     entries = merge_history(history)
     if not entries:
         return 0.0
@@ -92,8 +94,13 @@ def sample_rate(num_examples: int, batch_size: int) -> float:
 
 
 def steps_per_round(num_examples: int, batch_size: int, local_epochs: int) -> int:
-    """DP-SGD steps one round of ``local_epochs`` takes (Opacus's DPDataLoader length)."""
-    return local_epochs * math.ceil(num_examples / batch_size)
+    """DP-SGD steps one round of ``local_epochs`` takes (Opacus's DPDataLoader length).
+
+    Opacus's Poisson sampler runs ``int(1 / sample_rate)`` steps per epoch, which is one fewer
+    than ``ceil(n / batch)`` when ``1 / (1 / k)`` rounds below ``k`` (k = 93, 99, 105, ...):
+    count exactly what it runs, so the history records the steps really taken.
+    """
+    return local_epochs * int(1 / sample_rate(num_examples, batch_size))
 
 
 def calibrate_noise_multiplier(
@@ -102,10 +109,16 @@ def calibrate_noise_multiplier(
     """Return the smallest noise multiplier whose ε after ``steps`` stays below the target."""
     from opacus.accountants.utils import get_noise_multiplier
 
-    if target_epsilon <= 0:
+    if not target_epsilon > 0:
         raise ValueError(f"`target_epsilon` must be > 0, got {target_epsilon}")
+    if not 0 < delta < 1:
+        raise ValueError(f"`delta` must be in (0, 1), got {delta}")
+    if not 0 < sample_rate <= 1:
+        raise ValueError(f"`sample_rate` must be in (0, 1], got {sample_rate}")
     if steps < 1:
         raise ValueError(f"`steps` must be >= 1, got {steps}")
+    if accountant not in ACCOUNTANTS:
+        raise ValueError(f"`accountant` must be one of {ACCOUNTANTS}, got {accountant!r}")
     return float(
         get_noise_multiplier(
             target_epsilon=target_epsilon,

@@ -94,6 +94,23 @@ KEYS: dict[str, _Key] = {
         "dp_accountant", str, "rdp", _one_of(ACCOUNTANTS), f"one of {ACCOUNTANTS}"
     ),
     "dp.budget": _Key("dp_budget", float, 8.0, _positive, "a number > 0"),
+    "central-dp.noise-multiplier": _Key(
+        "central_dp_noise_multiplier",
+        float,
+        0.0,
+        _non_negative,
+        "a number >= 0 (0 = no user-level DP on the server)",
+    ),
+    "central-dp.clip": _Key(
+        "central_dp_clip", float, 1.0, _positive, "a number > 0 (L2 bound on a client's update)"
+    ),
+    "client-state-dir": _Key(
+        "client_state_dir",
+        str,
+        "",
+        _ANY,
+        "a folder where simulated clients keep their state (empty = memory only)",
+    ),
     "codec.topk": _Key(
         "codec_topk", float, 0.1, lambda v: 0 < v <= 1, "a fraction in (0, 1] of coordinates kept"
     ),
@@ -120,10 +137,22 @@ KEYS: dict[str, _Key] = {
 }
 
 
+class CliValue(str):
+    """A value typed on the command line (``--set``), read as the key's type wants it."""
+
+    __slots__ = ()
+
+
 def _cast(key: str, spec: _Key, raw: Any) -> ConfigValue:
     """Cast ``raw`` to the key's type, strictly: bools are not numbers, floats not ints."""
-    if isinstance(raw, str) and spec.kind is not str:
-        return _cast(key, spec, _parse_literal(raw))
+    if isinstance(raw, CliValue):
+        parsed = _parse_literal(raw)
+        if spec.kind is str:
+            # A path such as `2024` stays text; a quoted TOML string loses its quotes.
+            return parsed if isinstance(parsed, str) else str(raw)
+        if isinstance(parsed, str):
+            raise ConfigError(f"config key `{key}` must be {spec.domain}, got {str(raw)!r}")
+        raw = parsed
     if spec.kind is bool:
         if type(raw) is bool:
             return raw
@@ -133,8 +162,13 @@ def _cast(key: str, spec: _Key, raw: Any) -> ConfigValue:
         if type(raw) is float and raw.is_integer():
             return int(raw)
     elif spec.kind is float:
-        if type(raw) in (int, float) and math.isfinite(raw):
-            return float(raw)
+        if type(raw) in (int, float):
+            try:
+                value = float(raw)
+            except OverflowError:
+                value = math.inf
+            if math.isfinite(value):
+                return value
     elif spec.kind is str and type(raw) is str:
         return raw
     raise ConfigError(f"config key `{key}` must be {spec.domain}, got {raw!r}")
@@ -145,7 +179,7 @@ def _parse_literal(text: str) -> Any:
     try:
         return tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:
-        return text
+        return str(text)
 
 
 @dataclass(frozen=True)
@@ -174,6 +208,9 @@ class FedveilConfig:
     dp_noise_multiplier: float
     dp_accountant: str
     dp_budget: float
+    central_dp_noise_multiplier: float
+    central_dp_clip: float
+    client_state_dir: str
     codec_topk: float
     codec_bits: int
     codec_error_feedback: bool
@@ -231,6 +268,8 @@ class FedveilConfig:
         flat = self.to_flat()
         by_field = {spec.field: key for key, spec in KEYS.items()}
         for field_name, value in changes.items():
+            if field_name not in by_field:
+                raise ConfigError(f"unknown config field `{field_name}`")
             flat[by_field[field_name]] = value
         return FedveilConfig.from_flat(flat)
 
@@ -258,6 +297,8 @@ def load_toml(path: Path) -> dict[str, Any]:
         ) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid TOML ({exc}); fix its syntax") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {path} cannot be read ({exc}); give a TOML file") from None
 
 
 def parse_assignment(text: str) -> tuple[str, Any]:
@@ -265,4 +306,4 @@ def parse_assignment(text: str) -> tuple[str, Any]:
     key, sep, value = text.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"--set expects KEY=VALUE, got {text!r}; e.g. --set num-server-rounds=3")
-    return key.strip(), _parse_literal(value.strip())
+    return key.strip(), CliValue(value.strip())

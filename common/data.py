@@ -11,8 +11,10 @@ client asks for its partition as normalised float32 tensors.
 from __future__ import annotations
 
 import gzip
+import math
 import struct
 import zipfile
+import zlib
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -105,7 +107,7 @@ def _open_maybe_gzip(path: Path) -> bytes:
     try:
         raw = path.read_bytes()
         return gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw
-    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+    except (OSError, EOFError, zlib.error) as exc:  # BadGzipFile is an OSError
         raise DataError(f"cannot read {path} ({exc}); replace it with an intact copy") from None
 
 
@@ -119,7 +121,7 @@ def read_idx(path: Path) -> npt.NDArray[np.uint8]:
     if ndim == 0 or len(raw) < header:
         raise DataError(f"{path} has a truncated IDX header; replace it with an intact copy")
     dims = struct.unpack(f">{ndim}I", raw[4:header])
-    expected = header + int(np.prod(dims))
+    expected = header + math.prod(dims)
     if len(raw) != expected:
         raise DataError(
             f"{path} holds {len(raw)} bytes but its header promises {expected}; "

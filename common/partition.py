@@ -51,6 +51,8 @@ def partition_pool(pool: ImageSet, spec: PartitionSpec) -> list[npt.NDArray[np.i
         NaturalIdPartitioner,
     )
 
+    if spec.num_partitions < 1:
+        raise PartitionError(f"need >= 1 client to split among, got {spec.num_partitions}")
     if spec.num_partitions > len(pool):
         raise PartitionError(
             f"cannot split {len(pool)} examples among {spec.num_partitions} clients; "

@@ -2,10 +2,16 @@
 
 Request ``RecordDict``:
     ``arrays``  ArrayRecord, the global model (``state_dict`` names, float32).
-    ``config``  ConfigRecord, every run-config key (flat, dotted) plus ``server-round``.
+    ``config``  ConfigRecord, every run-config key (flat, dotted) plus ``server-round`` and
+                ``run-tag`` (fedveil's run id, stable across a resume).
     ``seal``    ConfigRecord, ``public-key``: the aggregator's raw X25519 key (32 bytes); and,
                 only under fault injection, ``fault`` (``tamper``/``replay``/``misroute``)
                 with ``fault-target`` (the node id a misrouted update claims).
+
+    ``dp``      ConfigRecord, ``noise-multiplier``: the σ the server's plan assigns this client.
+
+Query (planning) request: ``config`` only. Reply: ``metrics`` with ``client-id``,
+``dp-sample-rate`` and ``dp-steps`` (steps per round).
 
 Reply ``RecordDict``:
     ``metrics`` MetricRecord, the DP facts of this round (``REPLY_METRICS``).
@@ -32,6 +38,7 @@ METRICS = "metrics"
 STATUS = "status"
 
 SERVER_ROUND = "server-round"
+RUN_TAG = "run-tag"
 SEAL = "seal"
 PUBLIC_KEY = "public-key"
 FAULT = "fault"
@@ -39,8 +46,13 @@ FAULT_TARGET = "fault-target"
 SEALED = "sealed"
 UPDATE = "update"
 PINNED_FINGERPRINT = "aggregator-fingerprint"
+DP = "dp"
+ASSIGNED_NOISE = "noise-multiplier"
 STATUS_TRAINED = "trained"
 STATUS_REFUSED = "refused"
+# The node trained this round before a restart lost the reply; it reports the round's DP facts
+# (so the ledger can charge it once) and does not train it twice.
+STATUS_ALREADY_TRAINED = "already-trained"
 
 # Metric keys of a train reply; "weight" is the aggregation weight (uniform, 1.0).
 WEIGHT = "weight"
@@ -54,7 +66,7 @@ REPLY_METRICS = (WEIGHT, CLIENT_ID, EPSILON, NOISE_MULTIPLIER, SAMPLE_RATE, STEP
 
 def run_config_of(record: ConfigRecord) -> dict[str, Any]:
     """Return the run-config keys of a request's config record (round bookkeeping removed)."""
-    return {k: v for k, v in record.items() if k != SERVER_ROUND}
+    return {k: v for k, v in record.items() if k not in (SERVER_ROUND, RUN_TAG)}
 
 
 def config_record(flat: Mapping[str, Any], server_round: int) -> ConfigRecord:

@@ -64,7 +64,8 @@ def save_safetensors(path: Path, arrays: Mapping[str, npt.NDArray[np.float32]]) 
     """Write named arrays as a safetensors file, atomically."""
     from safetensors.numpy import save
 
-    contiguous = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in arrays.items()}
+    # Not np.ascontiguousarray: it turns a 0-d array into shape (1,), which then fails to load.
+    contiguous = {k: np.asarray(v, dtype=np.float32, order="C") for k, v in arrays.items()}
     write_atomic(path, save(contiguous))
 
 

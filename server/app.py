@@ -12,7 +12,7 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from common.config import FedveilConfig
-from server.federation import FederationResult, RoundObserver, run_federation
+from server.federation import Federation, FederationResult, PlanObserver, RoundObserver
 from server.rundir import RunDirectory, new_run_id
 
 
@@ -21,7 +21,9 @@ def build_server_app(
     run_path: Path | None = None,
     *,
     on_round: RoundObserver | None = None,
+    on_plan: PlanObserver | None = None,
     results: list[FederationResult] | None = None,
+    resume: bool = False,
 ) -> ServerApp:
     """Return a ServerApp for ``config`` (or the context's run config when ``None``)."""
     server_app = ServerApp()
@@ -30,9 +32,19 @@ def build_server_app(
     def main(grid: Grid, context: Context) -> None:
         resolved = config or FedveilConfig.from_flat(context.run_config)
         path = run_path or Path(resolved.out_dir) / new_run_id()
-        result = run_federation(
-            grid, resolved, RunDirectory.create(path), run_id=context.run_id, on_round=on_round
+        run_dir = RunDirectory(path) if resume else RunDirectory.create(path)
+        federation = Federation(
+            grid,
+            resolved,
+            run_dir,
+            run_id=context.run_id,
+            run_tag=path.name,
+            on_round=on_round,
+            on_plan=on_plan,
         )
+        if resume:
+            federation.restore()
+        result = federation.run()
         if results is not None:
             results.append(result)
 

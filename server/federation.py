@@ -1,7 +1,8 @@
-"""The round loop: sample, train, check, aggregate, evaluate, account, record.
+"""The round loop: plan, sample, train, check, aggregate, evaluate, account, record, checkpoint.
 
-Flower's ``Strategy.start`` runs rounds too, but it cannot stop cleanly when budgets run out nor
-record each round as it ends; this loop drives the same strategy hooks and does both.
+Flower's ``Strategy.start`` runs rounds too, but it cannot plan DP parameters per client, stop
+cleanly when budgets run out, record each round as it ends, or resume from a checkpoint; this
+loop drives the same strategy hooks and does all four.
 """
 
 from __future__ import annotations
@@ -13,19 +14,28 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from flwr.app import ArrayRecord
+from flwr.app import Array, ArrayRecord
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping, FedAvg, Strategy
 
 from common import protocol
 from common.codec import CodecParams
-from common.config import FedveilConfig
+from common.config import ConfigError, FedveilConfig
 from common.data import load_data
 from common.models import create_model, model_for
 from common.sealing import AggregatorKeyPair, load_private_key
+from server.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from server.evaluation import CentralEvaluator
-from server.ledger import PrivacyLedger
+from server.ledger import CentralAccount, PrivacyLedger
 from server.opening import UpdateOpener
+from server.planning import (
+    ClientPlan,
+    check_budget_allows_a_round,
+    expected_rounds,
+    plan_client,
+    query_messages,
+    read_plan_reply,
+)
 from server.rundir import RoundRecord, RunDirectory
 from server.sampling import BudgetAwareSampler, NotEnoughClients
 from server.strategy import FaultRates, FedveilStrategy
@@ -33,6 +43,7 @@ from server.strategy import FaultRates, FedveilStrategy
 log = logging.getLogger(__name__)
 
 RoundObserver = Callable[[RoundRecord, PrivacyLedger], None]
+PlanObserver = Callable[[dict[str, ClientPlan]], None]
 
 
 @dataclass(frozen=True)
@@ -44,17 +55,6 @@ class FederationResult:
     final_accuracy: float
 
 
-def build_inner_strategy(config: FedveilConfig) -> FedAvg:
-    """Return the Flower strategy that aggregates clean replies (uniform weights)."""
-    return FedAvg(
-        fraction_train=config.fraction_train,
-        fraction_evaluate=0.0,
-        min_train_nodes=1,
-        min_available_nodes=1,
-        weighted_by_key=protocol.WEIGHT,
-    )
-
-
 def aggregator_keypair(config: FedveilConfig) -> AggregatorKeyPair:
     """Load the configured aggregator key, or make a fresh key pair for this run only."""
     if config.seal_private_key:
@@ -62,65 +62,245 @@ def aggregator_keypair(config: FedveilConfig) -> AggregatorKeyPair:
     return AggregatorKeyPair.generate()
 
 
-def run_federation(
-    grid: Grid,
-    config: FedveilConfig,
-    run_dir: RunDirectory,
-    *,
-    run_id: int,
-    on_round: RoundObserver | None = None,
-) -> FederationResult:
-    """Run every round of ``config`` on ``grid``, writing ``run_dir`` as rounds finish."""
-    data = load_data(config.dataset, config.data_dir, config.seed, config.test_fraction)
-    model = create_model(
-        model_for(config.model, data.image_shape), data.num_classes, seed=config.seed
+def sample_size(config: FedveilConfig, num_clients: int) -> int:
+    """Clients sampled per round out of ``num_clients``."""
+    return min(num_clients, max(config.min_train_clients, int(config.fraction_train * num_clients)))
+
+
+def build_inner_strategy(config: FedveilConfig, num_clients: int) -> Strategy:
+    """Return the Flower strategy that aggregates clean replies (uniform weights).
+
+    With ``central-dp.noise-multiplier`` > 0 it is wrapped in Flower's server-side fixed
+    clipping DP wrapper (user-level DP), which only fits a mean: robust aggregators refuse it.
+    """
+    fedavg = FedAvg(
+        fraction_train=config.fraction_train,
+        fraction_evaluate=0.0,
+        min_train_nodes=1,
+        min_available_nodes=1,
+        weighted_by_key=protocol.WEIGHT,
     )
-    evaluator = CentralEvaluator(data)
-    arrays = ArrayRecord(model.state_dict())
-    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    ledger = PrivacyLedger(
-        accountant=config.dp_accountant, delta=config.dp_delta, budget=config.dp_budget
+    if config.central_dp_noise_multiplier <= 0:
+        return fedavg
+    return DifferentialPrivacyServerSideFixedClipping(
+        fedavg,
+        noise_multiplier=config.central_dp_noise_multiplier,
+        clipping_norm=config.central_dp_clip,
+        num_sampled_clients=sample_size(config, num_clients),
     )
-    strategy = FedveilStrategy(
-        build_inner_strategy(config),
-        sampler=BudgetAwareSampler(
+
+
+class Federation:
+    """One run's server side: the global model, the strategy, the ledger and the run directory.
+
+    ``run_tag`` is fedveil's own run id (the run directory's name); it stays the same across
+    a resume, unlike Flower's run id, and binds every client's on-disk state to this run.
+    """
+
+    def __init__(
+        self,
+        grid: Grid,
+        config: FedveilConfig,
+        run_dir: RunDirectory,
+        *,
+        run_id: int,
+        run_tag: str,
+        on_round: RoundObserver | None = None,
+        on_plan: PlanObserver | None = None,
+    ) -> None:
+        self.grid = grid
+        self.config = config
+        self.run_dir = run_dir
+        self.run_tag = run_tag
+        self.on_round = on_round
+        self.on_plan = on_plan
+        data = load_data(config.dataset, config.data_dir, config.seed, config.test_fraction)
+        self.model = create_model(
+            model_for(config.model, data.image_shape), data.num_classes, seed=config.seed
+        )
+        self.evaluator = CentralEvaluator(data)
+        self.arrays = ArrayRecord(self.model.state_dict())
+        shapes = {k: tuple(v.shape) for k, v in self.model.state_dict().items()}
+        self.shapes = shapes
+        self.ledger = PrivacyLedger(
+            accountant=config.dp_accountant, delta=config.dp_delta, budget=config.dp_budget
+        )
+        self.sampler = BudgetAwareSampler(
             fraction=config.fraction_train,
             min_clients=config.min_train_clients,
             seed=config.seed,
-            eligible=lambda node: _eligible(node, strategy, ledger),
-        ),
-        expected_shapes=shapes,
-        opener=UpdateOpener(
+            eligible=self._eligible,
+        )
+        self.opener = UpdateOpener(
             aggregator_keypair(config),
             run_id=run_id,
             params=CodecParams(topk=config.codec_topk, bits=config.codec_bits),
             shapes=shapes,
-        ),
-        faults=FaultRates(
-            tamper=config.faults_tamper,
-            replay=config.faults_replay,
-            misroute=config.faults_misroute,
-        ),
-    )
-    run_dir.write_config(config.to_flat())
-    ledger.save(run_dir.path / run_dir.PRIVACY)
-    stopped: str | None = None
-    completed, accuracy = 0, float("nan")
-    for server_round in range(1, config.num_server_rounds + 1):
-        started = time.perf_counter()
-        try:
-            messages = strategy.configure_train(
-                server_round, arrays, protocol.config_record(config.to_flat(), server_round), grid
+        )
+        self._strategy: FedveilStrategy | None = None
+        self._restored: Checkpoint | None = None
+        self.completed = 0
+
+    @property
+    def strategy(self) -> FedveilStrategy:
+        """The strategy, built once the connected clients are known (in ``run``)."""
+        if self._strategy is None:
+            raise RuntimeError("the federation has not started: call run()")
+        return self._strategy
+
+    # ------------------------------------------------------------------ setup
+    def _build_strategy(self, num_clients: int) -> FedveilStrategy:
+        config = self.config
+        inner = build_inner_strategy(config, num_clients)
+        if config.central_dp_noise_multiplier > 0 and self.ledger.central is None:
+            self.ledger.central = CentralAccount(
+                noise_multiplier=config.central_dp_noise_multiplier, clip=config.central_dp_clip
             )
+        return FedveilStrategy(
+            inner,
+            sampler=self.sampler,
+            expected_shapes=self.shapes,
+            opener=self.opener,
+            faults=FaultRates(
+                tamper=config.faults_tamper,
+                replay=config.faults_replay,
+                misroute=config.faults_misroute,
+            ),
+        )
+
+    def plan(self, nodes: list[int]) -> None:
+        """Query nodes without a plan, calibrate their σ and show the plan before training."""
+        missing = [
+            n
+            for n in nodes
+            if n not in self.strategy.node_clients
+            or self.strategy.node_clients[n] not in self.ledger.plan
+        ]
+        if not missing:
+            return
+        replies = self.grid.send_and_receive(
+            query_messages(self.config, missing), timeout=self.config.round_timeout
+        )
+        rounds = expected_rounds(self.config, len(nodes))
+        fresh: dict[str, ClientPlan] = {}
+        for reply in replies:
+            node = int(reply.metadata.src_node_id)
+            try:
+                client_id, rate, steps = read_plan_reply(reply)
+            except ValueError as exc:
+                log.warning("node %d gave no usable plan: %s", node, exc)
+                continue
+            self.strategy.node_clients.setdefault(node, client_id)
+            fresh[client_id] = plan_client(
+                self.config,
+                client_id,
+                sample_rate=rate,
+                steps_per_round=steps,
+                planned_rounds=rounds,
+            )
+        check_budget_allows_a_round(self.config, list(fresh.values()))
+        self.ledger.plan.update(fresh)
+        self.strategy.assigned_sigma = {
+            node: self.ledger.plan[cid].noise_multiplier
+            for node, cid in self.strategy.node_clients.items()
+            if cid in self.ledger.plan
+        }
+        if fresh and self.on_plan is not None:
+            self.on_plan(fresh)
+
+    def _eligible(self, node: int) -> bool:
+        client = None if self._strategy is None else self._strategy.node_clients.get(node)
+        if client is None:
+            return True
+        if self.ledger.account(client).exhausted:
+            return False
+        entry = self.ledger.next_entry(client)
+        return entry is None or not self.ledger.would_exceed(client, entry)
+
+    # ------------------------------------------------------------------ checkpoint
+    @property
+    def checkpoint_dir(self) -> Path:
+        """Where this run's checkpoint lives."""
+        return self.run_dir.path / "checkpoint"
+
+    def _checkpoint(self) -> None:
+        save_checkpoint(
+            self.checkpoint_dir,
+            Checkpoint(
+                run_tag=self.run_tag,
+                round=self.completed,
+                arrays=_numpy_state(self.arrays),
+                node_clients=dict(self.strategy.node_clients),
+                trained_before=set(self.strategy.trained_before),
+                ledger=self.ledger.to_json(),
+            ),
+        )
+
+    def restore(self) -> None:
+        """Continue from the last checkpoint: global model, ledger, node identities."""
+        ckpt = load_checkpoint(self.checkpoint_dir, self.shapes)
+        if ckpt.run_tag != self.run_tag:
+            raise ConfigError(
+                f"checkpoint belongs to run {ckpt.run_tag}, not {self.run_tag}; "
+                f"resume the run directory it came from"
+            )
+        self.arrays = ArrayRecord({k: Array(v) for k, v in ckpt.arrays.items()})
+        self.ledger = PrivacyLedger.from_json(ckpt.ledger)
+        self.ledger.budget = self.config.dp_budget
+        self.completed = ckpt.round
+        self._restored = ckpt
+        self.run_dir.truncate_rounds(ckpt.round)
+        log.info("resuming after round %d", ckpt.round)
+
+    # ------------------------------------------------------------------ rounds
+    def run(self) -> FederationResult:
+        """Run the remaining rounds; return how the run ended."""
+        config = self.config
+        if self.completed == 0:
+            self.run_dir.write_config({**config.to_flat(), "run-tag": self.run_tag})
+        nodes = self.sampler.connected(self.grid)
+        self._strategy = self._build_strategy(len(nodes))
+        if self._restored is not None:
+            self.strategy.node_clients.update(self._restored.node_clients)
+            self.strategy.trained_before |= self._restored.trained_before
+        accuracy = float("nan")
+        try:
+            self.plan(nodes)
         except NotEnoughClients as exc:
-            stopped = str(exc)
-            log.warning("run stops before round %d: %s", server_round, stopped)
-            break
-        replies = grid.send_and_receive(messages, timeout=config.round_timeout)
-        new_arrays, _ = strategy.aggregate_train(server_round, replies)
-        outcome = strategy.outcome
+            self.ledger.stopped_reason = str(exc)
+        self.ledger.save(self.run_dir.path / self.run_dir.PRIVACY)
+        for server_round in range(self.completed + 1, config.num_server_rounds + 1):
+            if self.ledger.stopped_reason:
+                break
+            try:
+                record = self.run_round(server_round)
+            except NotEnoughClients as exc:
+                self.ledger.stopped_reason = f"stopped before round {server_round}: {exc}"
+                log.warning("%s", self.ledger.stopped_reason)
+                break
+            accuracy = record.accuracy
+        self.ledger.save(self.run_dir.path / self.run_dir.PRIVACY)
+        self.run_dir.write_model(_numpy_state(self.arrays))
+        return FederationResult(self.completed, self.ledger.stopped_reason, accuracy)
+
+    def run_round(self, server_round: int) -> RoundRecord:
+        """Run one round end to end and record it."""
+        config = self.config
+        started = time.perf_counter()
+        nodes = self.sampler.connected(self.grid)
+        self.plan(nodes)
+        request = protocol.config_record(config.to_flat(), server_round)
+        request[protocol.RUN_TAG] = self.run_tag
+        messages = self.strategy.configure_train(server_round, self.arrays, request, self.grid)
+        inner = self.strategy.inner
+        if isinstance(inner, DifferentialPrivacyServerSideFixedClipping):
+            # Flower's wrapper clips each update against the global model it saw configured.
+            inner.current_arrays = self.arrays
+        replies = self.grid.send_and_receive(messages, timeout=config.round_timeout)
+        new_arrays, _ = self.strategy.aggregate_train(server_round, replies)
+        outcome = self.strategy.outcome
         for report in outcome.trained:
-            acct = ledger.charge(report.client_id, server_round, report.entry, report.epsilon)
+            acct = self.ledger.charge(report.client_id, server_round, report.entry, report.epsilon)
             if acct.mismatch:
                 log.warning(
                     "client %s reported ε %.4f, ledger computes %.4f",
@@ -129,12 +309,17 @@ def run_federation(
                     acct.epsilon,
                 )
         for node, _reason in outcome.refused:
-            ledger.note_refusal(strategy.node_clients[node])
+            self.ledger.note_refusal(self.strategy.node_clients[node])
         if new_arrays is not None:
-            arrays = new_arrays
-        model.load_state_dict(arrays.to_torch_state_dict())
-        evaluation = evaluator.evaluate(model)
-        accuracy = evaluation.accuracy
+            self.arrays = new_arrays
+            if self.ledger.central is not None:
+                self.ledger.central.release(
+                    len(outcome.sampled) / max(len(nodes), 1),
+                    delta=config.dp_delta,
+                    accountant=config.dp_accountant,
+                )
+        self.model.load_state_dict(self.arrays.to_torch_state_dict())
+        evaluation = self.evaluator.evaluate(self.model)
         record = RoundRecord(
             round=server_round,
             accuracy=evaluation.accuracy,
@@ -148,28 +333,16 @@ def run_federation(
             seconds=round(time.perf_counter() - started, 4),
             refused=sorted(node for node, _ in outcome.refused),
             faults=[{"node": n, "kind": k} for n, k in sorted(outcome.injected.items())],
-            epsilon_max=max((a.epsilon for a in ledger.clients.values()), default=0.0),
+            epsilon_max=max((a.epsilon for a in self.ledger.clients.values()), default=0.0),
         )
-        run_dir.append_round(record)
-        ledger.save(run_dir.path / run_dir.PRIVACY)
-        run_dir.write_model(_numpy_state(arrays))
-        completed = server_round
-        if on_round is not None:
-            on_round(record, ledger)
-    if completed == 0:
-        # The contract promises a model file even when no round could run.
-        run_dir.write_model(_numpy_state(arrays))
-    return FederationResult(completed, stopped, accuracy)
-
-
-def _eligible(node: int, strategy: FedveilStrategy, ledger: PrivacyLedger) -> bool:
-    client = strategy.node_clients.get(node)
-    if client is None:
-        return True
-    acct = ledger.account(client)
-    if acct.exhausted:
-        return False
-    return not (acct.history and ledger.would_exceed(client, acct.history[-1]))
+        self.run_dir.append_round(record)
+        self.run_dir.write_model(_numpy_state(self.arrays))
+        self.completed = server_round
+        self.ledger.save(self.run_dir.path / self.run_dir.PRIVACY)
+        self._checkpoint()
+        if self.on_round is not None:
+            self.on_round(record, self.ledger)
+        return record
 
 
 def _numpy_state(arrays: ArrayRecord) -> dict[str, np.ndarray]:

@@ -15,6 +15,7 @@ from typing import Any
 
 from common.accounting import HistoryEntry, epsilon_from_history
 from common.weights import write_atomic
+from server.planning import ClientPlan
 
 # Relative tolerance between the ε a client reports and the ledger's own computation.
 REPORT_TOLERANCE = 1e-6
@@ -34,6 +35,26 @@ class ClientAccount:
 
 
 @dataclass
+class CentralAccount:
+    """User-level DP on the server: one Gaussian release per round over a client sample.
+
+    Each aggregated round clips every client's update to ``clip`` (L2) and adds noise of std
+    ``noise_multiplier * clip / sampled`` to the mean; the sampling rate is the share of
+    clients sampled. Accounted like DP-SGD with a client as the unit (McMahan et al. 2018).
+    """
+
+    noise_multiplier: float
+    clip: float
+    history: list[HistoryEntry] = field(default_factory=list)
+    epsilon: float = 0.0
+
+    def release(self, sample_rate: float, *, delta: float, accountant: str) -> None:
+        """Record one noised aggregate."""
+        self.history.append((self.noise_multiplier, sample_rate, 1))
+        self.epsilon = epsilon_from_history(self.history, delta=delta, accountant=accountant)
+
+
+@dataclass
 class PrivacyLedger:
     """ε per client under one accountant, and the budget each may spend."""
 
@@ -42,6 +63,9 @@ class PrivacyLedger:
     budget: float | None
     unit: str = "example"
     clients: dict[str, ClientAccount] = field(default_factory=dict)
+    plan: dict[str, ClientPlan] = field(default_factory=dict)
+    central: CentralAccount | None = None
+    stopped_reason: str | None = None
 
     def account(self, client_id: str) -> ClientAccount:
         """Return the client's account, opening an empty one on first sight."""
@@ -54,10 +78,10 @@ class PrivacyLedger:
     def charge(
         self, client_id: str, server_round: int, entry: HistoryEntry, reported_epsilon: float
     ) -> ClientAccount:
-        """Record one trained round and recompute the client's ε."""
+        """Record one trained round and recompute the client's ε; a round is charged once."""
         acct = self.account(client_id)
         if server_round in acct.rounds:
-            raise ValueError(f"client {client_id} already charged for round {server_round}")
+            return acct
         acct.history.append(entry)
         acct.rounds.append(server_round)
         acct.epsilon = self.epsilon_of(acct.history)
@@ -80,6 +104,16 @@ class PrivacyLedger:
         acct = self.account(client_id)
         return self.epsilon_of([*acct.history, entry]) > self.budget
 
+    def next_entry(self, client_id: str) -> HistoryEntry | None:
+        """Return what the client's next round will cost: its last entry, else its plan."""
+        acct = self.account(client_id)
+        if acct.history:
+            return acct.history[-1]
+        plan = self.plan.get(client_id)
+        if plan is None:
+            return None
+        return (plan.noise_multiplier, plan.sample_rate, plan.steps_per_round)
+
     def to_json(self) -> dict[str, Any]:
         """Return the ``privacy.json`` document (the run-directory contract)."""
         return {
@@ -98,8 +132,48 @@ class PrivacyLedger:
                 }
                 for cid, acct in sorted(self.clients.items(), key=lambda kv: _sort_key(kv[0]))
             },
-            "central": None,
+            "central": None
+            if self.central is None
+            else {
+                "epsilon": self.central.epsilon,
+                "delta": self.delta,
+                "noise_multiplier": self.central.noise_multiplier,
+                "clip": self.central.clip,
+                "history": [[s, q, n] for s, q, n in self.central.history],
+            },
+            "plan": {cid: p.to_json() for cid, p in self.plan.items()},
+            "stopped_reason": self.stopped_reason,
         }
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> PrivacyLedger:
+        """Rebuild a ledger from its ``privacy.json`` document (used when resuming)."""
+        ledger = cls(
+            accountant=str(doc["accountant"]),
+            delta=float(doc["delta"]),
+            budget=None,
+            unit=str(doc["unit"]),
+        )
+        for cid, c in doc["clients"].items():
+            ledger.budget = None if c["budget"] is None else float(c["budget"])
+            ledger.clients[cid] = ClientAccount(
+                history=[(float(s), float(q), int(n)) for s, q, n in c["history"]],
+                rounds=[int(r) for r in c["rounds"]],
+                epsilon=float(c["epsilon"]),
+                reported_epsilon=c.get("reported_epsilon"),
+                mismatch=bool(c.get("mismatch", False)),
+                exhausted=bool(c["exhausted"]),
+            )
+        ledger.plan = {cid: ClientPlan(**p) for cid, p in doc.get("plan", {}).items()}
+        central = doc.get("central")
+        if central is not None:
+            ledger.central = CentralAccount(
+                noise_multiplier=float(central["noise_multiplier"]),
+                clip=float(central["clip"]),
+                history=[(float(s), float(q), int(n)) for s, q, n in central["history"]],
+                epsilon=float(central["epsilon"]),
+            )
+        return ledger
 
     def save(self, path: Path) -> None:
         """Write ``privacy.json`` atomically."""

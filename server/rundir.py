@@ -47,6 +47,14 @@ class RoundRecord:
     faults: list[dict[str, Any]] = field(default_factory=list)
     epsilon_max: float = 0.0
 
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> RoundRecord:
+        """Rebuild a round from its ``metrics.jsonl`` object."""
+        fields = dict(doc)
+        fields["rejected"] = [Rejection(**r) for r in doc.get("rejected", [])]
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in fields.items() if k in known})
+
     def to_json(self) -> dict[str, Any]:
         """Return the JSON object of this round."""
         doc = asdict(self)
@@ -89,6 +97,18 @@ class RunDirectory:
         """Append one round to ``metrics.jsonl`` and flush it to disk."""
         with (self.path / self.METRICS).open("a", encoding="utf-8") as fh:
             fh.write(json.dumps(record.to_json()) + "\n")
+
+    def truncate_rounds(self, last_round: int) -> None:
+        """Drop ``metrics.jsonl`` lines after ``last_round`` (written after the last checkpoint)."""
+        path = self.path / self.METRICS
+        if not path.exists():
+            return
+        kept = [
+            line
+            for line in path.read_text(encoding="utf-8").splitlines()
+            if line.strip() and json.loads(line)["round"] <= last_round
+        ]
+        write_atomic(path, "".join(f"{line}\n" for line in kept).encode())
 
     def write_model(self, arrays: Mapping[str, npt.NDArray[np.float32]]) -> None:
         """Write the global model as ``model.safetensors`` (``state_dict`` names)."""

@@ -65,6 +65,7 @@ class RoundOutcome:
     refused: list[tuple[int, str]] = field(default_factory=list)
     rejected: list[Rejection] = field(default_factory=list)
     injected: dict[int, str] = field(default_factory=dict)
+    already_trained: list[int] = field(default_factory=list)
     bytes_sealed: int = 0
     bytes_dense: int = 0
 
@@ -105,6 +106,7 @@ class FedveilStrategy(Strategy):
         self.node_clients: dict[int, str] = {}
         self.trained_before: set[int] = set()
         self.outcome = RoundOutcome()
+        self.assigned_sigma: dict[int, float] = {}
         self._global: ArrayRecord | None = None
         self._round = 0
 
@@ -139,6 +141,10 @@ class FedveilStrategy(Strategy):
             content = RecordDict(
                 {protocol.ARRAYS: arrays, protocol.CONFIG: config, protocol.SEAL: seal}
             )
+            if node in self.assigned_sigma:
+                content[protocol.DP] = ConfigRecord(
+                    {protocol.ASSIGNED_NOISE: float(self.assigned_sigma[node])}
+                )
             messages.append(
                 Message(content=content, message_type=MessageType.TRAIN, dst_node_id=node)
             )
@@ -192,8 +198,8 @@ class FedveilStrategy(Strategy):
         if status.get("status") == protocol.STATUS_REFUSED:
             self.outcome.refused.append((node, str(status.get("reason", ""))))
             return None
-        if status.get("status") != protocol.STATUS_TRAINED:
-            raise ReplyRejected("malformed", "reply status is neither trained nor refused")
+        if status.get("status") not in (protocol.STATUS_TRAINED, protocol.STATUS_ALREADY_TRAINED):
+            raise ReplyRejected("malformed", f"unknown reply status {status.get('status')!r}")
         claimed = (
             _metric(metrics, protocol.NOISE_MULTIPLIER),
             _metric(metrics, protocol.SAMPLE_RATE),
@@ -202,6 +208,11 @@ class FedveilStrategy(Strategy):
         claimed_eps = _metric(metrics, protocol.EPSILON)
         if not (claimed[0] > 0 and 0 < claimed[1] <= 1 and claimed[2] >= 1 and claimed_eps >= 0):
             raise ReplyRejected("malformed", f"DP facts out of range: {claimed}")
+        if status.get("status") == protocol.STATUS_ALREADY_TRAINED:
+            # Trained before the server restarted: charge the round (once), aggregate nothing.
+            self.outcome.trained.append(TrainedReport(node, client_id, claimed, claimed_eps))
+            self.outcome.already_trained.append(node)
+            return None
         update = content.config_records.get(protocol.UPDATE)
         sealed = None if update is None else update.get(protocol.SEALED)
         try:

@@ -73,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sim.add_argument("--out", type=Path, help="run directory (default: runs/<run-id>)")
     sim.add_argument("--verbose", action="store_true", help="show Flower's and Ray's logs")
+    resume = sub.add_parser("resume", help="continue an interrupted run from its checkpoint")
+    resume.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    resume.add_argument("--verbose", action="store_true", help="show Flower's and Ray's logs")
     return parser
 
 
@@ -88,10 +91,27 @@ def cmd_simulate(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def cmd_resume(args: argparse.Namespace, console: Console) -> int:
+    """Run ``fedveil resume RUN_DIR``."""
+    from server.checkpoint import STATE_FILE
+    from simulations.simulate import load_run_config, simulate
+
+    config = load_run_config(args.run_dir)
+    if not (args.run_dir / "checkpoint" / STATE_FILE).is_file():
+        raise UserError(f"{args.run_dir} has no checkpoint: it never finished a round")
+    run_path, result = simulate(config, args.run_dir, console, verbose=args.verbose, resume=True)
+    if result.stopped_reason:
+        console.print(f"[yellow]stopped early:[/yellow] {result.stopped_reason}")
+    print(run_path)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``fedveil`` console script."""
+    from client.privacy_state import PrivacyStateError
     from common.data import DataError
     from common.partition import PartitionError
+    from server.checkpoint import CheckpointError
     from server.rundir import RunDirError
 
     args = build_parser().parse_args(argv)
@@ -99,7 +119,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "simulate":
             return cmd_simulate(args, console)
-    except (ConfigError, DataError, PartitionError, RunDirError, UserError) as exc:
+        if args.command == "resume":
+            return cmd_resume(args, console)
+    except (
+        ConfigError,
+        DataError,
+        PartitionError,
+        RunDirError,
+        CheckpointError,
+        PrivacyStateError,
+        UserError,
+    ) as exc:
         print(f"fedveil: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

@@ -10,6 +10,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from server.ledger import PrivacyLedger
+from server.planning import ClientPlan
 from server.rundir import RoundRecord
 
 
@@ -38,6 +39,10 @@ class RoundProgress:
 
     def __exit__(self, *exc: object) -> None:
         self.progress.stop()
+
+    def show_plan(self, plans: dict[str, ClientPlan]) -> None:
+        """Print the DP plan before training starts (called by the server loop)."""
+        self.progress.console.print(plan_table(plans))
 
     def update(self, record: RoundRecord, ledger: PrivacyLedger) -> None:
         """Advance one round (called by the server loop as each round ends)."""
@@ -88,4 +93,22 @@ def privacy_table(doc: dict[str, Any]) -> Table:
             status += ", reported ε differs"
         budget = "-" if acct["budget"] is None else f"{acct['budget']:g}"
         table.add_row(cid, f"{acct['epsilon']:.3f}", budget, str(len(acct["rounds"])), status)
+    return table
+
+
+def plan_table(plans: dict[str, ClientPlan]) -> Table:
+    """Return the DP plan: σ, q, steps and the ε each client is expected to reach."""
+    table = Table(title="DP plan (calibrated before training)")
+    for name in ("client", "σ", "q", "steps/round", "rounds", "planned ε", "ε per round"):
+        table.add_column(name, justify="right")
+    for cid, p in sorted(plans.items(), key=lambda kv: (len(kv[0]), kv[0])):
+        table.add_row(
+            cid,
+            f"{p.noise_multiplier:.3f}",
+            f"{p.sample_rate:.4f}",
+            str(p.steps_per_round),
+            str(p.planned_rounds),
+            f"{p.planned_epsilon:.3f}",
+            f"{p.one_round_epsilon:.3f}",
+        )
     return table

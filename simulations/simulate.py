@@ -9,12 +9,15 @@ from pathlib import Path
 
 from rich.console import Console
 
+from common import protocol
+from common.accounting import sample_rate, steps_per_round
 from common.config import FedveilConfig
 from common.data import load_data
 from common.partition import PartitionSpec, cached_partitions
 from server.app import build_server_app
 from server.federation import FederationResult
-from server.rundir import RunDirectory, RunDirError, new_run_id
+from server.planning import check_budget_allows_a_round, expected_rounds, plan_client
+from server.rundir import RoundRecord, RunDirectory, RunDirError, new_run_id
 from simulations.progress import RoundProgress, privacy_table, summary_table
 
 log = logging.getLogger(__name__)
@@ -43,23 +46,62 @@ def backend_config(
     }
 
 
+def check_plan(config: FedveilConfig) -> None:
+    """Refuse a budget below one round's cost before anything starts (the server checks again)."""
+    spec = PartitionSpec(
+        config.partitioning, config.sim_clients, config.seed, config.dirichlet_alpha
+    )
+    parts = cached_partitions(
+        config.dataset, config.data_dir, config.seed, config.test_fraction, spec
+    )
+    rounds = expected_rounds(config, config.sim_clients)
+    sizes = sorted({len(p) for p in parts if len(p) > 0})
+    plans = [
+        plan_client(
+            config,
+            str(n),
+            sample_rate=sample_rate(n, config.batch_size),
+            steps_per_round=steps_per_round(n, config.batch_size, config.local_epochs),
+            planned_rounds=rounds,
+        )
+        for n in (sizes[0], sizes[-1])
+    ]
+    check_budget_allows_a_round(config, plans)
+
+
 def simulate(
-    config: FedveilConfig, out: Path | None, console: Console, *, verbose: bool = False
+    config: FedveilConfig,
+    out: Path | None,
+    console: Console,
+    *,
+    verbose: bool = False,
+    resume: bool = False,
 ) -> tuple[Path, FederationResult]:
-    """Run one simulation; return its run directory and how it ended."""
+    """Run (or, with ``resume``, continue) one simulation; return its run directory and end."""
     from flwr.simulation import run_simulation
 
     from client.app import app as client_app
 
     run_path = out if out is not None else Path(config.out_dir) / new_run_id()
-    if run_path.exists() and any(run_path.iterdir()):
+    if not resume and run_path.exists() and any(run_path.iterdir()):
         raise RunDirError(f"{run_path} already holds files; choose a new --out folder")
     check_inputs(config)
+    check_plan(config)
+    if not config.client_state_dir:
+        # Simulated clients keep their state beside the run, so a resumed run continues it.
+        config = config.replace(client_state_dir=str(run_path / "client-state"))
     if not verbose:
         logging.getLogger("flwr").setLevel(logging.WARNING)
     results: list[FederationResult] = []
     with RoundProgress(console, config.num_server_rounds) as progress:
-        server_app = build_server_app(config, run_path, on_round=progress.update, results=results)
+        server_app = build_server_app(
+            config,
+            run_path,
+            on_round=progress.update,
+            on_plan=progress.show_plan,
+            results=results,
+            resume=resume,
+        )
         run_simulation(
             server_app=server_app,
             client_app=client_app,
@@ -69,7 +111,29 @@ def simulate(
         )
     if not results:
         raise RuntimeError("the simulation ended without finishing its server loop")
-    console.print(summary_table(progress.records, run_path))
+    records = [RoundRecord.from_json(r) for r in read_metrics(run_path)]
+    console.print(summary_table(records, run_path))
     privacy = json.loads((run_path / RunDirectory.PRIVACY).read_text())
     console.print(privacy_table(privacy))
     return run_path, results[0]
+
+
+def read_metrics(run_path: Path) -> list[dict[str, object]]:
+    """Return the rows of a run's ``metrics.jsonl``."""
+    path = run_path / RunDirectory.METRICS
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def load_run_config(run_path: Path) -> FedveilConfig:
+    """Read a run's ``config.json`` back into a config (for ``fedveil resume``)."""
+    path = run_path / RunDirectory.CONFIG
+    try:
+        flat = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise RunDirError(f"{path} not found: {run_path} is not a fedveil run directory") from None
+    except ValueError as exc:
+        raise RunDirError(f"{path} is corrupt ({exc})") from None
+    flat.pop(protocol.RUN_TAG, None)
+    return FedveilConfig.from_flat(flat)

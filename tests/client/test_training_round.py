@@ -156,7 +156,7 @@ def test_injected_faults_are_rejected_with_their_reason(
 
 def test_state_from_another_run_is_refused(train_request: Callable[..., Message]) -> None:
     ctx = client_context(0, 4)
-    ctx.state[STATE_KEY] = ClientPrivacyState(run_id=1, noise_multiplier=1.0).to_record()
+    ctx.state[STATE_KEY] = ClientPrivacyState(run_tag="other", noise_multiplier=1.0).to_record()
     with pytest.raises(Exception, match="belongs to run"):
         app(train_request(CONFIG, _global(), 1), ctx)
 

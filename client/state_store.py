@@ -1,0 +1,132 @@
+"""A node's durable state: its privacy history and error-feedback residual on disk.
+
+Layout of a state directory (``--node-config "state-dir=..."``, or in simulation the run's
+``client-state-dir`` with one subfolder per partition)::
+
+    privacy.json             ``ClientPrivacyState`` (run tag, σ, history, rounds)
+    residual.safetensors     the error-feedback residual, one float32 vector
+
+Every write is atomic, so a crash leaves the previous round's state intact. A file that is
+corrupt or belongs to another run makes the node refuse to take part; nothing is overwritten.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+from flwr.app import Array, ArrayRecord, Context
+
+from client.privacy_state import STATE_KEY, ClientPrivacyState, PrivacyStateError
+from common.weights import WeightsError, load_safetensors, save_safetensors, write_atomic
+
+PRIVACY_FILE = "privacy.json"
+RESIDUAL_FILE = "residual.safetensors"
+RESIDUAL_KEY = "fedveil.residual"
+
+
+class StateStore:
+    """Reads and writes one node's state directory."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def load_privacy(self, run_tag: str) -> ClientPrivacyState | None:
+        """Return the stored privacy state of ``run_tag``; ``None`` if there is none yet."""
+        path = self.folder / PRIVACY_FILE
+        if not path.exists():
+            return None
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise PrivacyStateError(f"{path} is corrupt ({exc}); refusing to take part") from None
+        try:
+            state = ClientPrivacyState.from_json(doc)
+        except PrivacyStateError as exc:
+            raise PrivacyStateError(f"{path}: {exc}; refusing to take part") from None
+        if state.run_tag != run_tag:
+            raise PrivacyStateError(
+                f"{path} belongs to run {state.run_tag}, not run {run_tag}; give this node a "
+                f"fresh state-dir for a new run (nothing was overwritten)"
+            )
+        return state
+
+    def save_privacy(self, state: ClientPrivacyState) -> None:
+        """Write the privacy state atomically."""
+        write_atomic(self.folder / PRIVACY_FILE, json.dumps(state.to_json()).encode())
+
+    def load_residual(self, size: int) -> npt.NDArray[np.float32] | None:
+        """Return the stored residual of length ``size``; ``None`` if there is none."""
+        path = self.folder / RESIDUAL_FILE
+        if not path.exists():
+            return None
+        try:
+            return load_safetensors(path, {"residual": (size,)})["residual"]
+        except WeightsError as exc:
+            raise PrivacyStateError(f"{exc}; refusing to take part") from None
+
+    def save_residual(self, residual: npt.NDArray[np.float32]) -> None:
+        """Write the residual atomically."""
+        save_safetensors(self.folder / RESIDUAL_FILE, {"residual": residual})
+
+
+class NodeState:
+    """A node's state in memory (``context.state``) and, with a state directory, on disk.
+
+    Disk is authoritative when present: a restarted node has lost its memory, not its disk.
+    """
+
+    def __init__(self, context: Context, store: StateStore | None) -> None:
+        self.context = context
+        self.store = store
+
+    @classmethod
+    def for_node(cls, context: Context, default_root: str, partition_id: int) -> NodeState:
+        """Use ``state-dir`` from the node config, else ``<default_root>/partition-<id>``."""
+        folder = str(context.node_config.get("state-dir", "")).strip()
+        if folder:
+            return cls(context, StateStore(Path(folder).expanduser()))
+        if default_root:
+            return cls(context, StateStore(Path(default_root) / f"partition-{partition_id}"))
+        return cls(context, None)
+
+    def load_privacy(self, run_tag: str) -> ClientPrivacyState | None:
+        """Return this node's privacy state for ``run_tag`` (disk first, then memory)."""
+        if self.store is not None:
+            stored = self.store.load_privacy(run_tag)
+            if stored is not None:
+                return stored
+        record = self.context.state.config_records.get(STATE_KEY)
+        if record is None:
+            return None
+        state = ClientPrivacyState.from_record(record)
+        if state.run_tag != run_tag:
+            raise PrivacyStateError(
+                f"this node's privacy state belongs to run {state.run_tag}, not {run_tag}"
+            )
+        return state
+
+    def save_privacy(self, state: ClientPrivacyState) -> None:
+        """Keep the privacy state in memory and, durably, on disk."""
+        if self.store is not None:
+            self.store.save_privacy(state)
+        self.context.state[STATE_KEY] = state.to_record()
+
+    def load_residual(self, size: int) -> npt.NDArray[np.float32] | None:
+        """Return the error-feedback residual of length ``size``, if any."""
+        if self.store is not None:
+            return self.store.load_residual(size)
+        record = self.context.state.array_records.get(RESIDUAL_KEY)
+        if record is None:
+            return None
+        residual = record["residual"].numpy().astype(np.float32)
+        return residual if residual.shape == (size,) else None
+
+    def save_residual(self, residual: npt.NDArray[np.float32]) -> None:
+        """Keep the residual for the next round."""
+        if self.store is not None:
+            self.store.save_residual(residual)
+        else:
+            self.context.state[RESIDUAL_KEY] = ArrayRecord({"residual": Array(residual)})

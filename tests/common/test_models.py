@@ -1,0 +1,175 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import torch
+from opacus.grad_sample import GradSampleModule
+from opacus.validators import ModuleValidator
+from torch import nn
+
+from common.models import MODELS, DigitsMLP, SmallCNN, create_model, model_for
+
+INPUTS = {"mlp": (1, 8, 8), "cnn": (1, 28, 28)}
+
+
+@pytest.fixture(autouse=True)
+def keep_global_rng() -> Iterator[None]:
+    """These tests seed torch's global generator; leave it as other tests found it."""
+    state = torch.random.get_rng_state()
+    yield
+    torch.random.set_rng_state(state)
+
+
+def test_registry_names() -> None:
+    assert {"mlp": DigitsMLP, "cnn": SmallCNN} == MODELS
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize("num_classes", [10, 62])
+@pytest.mark.parametrize("batch", [1, 5])
+def test_forward_shape(name: str, num_classes: int, batch: int) -> None:
+    model = create_model(name, num_classes, seed=0)
+    x = torch.randn(batch, *INPUTS[name])
+
+    logits = model(x)
+
+    assert logits.shape == (batch, num_classes)
+    assert logits.dtype == torch.float32
+    assert torch.isfinite(logits).all()
+
+
+def test_cnn_parameter_count() -> None:
+    # By hand: conv1 1*16*8*8+16, conv2 16*32*4*4+32, fc1 512*32+32, fc2 32*10+10.
+    expected = (1 * 16 * 64 + 16) + (16 * 32 * 16 + 32) + (512 * 32 + 32) + (32 * 10 + 10)
+
+    model = create_model("cnn", 10, seed=0)
+
+    assert sum(p.numel() for p in model.parameters()) == expected == 26010
+
+
+def test_mlp_parameter_count() -> None:
+    expected = (64 * 64 + 64) + (64 * 10 + 10)
+
+    model = create_model("mlp", 10, seed=0)
+
+    assert sum(p.numel() for p in model.parameters()) == expected
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_opacus_validator_accepts_model(name: str) -> None:
+    model = create_model(name, 10, seed=0)
+
+    ModuleValidator.validate(model, strict=True)
+    assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+@pytest.mark.filterwarnings("ignore:Full backward hook is firing")
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_per_sample_gradients_match_one_example_at_a_time(name: str) -> None:
+    # Differential test: Opacus's per-sample gradients against a plain loop over examples.
+    model = create_model(name, 10, seed=0)
+    x = torch.randn(4, *INPUTS[name], generator=torch.Generator().manual_seed(1))
+    y = torch.tensor([0, 3, 9, 3])
+    criterion = nn.CrossEntropyLoss(reduction="sum")
+
+    wrapped = GradSampleModule(model, loss_reduction="sum")
+    criterion(wrapped(x), y).backward()
+    per_sample = {n: p.grad_sample.clone() for n, p in wrapped.named_parameters()}
+    wrapped._close()
+
+    for i in range(len(y)):
+        model.zero_grad()
+        criterion(model(x[i : i + 1]), y[i : i + 1]).backward()
+        for pname, param in model.named_parameters():
+            assert torch.allclose(per_sample[f"_module.{pname}"][i], param.grad, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_same_seed_same_weights(name: str) -> None:
+    a = create_model(name, 10, seed=7).state_dict()
+    b = create_model(name, 10, seed=7).state_dict()
+
+    assert list(a) == list(b)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_other_seed_other_weights(name: str) -> None:
+    a = create_model(name, 10, seed=7).state_dict()
+    b = create_model(name, 10, seed=8).state_dict()
+
+    assert all(not torch.equal(a[k], b[k]) for k in a)
+
+
+def test_weights_do_not_depend_on_the_global_stream() -> None:
+    torch.manual_seed(1)
+    a = create_model("mlp", 10, seed=7).state_dict()
+    torch.manual_seed(2)
+    torch.rand(100)
+    b = create_model("mlp", 10, seed=7).state_dict()
+
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_create_model_leaves_the_global_stream_alone(name: str) -> None:
+    torch.manual_seed(123)
+    control_before = torch.rand(4)
+    control_after = torch.rand(4)
+
+    torch.manual_seed(123)
+    before = torch.rand(4)
+    create_model(name, 10, seed=0)
+    after = torch.rand(4)
+
+    assert torch.equal(before, control_before)
+    assert torch.equal(after, control_after)
+
+
+def test_create_model_restores_the_stream_even_when_construction_fails(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def broken(num_classes: int) -> nn.Module:
+        torch.rand(10)
+        raise RuntimeError("boom")
+
+    monkeypatch.setitem(MODELS, "broken", broken)
+    torch.manual_seed(5)
+    control = torch.rand(3)
+    torch.manual_seed(5)
+
+    with pytest.raises(RuntimeError, match="boom"):
+        create_model("broken", 10, seed=0)
+
+    assert torch.equal(torch.rand(3), control)
+
+
+@pytest.mark.parametrize("name", ["resnet", "", "MLP", "auto"])
+def test_unknown_model_lists_registered_names(name: str) -> None:
+    with pytest.raises(ValueError) as info:
+        create_model(name, 10, seed=0)
+
+    message = str(info.value)
+    assert repr(name) in message
+    assert all(registered in message for registered in MODELS)
+
+
+@pytest.mark.parametrize(
+    ("name", "shape", "expected"),
+    [
+        ("auto", (1, 8, 8), "mlp"),
+        ("auto", (1, 28, 28), "cnn"),
+        ("mlp", (1, 28, 28), "mlp"),
+        ("cnn", (1, 8, 8), "cnn"),
+    ],
+)
+def test_model_for(name: str, shape: tuple[int, int, int], expected: str) -> None:
+    assert model_for(name, shape) == expected
+
+
+@pytest.mark.parametrize("shape", [(1, 8, 8), (1, 28, 28)])
+def test_auto_model_accepts_its_images(shape: tuple[int, int, int]) -> None:
+    model = create_model(model_for("auto", shape), 10, seed=0)
+
+    assert model(torch.zeros(2, *shape)).shape == (2, 10)

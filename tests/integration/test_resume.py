@@ -1,0 +1,111 @@
+"""A run killed with SIGKILL mid-run is resumed by ``fedveil resume`` without losing anything."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from common.weights import load_safetensors
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+
+def _ray_pids() -> set[int]:
+    found = subprocess.run(
+        ["pgrep", "-f", "site-packages/ray/"], capture_output=True, text=True, check=False
+    )
+    return {int(p) for p in found.stdout.split()}
+
+
+def _rounds_done(run: Path) -> int:
+    path = run / "metrics.jsonl"
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+def test_sigkilled_run_resumes_with_continuous_privacy_history(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    before = _ray_pids()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "simulations.cli",
+            "simulate",
+            "--config",
+            "quick",
+            "--out",
+            str(run),
+            "--set",
+            "num-server-rounds=5",
+            "--set",
+            "sim.clients=3",
+        ],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while _rounds_done(run) < 2 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert proc.poll() is None, "the run ended before it could be interrupted"
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        # Ray's daemons leave the killed process group: stop exactly those this run started.
+        for pid in _ray_pids() - before:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    interrupted_at = _rounds_done(run)
+    assert 2 <= interrupted_at < 5
+
+    done = subprocess.run(
+        [sys.executable, "-m", "simulations.cli", "resume", str(run)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rows] == [1, 2, 3, 4, 5]
+    ledger = json.loads((run / "privacy.json").read_text())
+    for cid, client in ledger["clients"].items():
+        assert client["rounds"] == [1, 2, 3, 4, 5], cid  # none lost, none twice
+        own = json.loads((run / "client-state" / f"partition-{cid}" / "privacy.json").read_text())
+        assert own["rounds"] == client["rounds"]  # the client never restarted from zero
+        assert own["history"] == client["history"]
+        assert client["epsilon"] <= client["budget"]
+    config = json.loads((run / "config.json").read_text())
+    assert config["run-tag"] == "run"
+    state = load_safetensors(
+        run / "model.safetensors",
+        {"fc1.weight": (64, 64), "fc1.bias": (64,), "fc2.weight": (10, 64), "fc2.bias": (10,)},
+    )
+    assert set(state) == {"fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"}
+
+
+def test_resume_of_a_directory_without_checkpoint_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text("{}")
+    done = subprocess.run(
+        [sys.executable, "-m", "simulations.cli", "resume", str(tmp_path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert len(done.stderr.strip().splitlines()) == 1 and "checkpoint" in done.stderr
