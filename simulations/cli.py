@@ -7,6 +7,7 @@ one line on stderr naming what was wrong and how to fix it, and exit status 2; n
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from importlib import resources
@@ -73,10 +74,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sim.add_argument("--out", type=Path, help="run directory (default: runs/<run-id>)")
     sim.add_argument("--verbose", action="store_true", help="show Flower's and Ray's logs")
+    rep = sub.add_parser("report", help="(re)write report.html, report.md and plots/ of a run")
+    rep.add_argument("run_dir", type=Path, metavar="RUN_DIR")
     resume = sub.add_parser("resume", help="continue an interrupted run from its checkpoint")
     resume.add_argument("run_dir", type=Path, metavar="RUN_DIR")
     resume.add_argument("--verbose", action="store_true", help="show Flower's and Ray's logs")
     return parser
+
+
+def _finish(run_path: Path, stopped_reason: str | None, console: Console) -> None:
+    """Write the run's report, say why it stopped early if it did, print the run directory."""
+    from server.report import write_report
+
+    report = write_report(run_path)
+    if stopped_reason:
+        console.print(f"[yellow]stopped early:[/yellow] {stopped_reason}")
+    console.print(f"report: {report.html}")
+    print(run_path)
 
 
 def cmd_simulate(args: argparse.Namespace, console: Console) -> int:
@@ -85,9 +99,15 @@ def cmd_simulate(args: argparse.Namespace, console: Console) -> int:
 
     config = resolve_config(args.config, args.assignments)
     run_path, result = simulate(config, args.out, console, verbose=args.verbose)
-    if result.stopped_reason:
-        console.print(f"[yellow]stopped early:[/yellow] {result.stopped_reason}")
-    print(run_path)
+    _finish(run_path, result.stopped_reason, console)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace, console: Console) -> int:
+    """Run ``fedveil report RUN_DIR``."""
+    from server.report import write_report
+
+    print(write_report(args.run_dir).html)
     return 0
 
 
@@ -100,9 +120,7 @@ def cmd_resume(args: argparse.Namespace, console: Console) -> int:
     if not (args.run_dir / "checkpoint" / STATE_FILE).is_file():
         raise UserError(f"{args.run_dir} has no checkpoint: it never finished a round")
     run_path, result = simulate(config, args.run_dir, console, verbose=args.verbose, resume=True)
-    if result.stopped_reason:
-        console.print(f"[yellow]stopped early:[/yellow] {result.stopped_reason}")
-    print(run_path)
+    _finish(run_path, result.stopped_reason, console)
     return 0
 
 
@@ -112,6 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from common.data import DataError
     from common.partition import PartitionError
     from server.checkpoint import CheckpointError
+    from server.report import ReportError
     from server.rundir import RunDirError
 
     args = build_parser().parse_args(argv)
@@ -121,6 +140,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_simulate(args, console)
         if args.command == "resume":
             return cmd_resume(args, console)
+        if args.command == "report":
+            return cmd_report(args, console)
     except (
         ConfigError,
         DataError,
@@ -128,6 +149,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         RunDirError,
         CheckpointError,
         PrivacyStateError,
+        ReportError,
         UserError,
     ) as exc:
         print(f"fedveil: error: {exc}", file=sys.stderr)
@@ -135,6 +157,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("fedveil: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # a bug, not bad input: still one line, the trace on request
+        if os.environ.get("FEDVEIL_DEBUG"):
+            raise
+        print(
+            f"fedveil: internal error: {type(exc).__name__}: {exc} "
+            f"(set FEDVEIL_DEBUG=1 for the traceback)",
+            file=sys.stderr,
+        )
+        return 1
     return EXIT_USAGE
 
 
