@@ -9,7 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-FAULTS = ("tamper", "replay", "misroute")
+FAULTS = ("tamper", "replay", "misroute", "drop")
+
+
+class SimulatedDrop(RuntimeError):  # noqa: N818 (an event, named for what happens)
+    """The node vanishes mid-round (fault injection): it sends nothing and spends nothing."""
 
 
 def inject_fault(

@@ -7,7 +7,7 @@ import logging
 import torch
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 
-from client.faults import inject_fault
+from client.faults import SimulatedDrop, inject_fault
 from client.privacy_state import ClientPrivacyState
 from client.sealed_reply import aggregator_key, remember_sealed, seal_trained_model
 from client.state_store import NodeState
@@ -123,6 +123,8 @@ def run_training_round(msg: Message, context: Context) -> RecordDict:
     seal_request = msg.content.config_records[protocol.SEAL]
     # Check the aggregator's key before spending any privacy on a round nobody should read.
     public_key = aggregator_key(seal_request, context)
+    if seal_request.get(protocol.FAULT) == "drop":
+        raise SimulatedDrop(f"node dropped out of round {server_round} (fault injection)")
     partition_id, num_partitions = partition_of(context)
     data = load_data(config.dataset, config.data_dir, config.seed, config.test_fraction)
     images, labels = local_tensors(data, config, partition_id, num_partitions)

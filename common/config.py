@@ -130,6 +130,7 @@ KEYS: dict[str, _Key] = {
     "faults.misroute": _Key(
         "faults_misroute", float, 0.0, lambda v: 0 <= v <= 1, "a fraction in [0, 1]"
     ),
+    "faults.drop": _Key("faults_drop", float, 0.0, lambda v: 0 <= v <= 1, "a fraction in [0, 1]"),
     "sim.clients": _Key(
         "sim_clients", int, 10, lambda v: 1 <= v <= 100_000, "an integer in [1, 100000]"
     ),
@@ -218,6 +219,7 @@ class FedveilConfig:
     faults_tamper: float
     faults_replay: float
     faults_misroute: float
+    faults_drop: float
     sim_clients: int
     sim_cpus_per_client: float
 
@@ -248,10 +250,10 @@ class FedveilConfig:
                 f"config key `data-dir` is required for dataset `{self.dataset}`; "
                 f"point it at a folder holding the files, e.g. --set data-dir=../shared/data"
             )
-        if self.faults_tamper + self.faults_replay + self.faults_misroute > 1:
+        if self.faults_tamper + self.faults_replay + self.faults_misroute + self.faults_drop > 1:
             raise ConfigError(
-                "config keys `faults.tamper` + `faults.replay` + `faults.misroute` add up to more "
-                "than 1; each sampled client gets at most one fault"
+                "config keys `faults.tamper` + `faults.replay` + `faults.misroute` + `faults.drop` "
+                "add up to more than 1; each sampled client gets at most one fault"
             )
         if self.partitioning == "by-writer" and self.dataset != "femnist":
             raise ConfigError(

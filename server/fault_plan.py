@@ -1,4 +1,8 @@
-"""Which sampled clients are told to misbehave this round (fault injection, seeded)."""
+"""Which sampled clients are told to misbehave this round (fault injection, seeded).
+
+``tamper``, ``replay`` and ``misroute`` send a bad sealed update; ``drop`` vanishes mid-round
+before training (as a node that loses power would), so the round must finish without it.
+"""
 
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ def plan_faults(
     tamper: float,
     replay: float,
     misroute: float,
+    drop: float = 0.0,
     trained_before: Collection[int],
     seed: int,
     server_round: int,
@@ -36,7 +41,8 @@ def plan_faults(
     kinds: dict[int, str] = {}
     targets: dict[int, int] = {}
     n = len(sampled)
-    for kind, fraction in (("replay", replay), ("tamper", tamper), ("misroute", misroute)):
+    plan = (("replay", replay), ("tamper", tamper), ("misroute", misroute), ("drop", drop))
+    for kind, fraction in plan:
         want = round(fraction * n)
         for node in order:
             if want == 0:

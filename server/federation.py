@@ -165,6 +165,7 @@ class Federation:
                 tamper=config.faults_tamper,
                 replay=config.faults_replay,
                 misroute=config.faults_misroute,
+                drop=config.faults_drop,
             ),
         )
 

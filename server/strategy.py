@@ -53,6 +53,7 @@ class FaultRates:
     tamper: float = 0.0
     replay: float = 0.0
     misroute: float = 0.0
+    drop: float = 0.0
 
 
 @dataclass
@@ -125,6 +126,7 @@ class FedveilStrategy(Strategy):
             tamper=self.faults.tamper,
             replay=self.faults.replay,
             misroute=self.faults.misroute,
+            drop=self.faults.drop,
             trained_before=self.trained_before,
             seed=self.sampler.seed,
             server_round=server_round,
@@ -185,7 +187,9 @@ class FedveilStrategy(Strategy):
     def _check_reply(self, node: int, reply: Message) -> RecordDict | None:
         """Return the clean content of a trained reply, ``None`` for a refusal."""
         if reply.has_error():
-            raise ReplyRejected("error", f"client error: {reply.error.reason}")
+            # A node told to vanish (fault injection) surfaces as an error reply in simulation.
+            reason = "drop" if self.outcome.injected.get(node) == "drop" else "error"
+            raise ReplyRejected(reason, f"client error: {reply.error.reason}")
         content = reply.content
         metrics = content.metric_records.get(protocol.METRICS)
         status = content.config_records.get(protocol.STATUS)

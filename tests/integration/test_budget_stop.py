@@ -1,0 +1,106 @@
+"""Budgets are enforced end to end: clients stop at their budget, the run ends cleanly."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from common.accounting import epsilon_from_history
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+
+def test_tight_budget_stops_clients_and_the_run_and_accounts_central_dp(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    # σ = 1 on 479 examples, batch 64, 2 epochs: rounds cost ε 4.70, 6.03, 7.10, 8.04 (rdp),
+    # so a budget of 7.5 allows exactly three rounds of six.
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "simulations.cli",
+            "simulate",
+            "--config",
+            "quick",
+            "--out",
+            str(run),
+            "--set",
+            "num-server-rounds=6",
+            "--set",
+            "dp.noise-multiplier=1.0",
+            "--set",
+            "dp.budget=7.5",
+            "--set",
+            "central-dp.noise-multiplier=0.5",
+            "--set",
+            "central-dp.clip=5.0",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+
+    assert done.returncode == 0, done.stderr[-3000:]
+    ledger = json.loads((run / "privacy.json").read_text())
+    assert ledger["stopped_reason"] and "budget" in ledger["stopped_reason"]
+    for cid, client in ledger["clients"].items():
+        assert client["rounds"] == [1, 2, 3], cid
+        assert client["epsilon"] <= 7.5
+        assert client["epsilon"] == pytest.approx(
+            epsilon_from_history(
+                [tuple(e) for e in client["history"]],
+                delta=ledger["delta"],
+                accountant=ledger["accountant"],
+            )
+        )
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rows] == [1, 2, 3]
+    central = ledger["central"]
+    assert central is not None and len(central["history"]) == 3
+    assert central["epsilon"] == pytest.approx(
+        epsilon_from_history(
+            [tuple(e) for e in central["history"]],
+            delta=ledger["delta"],
+            accountant=ledger["accountant"],
+        )
+    )
+    assert (run / "model.safetensors").is_file()
+    assert "budget" in (run / "report.md").read_text()
+
+
+def test_budget_below_one_round_is_refused_naming_the_smallest(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "simulations.cli",
+            "simulate",
+            "--config",
+            "quick",
+            "--out",
+            str(run),
+            "--set",
+            "dp.noise-multiplier=1.0",
+            "--set",
+            "dp.budget=1.0",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+    assert done.returncode == 2
+    err = done.stderr.strip()
+    assert len(err.splitlines()) == 1
+    assert "dp.budget" in err and "smallest budget that works is 4.697" in err
+    assert not run.exists()
