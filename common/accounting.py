@@ -103,10 +103,15 @@ def steps_per_round(num_examples: int, batch_size: int, local_epochs: int) -> in
     return local_epochs * int(1 / sample_rate(num_examples, batch_size))
 
 
+@lru_cache(maxsize=1024)
 def calibrate_noise_multiplier(
     *, target_epsilon: float, delta: float, sample_rate: float, steps: int, accountant: str
 ) -> float:
-    """Return the smallest noise multiplier whose ε after ``steps`` stays below the target."""
+    """Return the smallest noise multiplier whose ε after ``steps`` stays below the target.
+
+    Cached: clients of equal ``(q, steps)`` share σ, so planning 1,000 clients costs a few
+    dozen calibrations, not a thousand.
+    """
     from opacus.accountants.utils import get_noise_multiplier
 
     if not target_epsilon > 0:
