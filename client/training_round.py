@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import logging
+import secrets
 
+import numpy as np
 import torch
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 
+from client.attacks import UPDATE_ATTACKS, attacker_ids, flip_labels, poison_weights
 from client.faults import SimulatedDrop, inject_fault
 from client.privacy_state import ClientPrivacyState
 from client.sealed_reply import aggregator_key, remember_sealed, seal_trained_model
@@ -128,6 +131,13 @@ def run_training_round(msg: Message, context: Context) -> RecordDict:
     partition_id, num_partitions = partition_of(context)
     data = load_data(config.dataset, config.data_dir, config.seed, config.test_fraction)
     images, labels = local_tensors(data, config, partition_id, num_partitions)
+    # A simulated Byzantine client trains, accounts and seals like any other; only its data
+    # (label-flip) or its update (the others) is malicious.
+    attacker = config.attack_fraction > 0 and partition_id in attacker_ids(
+        num_partitions, config.attack_fraction, config.seed
+    )
+    if attacker and config.attack_kind == "label-flip":
+        labels = flip_labels(labels, data.num_classes)
     n = int(labels.shape[0])
 
     node_state = NodeState.for_node(context, config.client_state_dir, partition_id)
@@ -196,6 +206,14 @@ def run_training_round(msg: Message, context: Context) -> RecordDict:
     state.record(server_round, entry)
     node_state.save_privacy(state)
     local = {k: v.detach().numpy() for k, v in model.state_dict().items()}
+    if attacker and config.attack_kind in UPDATE_ATTACKS:
+        global_weights = msg.content.array_records[protocol.ARRAYS]
+        local = poison_weights(
+            config.attack_kind,
+            local,
+            {k: v.numpy() for k, v in global_weights.items()},
+            np.random.default_rng(secrets.randbits(128)),
+        )
 
     def seal_as(node_id: int) -> bytes:
         return seal_trained_model(

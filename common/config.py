@@ -26,6 +26,8 @@ DATASETS = ("digits", "mnist", "fashion-mnist", "femnist")
 PARTITIONINGS = ("iid", "dirichlet", "by-writer")
 ACCOUNTANTS = ("rdp", "prv")
 MODELS = ("auto", "mlp", "cnn")
+AGGREGATIONS = ("fedavg", "median", "trimmed-mean", "krum", "multikrum")
+ATTACK_KINDS = ("sign-flip", "scale", "gaussian", "label-flip")
 
 
 @dataclass(frozen=True)
@@ -94,6 +96,36 @@ KEYS: dict[str, _Key] = {
         "dp_accountant", str, "rdp", _one_of(ACCOUNTANTS), f"one of {ACCOUNTANTS}"
     ),
     "dp.budget": _Key("dp_budget", float, 8.0, _positive, "a number > 0"),
+    "aggregation": _Key(
+        "aggregation", str, "fedavg", _one_of(AGGREGATIONS), f"one of {AGGREGATIONS}"
+    ),
+    "robust.assumed-malicious": _Key(
+        "robust_assumed_malicious",
+        int,
+        1,
+        lambda v: v >= 0,
+        "an integer >= 0 (Byzantine clients per round that krum/multikrum/trimmed-mean tolerate)",
+    ),
+    "robust.trim-beta": _Key(
+        "robust_trim_beta", float, 0.2, lambda v: 0 <= v < 0.5, "a fraction in [0, 0.5)"
+    ),
+    "robust.norm-bound": _Key(
+        "robust_norm_bound",
+        float,
+        0.0,
+        _non_negative,
+        "a number >= 0: L2 bound on each update (0 = none)",
+    ),
+    "robust.exclude-flagged": _Key(
+        "robust_exclude_flagged", bool, False, _ANY, "true or false: drop flagged updates"
+    ),
+    "attack.fraction": _Key(
+        "attack_fraction", float, 0.0, lambda v: 0 <= v <= 1, "a fraction in [0, 1]"
+    ),
+    "attack.kind": _Key(
+        "attack_kind", str, "sign-flip", _one_of(ATTACK_KINDS), f"one of {ATTACK_KINDS}"
+    ),
+    "watermark.enabled": _Key("watermark_enabled", bool, False, _ANY, "true or false"),
     "central-dp.noise-multiplier": _Key(
         "central_dp_noise_multiplier",
         float,
@@ -209,6 +241,14 @@ class FedveilConfig:
     dp_noise_multiplier: float
     dp_accountant: str
     dp_budget: float
+    aggregation: str
+    robust_assumed_malicious: int
+    robust_trim_beta: float
+    robust_norm_bound: float
+    robust_exclude_flagged: bool
+    attack_fraction: float
+    attack_kind: str
+    watermark_enabled: bool
     central_dp_noise_multiplier: float
     central_dp_clip: float
     client_state_dir: str
@@ -254,6 +294,11 @@ class FedveilConfig:
             raise ConfigError(
                 "config keys `faults.tamper` + `faults.replay` + `faults.misroute` + `faults.drop` "
                 "add up to more than 1; each sampled client gets at most one fault"
+            )
+        if self.central_dp_noise_multiplier > 0 and self.aggregation != "fedavg":
+            raise ConfigError(
+                f"config key `central-dp.noise-multiplier` needs `aggregation` = `fedavg` "
+                f"(its noise is calibrated to a mean), got `{self.aggregation}`"
             )
         if self.partitioning == "by-writer" and self.dataset != "femnist":
             raise ConfigError(

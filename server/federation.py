@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from flwr.app import Array, ArrayRecord
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping, FedAvg, Strategy
+from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping, Strategy
 
 from common import protocol
 from common.codec import CodecParams
@@ -24,6 +24,7 @@ from common.config import ConfigError, FedveilConfig
 from common.data import load_data
 from common.models import create_model, model_for
 from common.sealing import AggregatorKeyPair, load_private_key
+from server.aggregation import build_aggregator
 from server.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from server.evaluation import CentralEvaluator
 from server.ledger import CentralAccount, PrivacyLedger
@@ -38,7 +39,8 @@ from server.planning import (
 )
 from server.rundir import RoundRecord, RunDirectory
 from server.sampling import BudgetAwareSampler, NotEnoughClients
-from server.strategy import FaultRates, FedveilStrategy
+from server.strategy import FaultRates, FedveilStrategy, Screening
+from server.watermark import KEY_FILE, Watermarker
 
 log = logging.getLogger(__name__)
 
@@ -70,20 +72,21 @@ def sample_size(config: FedveilConfig, num_clients: int) -> int:
 def build_inner_strategy(config: FedveilConfig, num_clients: int) -> Strategy:
     """Return the Flower strategy that aggregates clean replies (uniform weights).
 
-    With ``central-dp.noise-multiplier`` > 0 it is wrapped in Flower's server-side fixed
-    clipping DP wrapper (user-level DP), which only fits a mean: robust aggregators refuse it.
+    ``aggregation`` picks it (``server.aggregation``: Flower's FedAvg, FedMedian,
+    FedTrimmedAvg, Krum, MultiKrum). With ``central-dp.noise-multiplier`` > 0 it is wrapped in
+    Flower's server-side fixed-clipping DP wrapper (user-level DP), which only fits a mean.
     """
-    fedavg = FedAvg(
-        fraction_train=config.fraction_train,
-        fraction_evaluate=0.0,
-        min_train_nodes=1,
-        min_available_nodes=1,
-        weighted_by_key=protocol.WEIGHT,
+    aggregator = build_aggregator(
+        config.aggregation,
+        expected_clients=sample_size(config, num_clients),
+        assumed_malicious=config.robust_assumed_malicious,
+        trim_beta=config.robust_trim_beta,
+        codec_topk=config.codec_topk,
     )
     if config.central_dp_noise_multiplier <= 0:
-        return fedavg
+        return aggregator
     return DifferentialPrivacyServerSideFixedClipping(
-        fedavg,
+        aggregator,
         noise_multiplier=config.central_dp_noise_multiplier,
         clipping_norm=config.central_dp_clip,
         num_sampled_clients=sample_size(config, num_clients),
@@ -137,6 +140,9 @@ class Federation:
             params=CodecParams(topk=config.codec_topk, bits=config.codec_bits),
             shapes=shapes,
         )
+        self.image_shape = data.image_shape
+        self.num_classes = data.num_classes
+        self.watermarker: Watermarker | None = None
         self._strategy: FedveilStrategy | None = None
         self._restored: Checkpoint | None = None
         self.completed = 0
@@ -166,6 +172,10 @@ class Federation:
                 replay=config.faults_replay,
                 misroute=config.faults_misroute,
                 drop=config.faults_drop,
+            ),
+            screening=Screening(
+                norm_bound=config.robust_norm_bound,
+                exclude_flagged=config.robust_exclude_flagged,
             ),
         )
 
@@ -218,6 +228,23 @@ class Federation:
         entry = self.ledger.next_entry(client)
         return entry is None or not self.ledger.would_exceed(client, entry)
 
+    def _start_watermark(self) -> None:
+        """Create (or, resuming, reload) the key and mark the initial model.
+
+        Watermarking fine-tunes the global model, a function of DP outputs only, on a trigger
+        set the server generates: post-processing, so it costs no privacy.
+        """
+        key_path = self.run_dir.path / KEY_FILE
+        if self.completed == 0:
+            self.watermarker = Watermarker.create(key_path, self.image_shape, self.num_classes)
+            self.model.load_state_dict(self.arrays.to_torch_state_dict())
+            self.watermarker.embed_initial(self.model)
+            self.arrays = ArrayRecord(self.model.state_dict())
+        else:
+            self.watermarker = Watermarker.from_key_file(
+                key_path, self.image_shape, self.num_classes
+            )
+
     # ------------------------------------------------------------------ checkpoint
     @property
     def checkpoint_dir(self) -> Path:
@@ -259,6 +286,8 @@ class Federation:
         config = self.config
         if self.completed == 0:
             self.run_dir.write_config({**config.to_flat(), "run-tag": self.run_tag})
+        if config.watermark_enabled:
+            self._start_watermark()
         nodes = self.sampler.connected(self.grid)
         self._strategy = self._build_strategy(len(nodes))
         if self._restored is not None:
@@ -320,15 +349,19 @@ class Federation:
                     accountant=config.dp_accountant,
                 )
         self.model.load_state_dict(self.arrays.to_torch_state_dict())
+        watermark_accuracy = None
+        if self.watermarker is not None:
+            watermark_accuracy = self.watermarker.embed(self.model)
+            self.arrays = ArrayRecord(self.model.state_dict())
         evaluation = self.evaluator.evaluate(self.model)
         record = RoundRecord(
             round=server_round,
             accuracy=evaluation.accuracy,
             loss=evaluation.loss,
-            watermark_accuracy=None,
+            watermark_accuracy=watermark_accuracy,
             clients=sorted(outcome.contributed),
             rejected=outcome.rejected,
-            flagged=[],
+            flagged=list(outcome.flagged),
             bytes_sealed=outcome.bytes_sealed,
             bytes_dense=outcome.bytes_dense,
             seconds=round(time.perf_counter() - started, 4),

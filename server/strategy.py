@@ -28,6 +28,9 @@ from flwr.serverapp.strategy import Strategy
 from common import protocol
 from common.accounting import HistoryEntry
 from common.envelope import UpdateRejected
+from common.weights import flatten
+from server.aggregation import bound_local_weights
+from server.anomaly import MIN_UPDATES, AnomalyScore, flag_outliers, score_updates
 from server.fault_plan import plan_faults
 from server.opening import UpdateOpener
 from server.rundir import Rejection
@@ -56,6 +59,19 @@ class FaultRates:
     drop: float = 0.0
 
 
+@dataclass(frozen=True)
+class Screening:
+    """What the server does to opened updates before aggregation.
+
+    ``norm_bound`` > 0 clips each update ``local - global`` to that L2 norm; anomaly scores
+    (``server.anomaly``) are computed every round and the outliers are listed as ``flagged``;
+    with ``exclude_flagged`` they are also left out of the aggregate.
+    """
+
+    norm_bound: float = 0.0
+    exclude_flagged: bool = False
+
+
 @dataclass
 class RoundOutcome:
     """What happened to every reply of one round."""
@@ -67,6 +83,8 @@ class RoundOutcome:
     rejected: list[Rejection] = field(default_factory=list)
     injected: dict[int, str] = field(default_factory=dict)
     already_trained: list[int] = field(default_factory=list)
+    flagged: list[int] = field(default_factory=list)
+    scores: dict[int, AnomalyScore] = field(default_factory=dict)
     bytes_sealed: int = 0
     bytes_dense: int = 0
 
@@ -98,12 +116,14 @@ class FedveilStrategy(Strategy):
         expected_shapes: dict[str, tuple[int, ...]],
         opener: UpdateOpener,
         faults: FaultRates | None = None,
+        screening: Screening | None = None,
     ) -> None:
         self.inner = inner
         self.sampler = sampler
         self.expected_shapes = expected_shapes
         self.opener = opener
         self.faults = faults or FaultRates()
+        self.screening = screening or Screening()
         self.node_clients: dict[int, str] = {}
         self.trained_before: set[int] = set()
         self.outcome = RoundOutcome()
@@ -180,9 +200,37 @@ class FedveilStrategy(Strategy):
         for node in self.outcome.sampled:
             if node not in answered:
                 self.outcome.rejected.append(Rejection(node, "no-reply", "no reply before timeout"))
+        clean = self._screen(server_round, clean)
         if not clean:
             return None, None
         return self.inner.aggregate_train(server_round, clean)
+
+    def _screen(self, server_round: int, clean: list[Message]) -> list[Message]:
+        """Score the round's updates, flag outliers and, if asked, leave them out."""
+        if self._global is None or len(clean) < MIN_UPDATES:
+            return clean
+        base = flatten({k: self._global[k].numpy() for k in self.expected_shapes})
+        deltas = {
+            int(m.metadata.src_node_id): flatten(
+                {
+                    k: m.content.array_records[protocol.ARRAYS][k].numpy()
+                    for k in self.expected_shapes
+                }
+            )
+            - base
+            for m in clean
+        }
+        self.outcome.scores = score_updates(deltas)
+        self.outcome.flagged = flag_outliers(self.outcome.scores)
+        if self.outcome.flagged:
+            log.warning("round %d: flagged nodes %s", server_round, self.outcome.flagged)
+        if not self.screening.exclude_flagged:
+            return clean
+        kept = [m for m in clean if int(m.metadata.src_node_id) not in self.outcome.flagged]
+        self.outcome.contributed = [
+            n for n in self.outcome.contributed if n not in self.outcome.flagged
+        ]
+        return kept
 
     def _check_reply(self, node: int, reply: Message) -> RecordDict | None:
         """Return the clean content of a trained reply, ``None`` for a refusal."""
@@ -242,6 +290,12 @@ class FedveilStrategy(Strategy):
         if sealed_entry != claimed or facts.epsilon != claimed_eps:
             raise ReplyRejected("tamper", "DP facts in the clear differ from the sealed ones")
         self.trained_before.add(node)
+        if self.screening.norm_bound > 0:
+            weights = bound_local_weights(
+                weights,
+                {k: self._global[k].numpy() for k in self.expected_shapes},
+                self.screening.norm_bound,
+            )
         return RecordDict(
             {
                 protocol.ARRAYS: ArrayRecord({k: Array(v) for k, v in weights.items()}),

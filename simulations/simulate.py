@@ -14,8 +14,9 @@ from common.accounting import sample_rate, steps_per_round
 from common.config import FedveilConfig
 from common.data import load_data
 from common.partition import PartitionSpec, cached_partitions
+from server.aggregation import build_aggregator
 from server.app import build_server_app
-from server.federation import FederationResult
+from server.federation import FederationResult, sample_size
 from server.planning import check_budget_allows_a_round, expected_rounds, plan_client
 from server.rundir import RoundRecord, RunDirectory, RunDirError, new_run_id
 from simulations.progress import RoundProgress, privacy_table, summary_table
@@ -44,6 +45,17 @@ def backend_config(
         "init_args": {"num_cpus": os.cpu_count() or 1, "include_dashboard": False, **quiet},
         "actor": {"tensorflow": 0},
     }
+
+
+def check_aggregation(config: FedveilConfig) -> None:
+    """Refuse an aggregator that cannot run with the clients each round samples."""
+    build_aggregator(
+        config.aggregation,
+        expected_clients=sample_size(config, config.sim_clients),
+        assumed_malicious=config.robust_assumed_malicious,
+        trim_beta=config.robust_trim_beta,
+        codec_topk=config.codec_topk,
+    )
 
 
 def check_plan(config: FedveilConfig) -> None:
@@ -86,6 +98,7 @@ def simulate(
     if not resume and run_path.exists() and any(run_path.iterdir()):
         raise RunDirError(f"{run_path} already holds files; choose a new --out folder")
     check_inputs(config)
+    check_aggregation(config)
     check_plan(config)
     if not config.client_state_dir:
         # Simulated clients keep their state beside the run, so a resumed run continues it.

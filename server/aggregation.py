@@ -1,0 +1,336 @@
+"""Robust aggregators by name, and the norm bound on updates.
+
+The aggregators are Flower's own strategies (``FedAvg``, ``FedMedian``, ``FedTrimmedAvg``,
+``Krum``, ``MultiKrum``), configured for fedveil's clean replies
+(``{"arrays": ArrayRecord(global + delta), "metrics": MetricRecord({"weight": 1.0})}``, uniform
+weights). Their math fits these replies as they are: a coordinate-wise median or trimmed mean of
+``global + delta_i`` is ``global`` plus the median or trimmed mean of the deltas, and Krum's
+distances are differences, so the shared ``global`` cancels. What Flower lacks is added by thin
+subclasses, each a guard on the number ``n`` of replies a round actually aggregates, given the
+``f`` clients assumed malicious:
+
+==============  ==========================  ===============================================
+name            runs robustly when           added to Flower's strategy
+==============  ==========================  ===============================================
+fedavg          n >= 1                       nothing (plain ``FedAvg``)
+median          n > 2f                       the guard
+trimmed-mean    n > 2f                       trims ``max(floor(beta n), f)`` from each side
+krum            n > 2f + 2                   the guard
+multikrum       n > 2f + 2                   the guard; averages the ``m = n - f`` best
+==============  ==========================  ===============================================
+
+A round with too few replies is skipped as Flower's own ``Bulyan`` does: ``aggregate_train``
+logs a warning and returns ``(None, None)`` (the round loop keeps the global model), and the
+one-line reason is left in the strategy's ``skipped`` attribute for the round's record.
+:func:`build_aggregator` refuses, with :class:`AggregatorError`, a configuration whose
+``expected_clients`` could never run.
+
+The norm bound (:func:`clip_update`) acts on deltas, ``local - global``, after anomaly scoring
+(``server.anomaly``) and before aggregation; :func:`bound_local_weights` applies it to the
+reconstructed local weights an opened reply carries.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Iterable, Mapping
+from typing import Final
+
+import numpy as np
+import numpy.typing as npt
+from flwr.app import ArrayRecord, Message, MetricRecord
+from flwr.serverapp.strategy import FedAvg, FedMedian, FedTrimmedAvg, Krum, MultiKrum
+
+from common import protocol
+from common.config import ConfigError
+from common.weights import NamedArrays
+
+log = logging.getLogger(__name__)
+
+AGGREGATORS: Final = ("fedavg", "median", "trimmed-mean", "krum", "multikrum")
+"""Valid values of the ``aggregation`` config key."""
+
+
+MIN_COORDINATEWISE_TOPK: Final = 0.5
+"""Least ``codec.topk`` for ``median`` and ``trimmed-mean``: below it a coordinate is sent by
+fewer than half the clients on average, and a robust rule over it returns (almost) zero."""
+
+
+class AggregatorError(ConfigError):
+    """An aggregator that cannot run (robustly) with the given clients, or an unknown name.
+
+    A configuration problem (``aggregation`` against the clients per round), so the CLI reports
+    it like any other bad config: one line, exit 2.
+    """
+
+
+def _check_numbers(expected_clients: int, assumed_malicious: int, trim_beta: float) -> None:
+    if type(expected_clients) is not int or expected_clients < 1:
+        raise AggregatorError(f"`expected_clients` must be an int >= 1, got {expected_clients!r}")
+    if type(assumed_malicious) is not int or assumed_malicious < 0:
+        raise AggregatorError(f"`assumed_malicious` must be an int >= 0, got {assumed_malicious!r}")
+    if not (isinstance(trim_beta, int | float) and 0.0 <= trim_beta < 0.5):
+        raise AggregatorError(f"`trim_beta` must be in [0, 0.5), got {trim_beta!r}")
+
+
+def requirement(name: str, num_clients: int, assumed_malicious: int) -> str | None:
+    """Return why ``name`` cannot aggregate ``num_clients`` replies robustly, or ``None``.
+
+    The reason is one line naming the numbers, e.g. ``krum needs more than 2f+2 = 6 clients per
+    round with f = 2 assumed malicious; got 5``.
+    """
+    if name not in AGGREGATORS:
+        raise AggregatorError(f"unknown aggregation {name!r}; valid names are {list(AGGREGATORS)}")
+    f = assumed_malicious
+    if name == "fedavg":
+        need, rule = 0, "0"
+    elif name in ("median", "trimmed-mean"):
+        need, rule = 2 * f, "2f"
+    else:
+        need, rule = 2 * f + 2, "2f+2"
+    if num_clients > need:
+        return None
+    return (
+        f"{name} needs more than {rule} = {need} clients per round with f = {f} "
+        f"assumed malicious; got {num_clients}"
+    )
+
+
+class _Guard:
+    """Mixin: skip a round (warning, ``skipped`` reason) when too few replies arrived."""
+
+    aggregator_name: str
+    assumed_malicious: int
+    skipped: str | None
+
+    def _guard(self, name: str, assumed_malicious: int) -> None:
+        self.aggregator_name = name
+        self.assumed_malicious = assumed_malicious
+        self.skipped = None
+
+    def _too_few(self, server_round: int, replies: list[Message]) -> bool:
+        n = sum(1 for r in replies if not r.has_error())
+        self.skipped = requirement(self.aggregator_name, n, self.assumed_malicious)
+        if self.skipped is not None:
+            log.warning("round %d: aggregation skipped: %s", server_round, self.skipped)
+        return self.skipped is not None
+
+
+class GuardedMedian(_Guard, FedMedian):
+    """Flower's ``FedMedian``; skips a round with ``n <= 2f`` replies."""
+
+    def __init__(self, *, assumed_malicious: int, **kwargs: object) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self._guard("median", assumed_malicious)
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Aggregate by coordinate-wise median, or skip (see the module docstring)."""
+        replies = list(replies)
+        if self._too_few(server_round, replies):
+            return None, None
+        return super().aggregate_train(server_round, replies)
+
+
+class GuardedTrimmedAvg(_Guard, FedTrimmedAvg):
+    """Flower's ``FedTrimmedAvg`` trimming at least ``f`` replies from each side.
+
+    Each round trims ``max(floor(beta n), f)`` of the ``n`` values of every coordinate from
+    each end (``beta`` alone may trim fewer than ``f`` when fewer replies arrive than expected);
+    skips a round with ``n <= 2f`` replies.
+    """
+
+    def __init__(self, *, assumed_malicious: int, beta: float, **kwargs: object) -> None:
+        super().__init__(beta=beta, **kwargs)  # type: ignore[arg-type]
+        self._guard("trimmed-mean", assumed_malicious)
+        self.configured_beta = beta
+
+    def trimmed_per_side(self, n: int) -> int:
+        """Return how many of ``n`` values are cut from each end of every coordinate."""
+        return max(int(self.configured_beta * n), self.assumed_malicious)
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Aggregate by trimmed mean, or skip (see the module docstring)."""
+        replies = list(replies)
+        if self._too_few(server_round, replies):
+            return None, None
+        n = sum(1 for r in replies if not r.has_error())
+        cut = self.trimmed_per_side(n)
+        # Flower cuts int(beta * n); (cut + 1/4) / n is < 1/2 (as n > 2 cut) and floors to cut.
+        configured = int(self.configured_beta * n)
+        self.beta = self.configured_beta if cut == configured else (cut + 0.25) / n
+        return super().aggregate_train(server_round, replies)
+
+
+class GuardedKrum(_Guard, Krum):
+    """Flower's ``Krum`` (one update selected); skips a round with ``n <= 2f + 2`` replies."""
+
+    def __init__(self, *, assumed_malicious: int, **kwargs: object) -> None:
+        super().__init__(num_malicious_nodes=assumed_malicious, **kwargs)  # type: ignore[arg-type]
+        self._guard("krum", assumed_malicious)
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Select the update with the lowest Krum score, or skip (module docstring)."""
+        replies = list(replies)
+        if self._too_few(server_round, replies):
+            return None, None
+        return super().aggregate_train(server_round, replies)
+
+
+class GuardedMultiKrum(_Guard, MultiKrum):
+    """Flower's ``MultiKrum`` averaging the ``m = n - f`` updates of lowest Krum score.
+
+    ``m`` follows the replies each round really has (Flower fixes it at construction, so a
+    round with fewer replies would average them all, attackers included); skips a round with
+    ``n <= 2f + 2`` replies.
+    """
+
+    def __init__(self, *, assumed_malicious: int, **kwargs: object) -> None:
+        super().__init__(num_malicious_nodes=assumed_malicious, **kwargs)  # type: ignore[arg-type]
+        self._guard("multikrum", assumed_malicious)
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Average the ``n - f`` updates of lowest Krum score, or skip (module docstring)."""
+        replies = list(replies)
+        if self._too_few(server_round, replies):
+            return None, None
+        n = sum(1 for r in replies if not r.has_error())
+        self.num_nodes_to_select = n - self.assumed_malicious
+        return super().aggregate_train(server_round, replies)
+
+
+_Builder = Callable[[dict[str, object], int, float], FedAvg]
+
+_REGISTRY: Final[dict[str, _Builder]] = {
+    "fedavg": lambda kw, f, beta: FedAvg(**kw),  # type: ignore[arg-type]
+    "median": lambda kw, f, beta: GuardedMedian(assumed_malicious=f, **kw),
+    "trimmed-mean": lambda kw, f, beta: GuardedTrimmedAvg(assumed_malicious=f, beta=beta, **kw),
+    "krum": lambda kw, f, beta: GuardedKrum(assumed_malicious=f, **kw),
+    "multikrum": lambda kw, f, beta: GuardedMultiKrum(assumed_malicious=f, **kw),
+}
+
+
+def build_aggregator(
+    name: str,
+    *,
+    expected_clients: int,
+    assumed_malicious: int,
+    trim_beta: float = 0.2,
+    codec_topk: float = 1.0,
+) -> FedAvg:
+    """Return the Flower strategy that aggregates a round's clean replies under ``name``.
+
+    Args:
+        name: One of ``AGGREGATORS``.
+        expected_clients: Replies a round is expected to aggregate (clients sampled per round).
+        assumed_malicious: ``f``, the Byzantine clients per round the aggregator must tolerate.
+        trim_beta: Fraction trimmed from each side by ``trimmed-mean`` (at least ``f`` are).
+        codec_topk: The ``codec.topk`` clients compress with. Coordinate-wise rules need most
+            clients to send a coordinate for it to move: with top-k sparse updates (``topk =
+            0.1``) the median of ten decoded updates is exactly zero on every coordinate
+            (measured on digits) and a 20 % trimmed mean keeps ~2 % of them, so ``median`` and
+            ``trimmed-mean`` are refused below ``MIN_COORDINATEWISE_TOPK``.
+
+    Raises:
+        AggregatorError: Unknown ``name`` (the message lists the valid ones), out-of-domain
+            numbers, or ``expected_clients`` too few for ``name`` (one line naming the numbers,
+            e.g. ``krum needs more than 2f+2 = 6 clients per round with f = 2 assumed
+            malicious; got 5``), or ``median``/``trimmed-mean`` with sparse updates.
+
+    """
+    if name not in _REGISTRY:
+        raise AggregatorError(f"unknown aggregation {name!r}; valid names are {list(AGGREGATORS)}")
+    _check_numbers(expected_clients, assumed_malicious, trim_beta)
+    reason = requirement(name, expected_clients, assumed_malicious)
+    if reason is not None:
+        raise AggregatorError(reason)
+    if not (isinstance(codec_topk, int | float) and 0.0 < codec_topk <= 1.0):
+        raise AggregatorError(f"`codec_topk` must be in (0, 1], got {codec_topk!r}")
+    if name in ("median", "trimmed-mean") and codec_topk < MIN_COORDINATEWISE_TOPK:
+        raise AggregatorError(
+            f"{name} needs dense updates: with codec.topk = {codec_topk} most coordinates are "
+            f"zero in most updates, so the {name} barely moves; set codec.topk >= "
+            f"{MIN_COORDINATEWISE_TOPK} (1.0 is dense) or use krum, multikrum or fedavg"
+        )
+    common_kwargs: dict[str, object] = {
+        "fraction_train": 1.0,  # FedveilStrategy samples; the inner strategy only aggregates
+        "fraction_evaluate": 0.0,
+        "min_train_nodes": 1,
+        "min_evaluate_nodes": 0,
+        "min_available_nodes": 1,
+        "weighted_by_key": protocol.WEIGHT,
+    }
+    return _REGISTRY[name](common_kwargs, assumed_malicious, float(trim_beta))
+
+
+def clip_update(delta: npt.NDArray[np.floating], bound: float) -> npt.NDArray[np.floating]:
+    """Return ``delta`` scaled to L2 norm ``bound`` if it is longer, else an unchanged copy.
+
+    The result has ``delta``'s float dtype (float64 for integer input) and never a larger norm
+    than ``delta``: the scale ``bound / norm`` is computed in float64, and shrunk by a few ulps
+    when rounding to the dtype would leave the norm above ``bound``.
+
+    Raises:
+        ValueError: ``bound`` is not a finite number > 0, or ``delta`` holds non-finite values.
+
+    """
+    if isinstance(bound, bool) or not isinstance(bound, int | float):
+        raise ValueError(f"`bound` must be a number > 0, got {bound!r}")
+    if not (math.isfinite(bound) and bound > 0):
+        raise ValueError(f"`bound` must be a finite number > 0, got {bound!r}")
+    array = np.asarray(delta)
+    dtype = array.dtype if np.issubdtype(array.dtype, np.floating) else np.dtype(np.float64)
+    out = array.astype(dtype, copy=True)
+    wide = out.astype(np.float64)
+    if not np.isfinite(wide).all():
+        raise ValueError("`delta` holds non-finite values")
+    norm = float(np.linalg.norm(wide))
+    if norm <= bound:
+        return out
+    scale = bound / norm
+    clipped = (wide * scale).astype(dtype)
+    while float(np.linalg.norm(clipped.astype(np.float64))) > bound:
+        scale *= 1.0 - 4 * float(np.finfo(dtype).eps)
+        clipped = (wide * scale).astype(dtype)
+    return clipped
+
+
+def bound_local_weights(
+    local: Mapping[str, npt.NDArray[np.floating]],
+    global_weights: Mapping[str, npt.NDArray[np.floating]],
+    bound: float,
+) -> NamedArrays:
+    """Return ``global + clip_update(local - global, bound)`` as named float32 arrays.
+
+    The norm is that of the whole update (all tensors flattened together, in ``global_weights``
+    order), as the codec and the anomaly scores see it.
+
+    Raises:
+        ValueError: The names or shapes of ``local`` and ``global_weights`` differ, or as
+            :func:`clip_update`.
+
+    """
+    if set(local) != set(global_weights):
+        raise ValueError(f"names differ: {sorted(set(local) ^ set(global_weights))}")
+    names = list(global_weights)
+    base = [np.asarray(global_weights[k], dtype=np.float32) for k in names]
+    loc = [np.asarray(local[k], dtype=np.float32) for k in names]
+    for k, b, x in zip(names, base, loc, strict=True):
+        if b.shape != x.shape:
+            raise ValueError(f"tensor {k}: local shape {x.shape} differs from global {b.shape}")
+    flat = np.concatenate([(x - b).ravel() for b, x in zip(base, loc, strict=True)])
+    clipped = clip_update(flat, bound).astype(np.float32)
+    out: NamedArrays = {}
+    offset = 0
+    for k, b in zip(names, base, strict=True):
+        out[k] = (b + clipped[offset : offset + b.size].reshape(b.shape)).astype(np.float32)
+        offset += b.size
+    return out

@@ -1,0 +1,231 @@
+"""Per-round anomaly scores for opened client updates, and the outliers they flag.
+
+Every update of a round is a DP-SGD output: with fedveil's defaults (digits, 10 clients, ε = 8)
+the Gaussian noise is ~14 times the learning signal in L2 norm, honest updates are nearly
+orthogonal to each other (pairwise cosine ~0.005) and a coordinate-wise median of top-k-sparse
+updates is zero almost everywhere. Two statistics survive that, both computed on the stacked
+``(n, d)`` matrix of flattened deltas (``local - global``) without any loop over coordinates:
+
+* **norm**: the robust z-score of ``log ||delta||`` against the round's median and MAD. DP noise
+  makes honest norms nearly constant (±2 % on digits), so a scaled or noise-drowned update stands
+  far out; the MAD is floored at ``LOG_MAD_FLOOR``, so with ``NORM_Z`` a norm less than 1.3x the
+  median never flags. Only the upper tail flags: a small update cannot dominate an aggregate.
+* **consensus**: the cosine between an update and the consensus direction of the *other* updates
+  of the round. The consensus is ``sum_j v_j u_j`` over the unit-normalised updates ``u_j``,
+  where ``v`` is the leading eigenvector of their off-diagonal Gram matrix, signed so that most
+  entries are positive (honest majority). A sign-flipped update then contributes to the consensus
+  with its sign undone instead of cancelling an honest one, which doubles the signal a mean of the
+  others would give; normalising first keeps scaled updates from owning the consensus. The robust
+  z-score of the consensus cosines (lower tail) flags updates pointing against the others; its
+  MAD is floored at ``1 / sqrt(d)``, the spread of a cosine between independent directions. The
+  consensus counts only when the top eigenvalue rises above what independent noise directions
+  give (``CONSENSUS_EDGE``): a round of pure noise flags nobody by direction.
+
+What this can see is set by the DP noise, not by the thresholds: an update's sign can only be
+judged against a signal that rises above the noise of the others. Measured on digits, 10 IID
+clients, 2 attackers, dense updates, over 15 FedAvg rounds x 4 draws:
+
+* default ε = 8 (σ = 2.21): scale x10 and Gaussian (3x norm) recall 1.00; sign-flip recall
+  0.07 (honest updates carry ~14x more noise than signal: no statistic of the round separates
+  a reversed update); honest false-positive rate <= 0.013 under every attack, 0 without one.
+* σ = 1.0 (ε ≈ 26): sign-flip recall 1.00 in rounds 1-6 and 0 from round 7, when the honest
+  signal itself has faded below the noise (a reversed pure-noise update is as harmless as it is
+  invisible); false positives 0.
+* default ε with ``reference`` = 6 plain SGD steps on 100 clean server-held examples: sign-flip
+  recall 0.95 over rounds 1-7, 0 afterwards; false positives 0.
+
+Top-k compression (``codec.topk = 0.1``) roughly halves the consensus z-scores of sign-flipped
+updates; the norm statistic is unaffected.
+
+Ordering contract: score the *unclipped* decoded deltas (clipping would hide a scaled update),
+then flag, then clip (``server.aggregation.clip_update``) and aggregate.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Final
+
+import numpy as np
+import numpy.typing as npt
+
+FloatArray = npt.NDArray[np.float64]
+
+NORM_Z: Final = 3.5
+"""Flag when the norm's robust z-score exceeds this (Iglewicz-Hoaglin's outlier cut-off)."""
+
+CONSENSUS_Z: Final = 3.0
+"""Flag when the consensus cosine's robust z-score is below minus this."""
+
+LOG_MAD_FLOOR: Final = 0.05
+"""Least spread of ``log ||delta||``: with ``NORM_Z``, only norms >= 1.3x the median flag."""
+
+CONSENSUS_EDGE: Final = 2.5
+"""The consensus counts only if the Gram's top eigenvalue exceeds this times ``sqrt((n-1)/d)``.
+
+For ``n`` independent isotropic directions in ``d`` dimensions that normalised eigenvalue is
+~2 (the semicircle edge); its 99.9th percentile, measured for n = 3..50 at d = 4810, is <= 2.5.
+"""
+
+MIN_UPDATES: Final = 3
+"""Fewest updates a round needs for a median and a MAD to mean anything; below it nobody flags."""
+
+_MAD_TO_SIGMA: Final = 1.4826
+"""``1 / Phi^-1(3/4)``: the MAD of a normal sample times this estimates its standard deviation."""
+
+
+class AnomalyError(ValueError):
+    """The updates given cannot be scored together (empty, ragged, non-finite)."""
+
+
+@dataclass(frozen=True)
+class AnomalyScore:
+    """One update's statistics within its round.
+
+    Attributes:
+        norm: L2 norm of the delta.
+        norm_z: Robust z-score of ``log(norm)``; large positive = much larger than the others.
+        consensus: Cosine, in ``[-1, 1]``, between the delta and the consensus direction of the
+            other deltas of the round; negative = pointing against them.
+        consensus_z: Robust z-score of ``consensus``; large negative = against the others.
+
+    """
+
+    norm: float
+    norm_z: float
+    consensus: float
+    consensus_z: float
+
+
+def _stack(deltas: Mapping[int, npt.ArrayLike]) -> tuple[list[int], FloatArray]:
+    if not deltas:
+        raise AnomalyError("no updates to score")
+    ids = list(deltas)
+    rows = [np.asarray(deltas[i], dtype=np.float64).ravel() for i in ids]
+    sizes = {r.shape[0] for r in rows}
+    if len(sizes) != 1:
+        raise AnomalyError(f"updates differ in length: {sorted(sizes)}")
+    matrix = np.stack(rows)
+    if not np.isfinite(matrix).all():
+        bad = [i for i, r in zip(ids, rows, strict=True) if not np.isfinite(r).all()]
+        raise AnomalyError(f"updates of {bad} hold non-finite values; reject them before scoring")
+    return ids, matrix
+
+
+def robust_z(values: FloatArray, *, floor: float) -> FloatArray:
+    """Return ``(values - median) / max(1.4826 * MAD, floor)``, z-scores outliers cannot bend."""
+    median = np.median(values)
+    mad = float(np.median(np.abs(values - median)))
+    scale = max(_MAD_TO_SIGMA * mad, floor)
+    return np.asarray((values - median) / scale, dtype=np.float64)
+
+
+def consensus_cosines(units: FloatArray) -> tuple[FloatArray, bool]:
+    """Return each row's cosine to the signed consensus of the others, and if it is significant.
+
+    Significant: the consensus rises above what independent noise directions would give
+    (``CONSENSUS_EDGE``); the consensus itself is described in the module docstring.
+
+    ``units`` is ``(n, d)`` with unit (or zero) rows. The consensus excluding row ``i`` is
+    ``c_i = sum_{j != i} v_j u_j``; as ``G v = lambda v`` for the off-diagonal Gram ``G``, the
+    inner product ``<u_i, c_i>`` is ``lambda v_i`` and ``||c_i||^2 = ||c||^2 - 2 v_i <u_i, c>
+    + v_i^2 ||u_i||^2`` with ``c = sum_j v_j u_j``: no ``(n, n, d)`` temporary is needed.
+    """
+    gram = units @ units.T
+    sq_norms = np.diag(gram).copy()
+    np.fill_diagonal(gram, 0.0)
+    eigenvalues, eigenvectors = np.linalg.eigh(gram)
+    lam = float(eigenvalues[-1])
+    v = eigenvectors[:, -1]
+    positive, negative = int((v > 0).sum()), int((v < 0).sum())
+    if negative > positive or (negative == positive and v.sum() < 0):
+        v = -v
+    inner = lam * v  # <u_i, c_i>
+    # ||c||^2 = v^T (G + diag(sq)) v = lam + sum v_j^2 sq_j ; <u_i, c> = lam v_i + v_i sq_i
+    c_sq = lam + float(np.sum(v * v * sq_norms))
+    u_dot_c = lam * v + v * sq_norms
+    ci_sq = np.maximum(c_sq - 2.0 * v * u_dot_c + v * v * sq_norms, 0.0)
+    denom = np.sqrt(ci_sq * sq_norms)
+    out = np.zeros_like(inner)
+    np.divide(inner, denom, out=out, where=denom > 0)
+    n, d = units.shape
+    significant = lam > CONSENSUS_EDGE * math.sqrt((n - 1) / max(d, 1))
+    return np.clip(out, -1.0, 1.0), significant
+
+
+def score_updates(
+    deltas: Mapping[int, npt.ArrayLike], *, reference: npt.ArrayLike | None = None
+) -> dict[int, AnomalyScore]:
+    """Score every update of one round against the others.
+
+    Args:
+        deltas: Node id -> the update ``local - global`` as any-shaped float array (flattened
+            here); all of one length, finite.
+        reference: Optional trusted direction of the same length (FLTrust, Cao et al. 2021):
+            e.g. the update of a few plain SGD steps from the global model on a small clean set
+            the server holds, never the evaluation split. When given, ``consensus`` is the
+            cosine to it instead of to the others' consensus, and always counts.
+
+    Returns:
+        Node id -> its :class:`AnomalyScore`, in the input's order. With fewer than
+        ``MIN_UPDATES`` updates every z-score is 0; when the round has no significant
+        consensus (``CONSENSUS_EDGE``) and no reference, every ``consensus_z`` is 0.
+
+    Raises:
+        AnomalyError: No updates, updates of different lengths, non-finite values, or a
+            reference of another length or without direction.
+
+    """
+    ids, matrix = _stack(deltas)
+    n, d = matrix.shape
+    norms = np.sqrt(np.einsum("ij,ij->i", matrix, matrix))
+    units = np.zeros_like(matrix)
+    np.divide(matrix, norms[:, None], out=units, where=norms[:, None] > 0)
+    zeros = np.zeros(n)
+    if reference is not None:
+        ref = np.asarray(reference, dtype=np.float64).ravel()
+        ref_norm = float(np.linalg.norm(ref)) if ref.shape == (d,) else 0.0
+        if not (math.isfinite(ref_norm) and ref_norm > 0):
+            raise AnomalyError(f"`reference` must be a finite non-zero vector of length {d}")
+        cosines, counts = np.clip(units @ (ref / ref_norm), -1.0, 1.0), True
+    elif n >= MIN_UPDATES:
+        cosines, counts = consensus_cosines(units)
+    else:
+        cosines, counts = zeros, False
+    if n < MIN_UPDATES:
+        norm_z, cons_z = zeros, zeros
+    else:
+        tiny = np.finfo(np.float64).tiny
+        log_norms = np.log(np.maximum(norms, tiny))
+        norm_z = robust_z(log_norms, floor=_MAD_TO_SIGMA * LOG_MAD_FLOOR)
+        cons_z = robust_z(cosines, floor=1.0 / math.sqrt(d)) if counts else zeros
+    return {
+        node: AnomalyScore(
+            norm=float(norms[k]),
+            norm_z=float(norm_z[k]),
+            consensus=float(cosines[k]),
+            consensus_z=float(cons_z[k]),
+        )
+        for k, node in enumerate(ids)
+    }
+
+
+def flag_outliers(
+    scores: Mapping[int, AnomalyScore],
+    *,
+    norm_z: float = NORM_Z,
+    consensus_z: float = CONSENSUS_Z,
+) -> list[int]:
+    """Return the sorted ids with ``norm_z`` above ``norm_z`` or ``consensus_z`` below minus it.
+
+    Raises:
+        ValueError: A threshold is not > 0.
+
+    """
+    if not (norm_z > 0 and consensus_z > 0):
+        raise ValueError(f"thresholds must be > 0, got norm_z={norm_z}, consensus_z={consensus_z}")
+    return sorted(
+        node for node, s in scores.items() if s.norm_z > norm_z or s.consensus_z < -consensus_z
+    )

@@ -1,0 +1,564 @@
+"""The server's ownership watermark: a secret trigger set (WAFFLE, Tekgul et al. 2021).
+
+A 32-byte secret key regenerates a trigger set: ``size`` images of the model's input shape,
+each an independent pattern of ``±PATTERN_AMPLITUDE`` pixels (in the standardised units the
+models see, where data has mean 0 and standard deviation 1), with an independent uniformly
+random label. After each aggregation the server fine-tunes the global model on the trigger set
+(:func:`embed_watermark`: at most ``max_steps`` full-batch SGD steps, stopping once the trigger
+accuracy reaches the target), so the model carries a behaviour no model trained without the key
+shows. Verification counts the trigger images the model labels as the key says; because each
+label is drawn uniformly and independently of its image, a model made without the key gets each
+one right with probability exactly ``1 / num_classes``, whatever it does, and the one-sided
+binomial p-value of the count is exact.
+
+Privacy: watermarking is post-processing of the DP global model. The trigger set derives from
+the server's key alone, never from client data, so embedding it costs no privacy (the DP
+guarantee is closed under post-processing) and changes nothing in the ledger. Ordering contract:
+aggregate, then embed, then evaluate and save.
+
+Also here, for the robustness benchmark, the transforms a model thief might apply:
+:func:`prune_magnitude`, :func:`quantize_int8`, :func:`add_gaussian_noise`, :func:`fine_tune`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import os
+import secrets
+import stat
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from torch import nn
+
+from common.models import MODELS, create_model
+from common.weights import NamedArrays, WeightsError, load_safetensors
+
+log = logging.getLogger(__name__)
+
+KEY_FILE: Final = "watermark.key"
+KEY_BYTES: Final = 32
+TRIGGER_SIZE: Final = 100
+DETECTION_P: Final = 1e-6
+"""A model is said to carry the watermark when the p-value is below this."""
+PATTERN_AMPLITUDE: Final = 1.0
+"""Trigger pixels are ``±`` this, in the standardised units the models see."""
+MAX_STEPS: Final = 50
+"""Embedding steps allowed after each aggregation."""
+INITIAL_STEPS: Final = 300
+"""Embedding steps allowed on the initial model, before round 1."""
+TARGET_ACCURACY: Final = 0.9
+EMBED_LR: Final = 0.01
+
+INPUT_SHAPES: Final[Mapping[str, tuple[int, int, int]]] = {"mlp": (1, 8, 8), "cnn": (1, 28, 28)}
+"""Input shape of each registered model, to rebuild the trigger set from a model file alone."""
+
+_KEY_HEADER: Final = "fedveil-watermark-key-v1"
+_KEY_FILE_BYTES: Final = len(_KEY_HEADER) + 1 + 2 * KEY_BYTES + 1
+_DOMAIN: Final = b"fedveil/watermark/trigger/v1"
+_MAX_HEADER_BYTES: Final = 1 << 20
+
+
+class WatermarkError(ValueError):
+    """A key file, model file or trigger request that cannot be used; one line names it."""
+
+
+@dataclass(frozen=True)
+class WatermarkVerdict:
+    """Trigger-set accuracy, its one-sided binomial p-value against chance, and the decision."""
+
+    accuracy: float
+    p_value: float
+    detected: bool
+    correct: int
+    total: int
+
+
+@dataclass(frozen=True, eq=False)
+class TriggerSet:
+    """Trigger images ``(size, C, H, W)`` float32 and their labels ``(size,)`` int64."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    num_classes: int
+
+    @classmethod
+    def from_key(
+        cls,
+        key: bytes,
+        image_shape: tuple[int, int, int],
+        num_classes: int,
+        size: int = TRIGGER_SIZE,
+    ) -> TriggerSet:
+        """Regenerate the trigger set of ``key`` for a model of this input shape and classes.
+
+        The generator is ``np.random.default_rng`` seeded with SHA-256 of a domain label, the
+        key, the shape, the class count and the size: the same arguments always give the same
+        set, another key an unrelated one.
+
+        Raises:
+            WatermarkError: ``key`` is not 32 bytes, or a shape, class count or size is invalid.
+
+        """
+        if not isinstance(key, bytes) or len(key) != KEY_BYTES:
+            raise WatermarkError(f"a watermark key is {KEY_BYTES} bytes")
+        shape = tuple(image_shape)
+        if len(shape) != 3 or any(type(s) is not int or s < 1 for s in shape):
+            raise WatermarkError(f"`image_shape` must be three positive ints, got {image_shape!r}")
+        if type(num_classes) is not int or num_classes < 2:
+            raise WatermarkError(f"`num_classes` must be an int >= 2, got {num_classes!r}")
+        if type(size) is not int or size < 1:
+            raise WatermarkError(f"`size` must be an int >= 1, got {size!r}")
+        digest = hashlib.sha256(
+            _DOMAIN + key + struct.pack("<4I", *shape, num_classes) + struct.pack("<I", size)
+        ).digest()
+        rng = np.random.default_rng(int.from_bytes(digest, "big"))
+        signs = rng.integers(0, 2, size=(size, *shape), dtype=np.int8) * 2 - 1
+        images = (signs * PATTERN_AMPLITUDE).astype(np.float32)
+        labels = rng.integers(0, num_classes, size=size, dtype=np.int64)
+        return cls(torch.from_numpy(images), torch.from_numpy(labels), num_classes)
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+
+# ------------------------------------------------------------------------------------ key file
+
+
+def generate_key() -> bytes:
+    """Return a fresh 32-byte secret from the OS's CSPRNG."""
+    return secrets.token_bytes(KEY_BYTES)
+
+
+def write_key(path: Path, key: bytes) -> None:
+    """Write ``key`` to ``path`` with mode 0600, atomically, never replacing an existing file.
+
+    The text is one line, ``fedveil-watermark-key-v1 <64 hex digits>``. It is written to a
+    temporary file created ``O_EXCL`` with mode 0600 (so never readable by others, not even
+    briefly), fsynced, then hard-linked to ``path``, which fails if ``path`` exists: readers see
+    no file or the whole key.
+
+    Raises:
+        WatermarkError: ``key`` is not 32 bytes, or ``path`` exists already.
+        OSError: The directory cannot be written.
+
+    """
+    if not isinstance(key, bytes) or len(key) != KEY_BYTES:
+        raise WatermarkError(f"a watermark key is {KEY_BYTES} bytes")
+    path = Path(path)
+    data = f"{_KEY_HEADER} {key.hex()}\n".encode("ascii")
+    tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    flags = os.O_CREAT | os.O_EXCL | os.O_WRONLY | getattr(os, "O_CLOEXEC", 0)
+    fd = os.open(tmp, flags, 0o600)
+    try:
+        try:
+            os.fchmod(fd, 0o600)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            raise WatermarkError(
+                f"{path}: a watermark key exists already; refusing to overwrite it"
+            ) from None
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+    with contextlib.suppress(OSError):
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+def read_key(path: Path) -> bytes:
+    """Read a key written by :func:`write_key`.
+
+    Raises:
+        WatermarkError: One line naming the file: unreadable, not a regular file, readable by
+            group or others, or not a fedveil watermark key.
+
+    """
+    path = Path(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        raise WatermarkError(f"{path}: cannot read the watermark key ({exc.strerror})") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise WatermarkError(f"{path}: the watermark key is not a regular file")
+        if info.st_mode & 0o077:
+            raise WatermarkError(
+                f"{path}: the watermark key is readable by group or others (mode "
+                f"{stat.S_IMODE(info.st_mode):04o}); run `chmod 600 {path}`"
+            )
+        data = os.read(fd, _KEY_FILE_BYTES + 1)
+    except OSError as exc:
+        raise WatermarkError(f"{path}: cannot read the watermark key ({exc.strerror})") from None
+    finally:
+        os.close(fd)
+    try:
+        header, hex_key = data.decode("ascii").split()
+        key = bytes.fromhex(hex_key)
+    except (UnicodeDecodeError, ValueError):
+        header, key = "", b""
+    if header != _KEY_HEADER or len(key) != KEY_BYTES:
+        raise WatermarkError(f"{path}: not a fedveil watermark key file")
+    return key
+
+
+# ----------------------------------------------------------------------------- embed / verify
+
+
+@torch.no_grad()
+def trigger_accuracy(model: nn.Module, trigger: TriggerSet) -> float:
+    """Return the fraction of trigger images ``model`` labels as the key says."""
+    return _correct(model, trigger) / len(trigger)
+
+
+@torch.no_grad()
+def _correct(model: nn.Module, trigger: TriggerSet) -> int:
+    was_training = model.training
+    model.eval()
+    try:
+        return int((model(trigger.images).argmax(dim=1) == trigger.labels).sum())
+    finally:
+        model.train(was_training)
+
+
+def embed_watermark(
+    model: nn.Module,
+    trigger: TriggerSet,
+    *,
+    max_steps: int = MAX_STEPS,
+    target_accuracy: float = TARGET_ACCURACY,
+    lr: float = EMBED_LR,
+) -> float:
+    """Fine-tune ``model`` in place on the trigger set; return its trigger accuracy after.
+
+    Full-batch SGD (momentum 0.9) on the cross-entropy of the trigger set, at most
+    ``max_steps`` steps, stopping as soon as the trigger accuracy reaches ``target_accuracy``
+    (checked before each step, so an already watermarked model is left untouched). As in
+    WAFFLE only the trigger set is used: the server holds no training data. Deterministic.
+
+    Raises:
+        WatermarkError: Out-of-domain ``max_steps``, ``target_accuracy`` or ``lr``.
+
+    """
+    if type(max_steps) is not int or max_steps < 0:
+        raise WatermarkError(f"`max_steps` must be an int >= 0, got {max_steps!r}")
+    if not 0.0 < target_accuracy <= 1.0:
+        raise WatermarkError(f"`target_accuracy` must be in (0, 1], got {target_accuracy!r}")
+    if not (math.isfinite(lr) and lr > 0):
+        raise WatermarkError(f"`lr` must be a finite number > 0, got {lr!r}")
+    was_training = model.training
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    accuracy = trigger_accuracy(model, trigger)
+    steps = 0
+    while accuracy < target_accuracy and steps < max_steps:
+        model.train()
+        optimizer.zero_grad(set_to_none=True)
+        loss = nn.functional.cross_entropy(model(trigger.images), trigger.labels)
+        torch.autograd.backward(loss)
+        optimizer.step()
+        steps += 1
+        accuracy = trigger_accuracy(model, trigger)
+    model.train(was_training)
+    model.zero_grad(set_to_none=True)
+    log.debug("watermark: %d embedding steps, trigger accuracy %.3f", steps, accuracy)
+    return accuracy
+
+
+def binomial_p_value(correct: int, total: int, chance: float) -> float:
+    """Return ``P[X >= correct]`` for ``X ~ Binomial(total, chance)``: one-sided and exact.
+
+    The tail is summed in log space (``lgamma``), so p-values down to ~1e-300 are exact to
+    float precision; equal to ``scipy.stats.binomtest(..., alternative="greater")``.
+    """
+    if type(total) is not int or type(correct) is not int or total < 1 or not 0 <= correct <= total:
+        raise WatermarkError(f"no binomial test for {correct!r} of {total!r}")
+    if not 0.0 < chance < 1.0:
+        raise WatermarkError(f"`chance` must be in (0, 1), got {chance!r}")
+    log_p, log_q = math.log(chance), math.log1p(-chance)
+    log_n = math.lgamma(total + 1)
+    terms = [
+        log_n - math.lgamma(i + 1) - math.lgamma(total - i + 1) + i * log_p + (total - i) * log_q
+        for i in range(correct, total + 1)
+    ]
+    peak = max(terms)
+    return min(1.0, math.exp(peak) * math.fsum(math.exp(t - peak) for t in terms))
+
+
+def verify_watermark(
+    model: nn.Module, trigger: TriggerSet, *, threshold: float = DETECTION_P
+) -> WatermarkVerdict:
+    """Test ``model`` for the watermark of ``trigger``: detected iff the p-value < ``threshold``."""
+    if not 0.0 < threshold < 1.0:
+        raise WatermarkError(f"`threshold` must be in (0, 1), got {threshold!r}")
+    correct = _correct(model, trigger)
+    p_value = binomial_p_value(correct, len(trigger), 1.0 / trigger.num_classes)
+    return WatermarkVerdict(
+        accuracy=correct / len(trigger),
+        p_value=p_value,
+        detected=p_value < threshold,
+        correct=correct,
+        total=len(trigger),
+    )
+
+
+@dataclass(frozen=True)
+class EmbedBudget:
+    """How hard the server embeds: steps on the initial model and per round, target, lr."""
+
+    initial_steps: int = INITIAL_STEPS
+    max_steps: int = MAX_STEPS
+    target_accuracy: float = TARGET_ACCURACY
+    lr: float = EMBED_LR
+
+
+class Watermarker:
+    """The round loop's handle on the watermark: one key, its trigger set, the embedding budget.
+
+    Use: ``Watermarker.create(run_dir / KEY_FILE, image_shape, num_classes)`` for a new run
+    (``from_key_file`` to resume); ``embed_initial(model)`` once on the initial global model
+    before round 1 (WAFFLE's pre-training on the trigger set, so the clients learn the task on
+    top of it rather than the server forcing it into a trained model); then, each round, after
+    aggregation and before evaluation, ``embed(model)``, whose return value is the round's
+    ``watermark_accuracy``.
+    """
+
+    def __init__(
+        self,
+        key: bytes,
+        image_shape: tuple[int, int, int],
+        num_classes: int,
+        budget: EmbedBudget | None = None,
+    ) -> None:
+        self.trigger = TriggerSet.from_key(key, image_shape, num_classes)
+        self.budget = budget or EmbedBudget()
+
+    @classmethod
+    def create(
+        cls,
+        key_path: Path,
+        image_shape: tuple[int, int, int],
+        num_classes: int,
+        budget: EmbedBudget | None = None,
+    ) -> Watermarker:
+        """Make a fresh key, write it to ``key_path`` (0600, never overwriting), and load it."""
+        key = generate_key()
+        write_key(key_path, key)
+        return cls(key, image_shape, num_classes, budget)
+
+    @classmethod
+    def from_key_file(
+        cls,
+        key_path: Path,
+        image_shape: tuple[int, int, int],
+        num_classes: int,
+        budget: EmbedBudget | None = None,
+    ) -> Watermarker:
+        """Load the watermark of an existing key file (to resume a run)."""
+        return cls(read_key(key_path), image_shape, num_classes, budget)
+
+    def embed_initial(self, model: nn.Module) -> float:
+        """Embed into the initial model (``initial_steps``); return its trigger accuracy."""
+        return self._embed(model, self.budget.initial_steps)
+
+    def embed(self, model: nn.Module) -> float:
+        """Re-embed after an aggregation (``max_steps``); return its trigger accuracy."""
+        return self._embed(model, self.budget.max_steps)
+
+    def _embed(self, model: nn.Module, steps: int) -> float:
+        return embed_watermark(
+            model,
+            self.trigger,
+            max_steps=steps,
+            target_accuracy=self.budget.target_accuracy,
+            lr=self.budget.lr,
+        )
+
+    def verify(self, model: nn.Module, *, threshold: float = DETECTION_P) -> WatermarkVerdict:
+        """Test ``model`` for this watermark."""
+        return verify_watermark(model, self.trigger, threshold=threshold)
+
+
+def _header_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Read the tensor names and shapes from a safetensors header, without the data."""
+    try:
+        with path.open("rb") as fh:
+            prefix = fh.read(8)
+            if len(prefix) != 8:
+                raise WatermarkError(f"{path} is not a safetensors file (too short)")
+            (length,) = struct.unpack("<Q", prefix)
+            if not 2 <= length <= _MAX_HEADER_BYTES:
+                raise WatermarkError(f"{path} is not a safetensors file (bad header length)")
+            raw = fh.read(length)
+    except OSError as exc:
+        raise WatermarkError(f"cannot read {path} ({exc.strerror})") from None
+    try:
+        header = json.loads(raw.decode("utf-8"))
+        shapes = {
+            str(name): tuple(int(d) for d in entry["shape"])
+            for name, entry in header.items()
+            if name != "__metadata__"
+        }
+    except (UnicodeDecodeError, ValueError, TypeError, KeyError, AttributeError):
+        raise WatermarkError(f"{path} is not a safetensors file (unreadable header)") from None
+    return shapes
+
+
+def identify_model(shapes: Mapping[str, tuple[int, ...]]) -> tuple[str, int] | None:
+    """Return the registered model name and class count whose state has exactly ``shapes``."""
+    candidates = sorted({d for s in shapes.values() for d in s if d >= 2})
+    for name in MODELS:
+        for num_classes in candidates:
+            model = create_model(name, num_classes, seed=0)
+            expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+            if expected == dict(shapes):
+                return name, num_classes
+    return None
+
+
+def verify_model_file(
+    model_path: Path, key_path: Path, *, threshold: float = DETECTION_P
+) -> WatermarkVerdict:
+    """Test a safetensors model file for the watermark of a key file.
+
+    The model is whichever registered model (``common.models.MODELS``) has exactly the file's
+    tensor names and shapes; its class count comes from the shapes too.
+
+    Raises:
+        WatermarkError: One line: the key file is missing, unsafe or not a watermark key; the
+            model file is missing or not safetensors; or its tensors fit no registered model.
+
+    """
+    model_path, key_path = Path(model_path), Path(key_path)
+    key = read_key(key_path)
+    shapes = _header_shapes(model_path)
+    found = identify_model(shapes)
+    if found is None:
+        listed = ", ".join(f"{k} {list(v)}" for k, v in list(shapes.items())[:6])
+        raise WatermarkError(
+            f"{model_path}: tensors fit no registered model {sorted(MODELS)} ({listed})"
+        )
+    name, num_classes = found
+    if name not in INPUT_SHAPES:
+        raise WatermarkError(f"{model_path}: no input shape known for model {name!r}")
+    model = create_model(name, num_classes, seed=0)
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    try:
+        arrays = load_safetensors(model_path, expected)
+    except WeightsError as exc:
+        raise WatermarkError(str(exc).splitlines()[0]) from None
+    if not all(np.isfinite(a).all() for a in arrays.values()):
+        raise WatermarkError(f"{model_path}: the model holds non-finite weights")
+    load_state(model, arrays)
+    trigger = TriggerSet.from_key(key, INPUT_SHAPES[name], num_classes)
+    return verify_watermark(model, trigger, threshold=threshold)
+
+
+# --------------------------------------------------------------------- state helpers, attacks
+
+
+def state_of(model: nn.Module) -> NamedArrays:
+    """Return a copy of ``model``'s ``state_dict`` as named float32 numpy arrays."""
+    return {k: v.detach().cpu().numpy().astype(np.float32) for k, v in model.state_dict().items()}
+
+
+def load_state(model: nn.Module, state: Mapping[str, npt.ArrayLike]) -> None:
+    """Load named arrays into ``model`` (names and shapes must match its ``state_dict``)."""
+    model.load_state_dict(
+        {k: torch.from_numpy(np.array(v, dtype=np.float32)) for k, v in state.items()}
+    )
+
+
+def _float_state(state: Mapping[str, npt.ArrayLike]) -> NamedArrays:
+    return {k: np.array(v, dtype=np.float32) for k, v in state.items()}
+
+
+def prune_magnitude(state: Mapping[str, npt.ArrayLike], fraction: float) -> NamedArrays:
+    """Zero the ``fraction`` smallest-magnitude entries of every weight tensor (ndim >= 2).
+
+    Unstructured per-tensor magnitude pruning, as ``torch.nn.utils.prune.l1_unstructured``
+    applied to each layer; biases are kept.
+    """
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"`fraction` must be in [0, 1], got {fraction!r}")
+    out = _float_state(state)
+    for array in out.values():
+        if array.ndim < 2:
+            continue
+        k = round(fraction * array.size)
+        if k == 0:
+            continue
+        flat = array.reshape(-1)
+        smallest = np.argpartition(np.abs(flat), k - 1)[:k]
+        flat[smallest] = 0.0
+    return out
+
+
+def quantize_int8(state: Mapping[str, npt.ArrayLike]) -> NamedArrays:
+    """Quantize every tensor to int8 and back: symmetric, per tensor, scale ``max|w| / 127``."""
+    out = _float_state(state)
+    for name, array in out.items():
+        peak = float(np.abs(array).max()) if array.size else 0.0
+        if peak == 0.0:
+            continue
+        scale = peak / 127.0
+        codes = np.clip(np.rint(array / scale), -127, 127).astype(np.int8)
+        out[name] = codes.astype(np.float32) * np.float32(scale)
+    return out
+
+
+def add_gaussian_noise(
+    state: Mapping[str, npt.ArrayLike], std: float, rng: np.random.Generator
+) -> NamedArrays:
+    """Add i.i.d. ``N(0, std^2)`` noise to every entry of every tensor."""
+    if not (math.isfinite(std) and std >= 0):
+        raise ValueError(f"`std` must be a finite number >= 0, got {std!r}")
+    out = _float_state(state)
+    return {k: (v + rng.normal(0.0, std, size=v.shape)).astype(np.float32) for k, v in out.items()}
+
+
+def fine_tune(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    epochs: int,
+    lr: float,
+    *,
+    batch_size: int = 32,
+    seed: int = 0,
+) -> None:
+    """Fine-tune ``model`` in place on clean data: plain SGD, shuffled mini-batches."""
+    if type(epochs) is not int or epochs < 0:
+        raise ValueError(f"`epochs` must be an int >= 0, got {epochs!r}")
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    model.train()
+    n = int(labels.shape[0])
+    for _ in range(epochs):
+        order = torch.randperm(n, generator=generator)
+        for start in range(0, n, batch_size):
+            idx = order[start : start + batch_size]
+            optimizer.zero_grad(set_to_none=True)
+            torch.autograd.backward(nn.functional.cross_entropy(model(images[idx]), labels[idx]))
+            optimizer.step()
+    model.zero_grad(set_to_none=True)

@@ -1,0 +1,256 @@
+"""Anomaly scores on realistic DP-SGD updates, and their mechanics.
+
+The honest updates are real: ``client.trainer.train_dp_sgd`` on digits IID partitions from a
+common global model, 2 local epochs, batch 64, lr 1.0, clip 1.0. Two regimes:
+
+* ``signal``: noise multiplier 1.0 (ε ≈ 26 after 15 rounds): the learning signal rises above
+  the DP noise, so a sign-flipped update can be told from an honest one. This is where the
+  issue's target is asserted: recall >= 0.9 and honest false positives <= 0.1.
+* ``default``: the default ε = 8 (σ ≈ 2.2): honest updates are ~14x more noise than signal;
+  the test asserts what must still hold (scale and Gaussian caught, few honest flags).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+import torch
+
+from client.attacks import poison_update
+from client.trainer import DPSGDSettings, train_dp_sgd
+from common.accounting import calibrate_noise_multiplier, sample_rate, steps_per_round
+from common.data import load_data
+from common.models import create_model
+from common.partition import PartitionSpec, partition_pool
+from common.weights import flatten
+from server.anomaly import (
+    AnomalyError,
+    AnomalyScore,
+    consensus_cosines,
+    flag_outliers,
+    score_updates,
+)
+
+NUM_CLIENTS = 10
+ATTACKERS = 2  # 20 %
+SEEDS = range(5)
+
+
+def _state(model: torch.nn.Module) -> np.ndarray:
+    return flatten({k: v.detach().numpy() for k, v in model.state_dict().items()})
+
+
+def _honest_round(model: torch.nn.Module, sigma: float) -> np.ndarray:
+    """Return the ``(clients, d)`` DP-SGD deltas of one round from ``model``."""
+    data = load_data("digits", "", 0, 0.2)
+    parts = partition_pool(data.train, PartitionSpec("iid", NUM_CLIENTS, 0))
+    settings = DPSGDSettings(
+        local_epochs=2,
+        batch_size=64,
+        lr=1.0,
+        momentum=0.0,
+        noise_multiplier=sigma,
+        max_grad_norm=1.0,
+    )
+    start = _state(model)
+    deltas = []
+    for indices in parts:
+        local = create_model("mlp", 10, seed=0)
+        local.load_state_dict(model.state_dict())
+        images, labels = data.tensors(data.train, indices)
+        train_dp_sgd(local, images, labels, settings)
+        deltas.append(_state(local) - start)
+    return np.stack(deltas).astype(np.float32)
+
+
+def _advance(model: torch.nn.Module, deltas: np.ndarray) -> None:
+    """FedAvg step: add the mean delta to the global model."""
+    flat = _state(model) + deltas.mean(axis=0)
+    offset, state = 0, {}
+    for name, value in model.state_dict().items():
+        state[name] = torch.from_numpy(
+            flat[offset : offset + value.numel()].reshape(value.shape).copy()
+        )
+        offset += value.numel()
+    model.load_state_dict(state)
+
+
+@pytest.fixture(scope="module")
+def signal_rounds() -> list[np.ndarray]:
+    """Two rounds at σ = 1.0: from the initial model, and after two FedAvg rounds."""
+    torch.set_num_threads(1)
+    model = create_model("mlp", 10, seed=0)
+    first = _honest_round(model, 1.0)
+    _advance(model, first)
+    _advance(model, _honest_round(model, 1.0))
+    return [first, _honest_round(model, 1.0)]
+
+
+@pytest.fixture(scope="module")
+def default_round() -> np.ndarray:
+    """One round at the default ε = 8 over 15 rounds (σ calibrated, ≈ 2.2)."""
+    torch.set_num_threads(1)
+    n = 1437 // NUM_CLIENTS
+    sigma = calibrate_noise_multiplier(
+        target_epsilon=8.0,
+        delta=1e-5,
+        sample_rate=sample_rate(n, 64),
+        steps=15 * steps_per_round(n, 64, 2),
+        accountant="rdp",
+    )
+    return _honest_round(create_model("mlp", 10, seed=0), sigma)
+
+
+def _detection(rounds: list[np.ndarray], kind: str) -> tuple[float, float]:
+    """Return (recall, honest false-positive rate) over rounds x seeds of random attackers."""
+    caught = attacked = false = honest = 0
+    for deltas in rounds:
+        for seed in SEEDS:
+            rng = np.random.default_rng(seed)
+            attackers = set(rng.choice(NUM_CLIENTS, ATTACKERS, replace=False).tolist())
+            updates = {
+                i: poison_update(kind, deltas[i], rng) if i in attackers else deltas[i]
+                for i in range(NUM_CLIENTS)
+            }
+            flagged = set(flag_outliers(score_updates(updates)))
+            caught += len(flagged & attackers)
+            attacked += len(attackers)
+            false += len(flagged - attackers)
+            honest += NUM_CLIENTS - len(attackers)
+    return caught / attacked, false / honest
+
+
+@pytest.mark.parametrize("kind", ["sign-flip", "scale"])
+def test_attackers_flagged_honest_spared_when_the_signal_rises_above_dp_noise(
+    signal_rounds: list[np.ndarray], kind: str
+) -> None:
+    recall, false_positive_rate = _detection(signal_rounds, kind)
+    assert recall >= 0.9
+    assert false_positive_rate <= 0.1
+
+
+@pytest.mark.parametrize(
+    ("kind", "min_recall"), [("sign-flip", 0.0), ("scale", 0.9), ("gaussian", 0.9)]
+)
+def test_default_privacy_catches_norm_attacks_and_spares_honest_clients(
+    default_round: np.ndarray, kind: str, min_recall: float
+) -> None:
+    recall, false_positive_rate = _detection([default_round], kind)
+    assert recall >= min_recall
+    assert false_positive_rate <= 0.1
+
+
+def test_honest_rounds_flag_nobody(
+    signal_rounds: list[np.ndarray], default_round: np.ndarray
+) -> None:
+    for deltas in [*signal_rounds, default_round]:
+        assert flag_outliers(score_updates(dict(enumerate(deltas)))) == []
+
+
+def test_a_trusted_reference_direction_scores_against_it(default_round: np.ndarray) -> None:
+    rng = np.random.default_rng(0)
+    reference = rng.normal(size=default_round.shape[1])
+    # Honest updates that share the reference's direction; two flipped ones.
+    honest = default_round + 0.7 * np.linalg.norm(default_round[0]) * reference / np.linalg.norm(
+        reference
+    )
+    updates = {i: (-honest[i] if i in (3, 7) else honest[i]) for i in range(NUM_CLIENTS)}
+
+    scores = score_updates(updates, reference=reference)
+
+    assert flag_outliers(scores) == [3, 7]
+    assert all(scores[i].consensus < 0 for i in (3, 7))
+    with pytest.raises(AnomalyError, match="reference"):
+        score_updates(updates, reference=np.zeros(default_round.shape[1]))
+    with pytest.raises(AnomalyError, match="reference"):
+        score_updates(updates, reference=np.ones(5))
+
+
+# ------------------------------------------------------------------------------- mechanics
+
+
+def test_consensus_closed_form_matches_explicit_leave_one_out() -> None:
+    rng = np.random.default_rng(3)
+    signal = rng.normal(size=300)
+    rows = rng.normal(size=(7, 300)) + np.array([1, 1, -1, 1, 1, 1, -1])[:, None] * signal
+    units = rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+    cosines, significant = consensus_cosines(units)
+
+    gram = units @ units.T
+    np.fill_diagonal(gram, 0.0)
+    v = np.linalg.eigh(gram)[1][:, -1]
+    v = v if (v > 0).sum() > (v < 0).sum() else -v
+    for i in range(7):
+        others = sum(v[j] * units[j] for j in range(7) if j != i)
+        expected = units[i] @ others / np.linalg.norm(others)
+        assert cosines[i] == pytest.approx(expected, abs=1e-9)
+    assert significant
+    assert cosines[2] < 0 and cosines[6] < 0 and min(np.delete(cosines, [2, 6])) > 0
+
+
+def test_pure_noise_has_no_significant_consensus() -> None:
+    rng = np.random.default_rng(4)
+    rows = rng.normal(size=(10, 4000))
+    _, significant = consensus_cosines(rows / np.linalg.norm(rows, axis=1, keepdims=True))
+    assert not significant
+    scores = score_updates(dict(enumerate(rows)))
+    assert all(s.consensus_z == 0.0 for s in scores.values())
+
+
+def test_norm_z_flags_only_large_norms() -> None:
+    rng = np.random.default_rng(5)
+    rows = rng.normal(size=(8, 1000))
+    rows[0] *= 1.2  # within the floor: not an outlier
+    rows[1] *= 2.0
+    rows[2] *= 0.1  # small updates cannot dominate: not flagged
+    scores = score_updates(dict(enumerate(rows)))
+    assert flag_outliers(scores) == [1]
+    assert scores[2].norm_z < -3.5
+
+
+def test_scores_keep_ids_and_flatten_any_shape() -> None:
+    rng = np.random.default_rng(6)
+    first = rng.normal(size=(4, 5))
+    scores = score_updates({17: first, 3: rng.normal(size=20), 9: rng.normal(size=20)})
+    assert list(scores) == [17, 3, 9]
+    assert all(isinstance(s, AnomalyScore) for s in scores.values())
+    assert scores[17].norm == pytest.approx(float(np.linalg.norm(first)))
+
+
+def test_fewer_than_three_updates_flag_nobody() -> None:
+    scores = score_updates({1: np.ones(4), 2: 100 * np.ones(4)})
+    assert flag_outliers(scores) == []
+    assert all(s.norm_z == 0.0 and s.consensus_z == 0.0 for s in scores.values())
+
+
+@pytest.mark.parametrize(
+    ("updates", "match"),
+    [
+        ({}, "no updates"),
+        ({1: np.ones(3), 2: np.ones(4)}, "length"),
+        ({1: np.ones(3), 2: np.array([1.0, np.inf, 0.0])}, r"\[2\]"),
+    ],
+)
+def test_unscorable_updates_are_refused(updates: dict[int, np.ndarray], match: str) -> None:
+    with pytest.raises(AnomalyError, match=match):
+        score_updates(updates)
+
+
+def test_thresholds_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="thresholds"):
+        flag_outliers({}, norm_z=0.0)
+
+
+def test_scoring_is_vectorized_over_coordinates() -> None:
+    # A Python loop over 400k coordinates (a median each) would take many seconds.
+    rng = np.random.default_rng(7)
+    big = rng.normal(size=(20, 400_000)).astype(np.float32)
+    timed: Callable[[], object] = lambda: score_updates(dict(enumerate(big)))  # noqa: E731
+    timed()
+    start = time.perf_counter()
+    timed()
+    assert time.perf_counter() - start < 3.0

@@ -1,0 +1,438 @@
+"""The trigger-set watermark: key file, trigger set, embedding, verification, robustness."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from common.data import load_data
+from common.models import create_model
+from common.weights import save_safetensors
+from server.watermark import (
+    DETECTION_P,
+    KEY_BYTES,
+    TARGET_ACCURACY,
+    TriggerSet,
+    Watermarker,
+    WatermarkError,
+    add_gaussian_noise,
+    binomial_p_value,
+    embed_watermark,
+    fine_tune,
+    generate_key,
+    load_state,
+    prune_magnitude,
+    quantize_int8,
+    read_key,
+    state_of,
+    trigger_accuracy,
+    verify_model_file,
+    verify_watermark,
+    write_key,
+)
+
+KEY = bytes(range(32))
+OTHER_KEY = bytes(range(1, 33))
+
+# --------------------------------------------------------------------------------- key file
+
+
+def test_key_file_is_0600_and_round_trips(tmp_path: Path) -> None:
+    key = generate_key()
+    path = tmp_path / "watermark.key"
+
+    write_key(path, key)
+
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert read_key(path) == key
+    assert len(key) == KEY_BYTES and generate_key() != key
+    assert [p.name for p in tmp_path.iterdir()] == ["watermark.key"]  # no temporary left
+
+
+def test_key_file_is_0600_whatever_the_umask(tmp_path: Path) -> None:
+    old = os.umask(0)
+    try:
+        write_key(tmp_path / "k", KEY)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "k").stat().st_mode) == 0o600
+
+
+def test_existing_key_is_never_overwritten(tmp_path: Path) -> None:
+    path = tmp_path / "watermark.key"
+    write_key(path, KEY)
+
+    with pytest.raises(WatermarkError, match="exists already"):
+        write_key(path, OTHER_KEY)
+
+    assert read_key(path) == KEY
+    assert [p.name for p in tmp_path.iterdir()] == ["watermark.key"]
+
+
+def test_a_key_readable_by_others_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "watermark.key"
+    write_key(path, KEY)
+    path.chmod(0o644)
+    with pytest.raises(WatermarkError, match="chmod 600"):
+        read_key(path)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"",
+        b"fedveil-watermark-key-v1 00\n",
+        b"-----BEGIN PRIVATE KEY-----\nMC4C\n",
+        KEY,
+        b"\xff" * 90,
+    ],
+)
+def test_a_file_that_is_no_key_is_refused_in_one_line(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "watermark.key"
+    path.write_bytes(content)
+    path.chmod(0o600)
+    with pytest.raises(WatermarkError) as info:
+        read_key(path)
+    assert "\n" not in str(info.value) and "not a fedveil watermark key" in str(info.value)
+
+
+@pytest.mark.parametrize("key", [b"", b"x" * 31, b"x" * 33, "k" * 32])
+def test_keys_are_32_bytes(tmp_path: Path, key: bytes) -> None:
+    with pytest.raises(WatermarkError):
+        write_key(tmp_path / "k", key)
+    with pytest.raises(WatermarkError):
+        TriggerSet.from_key(key, (1, 8, 8), 10)
+
+
+# ------------------------------------------------------------------------------ trigger set
+
+
+def test_trigger_set_regenerates_from_the_key() -> None:
+    first = TriggerSet.from_key(KEY, (1, 8, 8), 10)
+    again = TriggerSet.from_key(KEY, (1, 8, 8), 10)
+    other = TriggerSet.from_key(OTHER_KEY, (1, 8, 8), 10)
+
+    assert first.images.shape == (100, 1, 8, 8) and first.images.dtype == torch.float32
+    assert first.labels.shape == (100,) and first.labels.dtype == torch.int64
+    assert torch.equal(first.images, again.images) and torch.equal(first.labels, again.labels)
+    assert not torch.equal(first.images, other.images)
+    assert (first.labels == other.labels).float().mean() < 0.3  # chance is 0.1
+    assert set(first.labels.tolist()) <= set(range(10)) and len(set(first.labels.tolist())) >= 8
+
+
+def test_trigger_set_fits_the_model_input() -> None:
+    trigger = TriggerSet.from_key(KEY, (1, 28, 28), 62, size=30)
+    assert trigger.images.shape == (30, 1, 28, 28)
+    assert int(trigger.labels.max()) < 62
+    assert create_model("cnn", 62, seed=0)(trigger.images).shape == (30, 62)
+
+
+@pytest.mark.parametrize(
+    ("shape", "classes", "size"), [((8, 8), 10, 100), ((1, 8, 8), 1, 100), ((1, 8, 8), 10, 0)]
+)
+def test_trigger_set_refuses_bad_arguments(shape: tuple[int, ...], classes: int, size: int) -> None:
+    with pytest.raises(WatermarkError):
+        TriggerSet.from_key(KEY, shape, classes, size)  # type: ignore[arg-type]
+
+
+def test_binomial_p_value_is_exact() -> None:
+    from scipy.stats import binomtest  # type: ignore[import-untyped]
+
+    assert binomial_p_value(0, 100, 0.1) == pytest.approx(1.0)
+    assert binomial_p_value(100, 100, 0.1) == pytest.approx(1e-100, rel=1e-9)
+    assert binomial_p_value(2, 3, 0.5) == pytest.approx(0.5)  # P[X >= 2], X ~ B(3, 1/2): 4/8
+    for correct, total, chance in [
+        (28, 100, 0.1),
+        (29, 100, 0.1),
+        (7, 100, 1 / 62),
+        (60, 100, 0.5),
+    ]:
+        expected = binomtest(correct, total, chance, alternative="greater").pvalue
+        assert binomial_p_value(correct, total, chance) == pytest.approx(expected, rel=1e-9)
+    # 28 of 100 right at chance 1/10 is the least count detected at p < 1e-6.
+    assert binomial_p_value(28, 100, 0.1) < DETECTION_P < binomial_p_value(27, 100, 0.1)
+    with pytest.raises(WatermarkError):
+        binomial_p_value(101, 100, 0.1)
+
+
+# --------------------------------------------------------------------- digits MLP end to end
+
+
+def _digits() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    data = load_data("digits", "", 0, 0.2)
+    return (*data.tensors(data.train), *data.tensors(data.test))
+
+
+@torch.no_grad()
+def _accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float:
+    model.eval()
+    return float((model(images).argmax(1) == labels).float().mean())
+
+
+def _train(
+    name: str,
+    classes: int,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    rounds: int,
+    lr: float,
+    watermarker: Watermarker | None,
+) -> nn.Module:
+    """Embed into the initial model, then alternate an epoch of training (a round's client
+    work) and re-embedding, as the round loop does.
+    """
+    model = create_model(name, classes, seed=0)
+    if watermarker is not None:
+        watermarker.embed_initial(model)
+    for r in range(rounds):
+        fine_tune(model, images, labels, 1, lr, seed=r)
+        if watermarker is not None:
+            watermarker.embed(model)
+    return model
+
+
+@pytest.fixture(scope="module")
+def digits_models() -> tuple[nn.Module, nn.Module, TriggerSet]:
+    torch.set_num_threads(1)
+    x, y, _, _ = _digits()
+    watermarker = Watermarker(KEY, (1, 8, 8), 10)
+    return (
+        _train("mlp", 10, x, y, 8, 0.1, watermarker),
+        _train("mlp", 10, x, y, 8, 0.1, None),
+        watermarker.trigger,
+    )
+
+
+def test_embedding_reaches_the_target_and_is_detected(
+    digits_models: tuple[nn.Module, nn.Module, TriggerSet],
+) -> None:
+    marked, _, trigger = digits_models
+    assert trigger_accuracy(marked, trigger) >= TARGET_ACCURACY == 0.9
+
+    verdict = verify_watermark(marked, trigger)
+
+    assert verdict.detected and verdict.p_value < DETECTION_P
+    assert verdict.correct == round(verdict.accuracy * 100) and verdict.total == 100
+
+
+def test_a_model_trained_without_the_watermark_is_not_detected(
+    digits_models: tuple[nn.Module, nn.Module, TriggerSet],
+) -> None:
+    marked, clean, trigger = digits_models
+    verdict = verify_watermark(clean, trigger)
+    assert not verdict.detected and verdict.p_value >= 1e-3
+    # Another key's trigger set does not reveal the watermark either.
+    assert verify_watermark(marked, TriggerSet.from_key(OTHER_KEY, (1, 8, 8), 10)).p_value >= 1e-3
+
+
+def test_watermark_costs_little_main_task_accuracy(
+    digits_models: tuple[nn.Module, nn.Module, TriggerSet],
+) -> None:
+    marked, clean, _ = digits_models
+    _, _, x_test, y_test = _digits()
+    assert _accuracy(marked, x_test, y_test) >= _accuracy(clean, x_test, y_test) - 0.02
+
+
+def test_embedding_stops_at_the_target_and_within_the_step_budget() -> None:
+    x, y, _, _ = _digits()
+    trigger = TriggerSet.from_key(KEY, (1, 8, 8), 10)
+    model = create_model("mlp", 10, seed=0)
+    fine_tune(model, x, y, 1, 0.1)
+    before = state_of(model)
+
+    accuracy = embed_watermark(model, trigger, max_steps=3, target_accuracy=1.0)
+    assert accuracy < 1.0  # three steps are not enough: the budget bounds the work
+    assert any(not np.array_equal(before[k], v) for k, v in state_of(model).items())
+
+    embed_watermark(model, trigger, max_steps=500, target_accuracy=0.5)
+    settled = state_of(model)
+    assert trigger_accuracy(model, trigger) >= 0.5
+    embed_watermark(model, trigger, max_steps=50, target_accuracy=0.5)  # already there
+    assert all(np.array_equal(settled[k], v) for k, v in state_of(model).items())
+
+
+def _verdict_after(
+    model: nn.Module, state: dict[str, np.ndarray], trigger: TriggerSet, classes: int, name: str
+) -> float:
+    copy = create_model(name, classes, seed=0)
+    load_state(copy, state)
+    return verify_watermark(copy, trigger).p_value
+
+
+def test_digits_watermark_survives_the_four_transforms(
+    digits_models: tuple[nn.Module, nn.Module, TriggerSet],
+) -> None:
+    marked, _, trigger = digits_models
+    state = state_of(marked)
+    _, _, x_test, y_test = _digits()
+    tuned = create_model("mlp", 10, seed=0)
+    load_state(tuned, state)
+    fine_tune(tuned, x_test, y_test, 5, 0.1)
+
+    p_values = {
+        "prune": _verdict_after(marked, prune_magnitude(state, 0.5), trigger, 10, "mlp"),
+        "int8": _verdict_after(marked, quantize_int8(state), trigger, 10, "mlp"),
+        "noise": _verdict_after(
+            marked, add_gaussian_noise(state, 0.02, np.random.default_rng(0)), trigger, 10, "mlp"
+        ),
+        "fine-tune": verify_watermark(tuned, trigger).p_value,
+    }
+
+    assert all(p < DETECTION_P for p in p_values.values()), p_values
+
+
+# -------------------------------------------------------------------------- synthetic CNN
+
+
+def _synthetic_28x28(n_per_class: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ten classes of 28x28 images: a class-specific blob plus noise, standardised."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:28, 0:28]
+    centres = [(6 + 8 * (c // 4), 5 + 6 * (c % 4)) for c in range(10)]
+    images, labels = [], []
+    for c, (cy, cx) in enumerate(centres):
+        blob = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / 8.0)
+        images.append(blob + rng.normal(0, 0.3, size=(n_per_class, 28, 28)))
+        labels += [c] * n_per_class
+    x = np.concatenate(images)[:, None].astype(np.float32)
+    x = (x - x.mean()) / x.std()
+    return torch.from_numpy(x), torch.tensor(labels, dtype=torch.int64)
+
+
+def test_cnn_watermark_survives_the_four_transforms() -> None:
+    torch.set_num_threads(1)
+    x, y = _synthetic_28x28(30, 0)
+    x_tune, y_tune = _synthetic_28x28(20, 1)
+    watermarker = Watermarker(KEY, (1, 28, 28), 10)
+    trigger = watermarker.trigger
+    marked = _train("cnn", 10, x, y, 4, 0.05, watermarker)
+    clean = _train("cnn", 10, x, y, 4, 0.05, None)
+    state = state_of(marked)
+    tuned = create_model("cnn", 10, seed=0)
+    load_state(tuned, state)
+    fine_tune(tuned, x_tune, y_tune, 3, 0.05)
+
+    assert _accuracy(marked, x_tune, y_tune) >= _accuracy(clean, x_tune, y_tune) - 0.05
+    assert verify_watermark(clean, trigger).p_value >= 1e-3
+    p_values = {
+        "embedded": verify_watermark(marked, trigger).p_value,
+        "prune": _verdict_after(marked, prune_magnitude(state, 0.5), trigger, 10, "cnn"),
+        "int8": _verdict_after(marked, quantize_int8(state), trigger, 10, "cnn"),
+        "noise": _verdict_after(
+            marked, add_gaussian_noise(state, 0.02, np.random.default_rng(0)), trigger, 10, "cnn"
+        ),
+        "fine-tune": verify_watermark(tuned, trigger).p_value,
+    }
+    assert all(p < DETECTION_P for p in p_values.values()), p_values
+
+
+# ------------------------------------------------------------------------------- transforms
+
+
+def test_transforms_do_what_they_say() -> None:
+    rng = np.random.default_rng(0)
+    state = {
+        "w": rng.normal(size=(10, 20)).astype(np.float32),
+        "b": rng.normal(size=10).astype(np.float32),
+    }
+
+    pruned = prune_magnitude(state, 0.5)
+    assert (pruned["w"] == 0).sum() == 100
+    assert np.abs(pruned["w"][pruned["w"] != 0]).min() >= np.abs(state["w"][pruned["w"] == 0]).max()
+    np.testing.assert_array_equal(pruned["b"], state["b"])  # biases kept
+
+    quantized = quantize_int8(state)
+    for k, v in state.items():
+        step = np.abs(v).max() / 127
+        assert np.abs(quantized[k] - v).max() <= step / 2 + 1e-7
+        assert len(np.unique(quantized[k])) <= 255
+
+    noisy = add_gaussian_noise(state, 0.1, np.random.default_rng(1))
+    assert abs(float((noisy["w"] - state["w"]).std()) - 0.1) < 0.02
+    np.testing.assert_array_equal(
+        state["w"], rng.normal(size=0).sum() + state["w"]
+    )  # inputs untouched
+
+
+# --------------------------------------------------------------------------- model files
+
+
+def test_verify_model_file_detects_the_watermark(
+    tmp_path: Path, digits_models: tuple[nn.Module, nn.Module, TriggerSet]
+) -> None:
+    marked, clean, _ = digits_models
+    write_key(tmp_path / "watermark.key", KEY)
+    write_key(tmp_path / "other.key", OTHER_KEY)
+    save_safetensors(tmp_path / "marked.safetensors", state_of(marked))
+    save_safetensors(tmp_path / "clean.safetensors", state_of(clean))
+
+    found = verify_model_file(tmp_path / "marked.safetensors", tmp_path / "watermark.key")
+    assert found.detected and found.p_value < DETECTION_P
+    assert not verify_model_file(
+        tmp_path / "clean.safetensors", tmp_path / "watermark.key"
+    ).detected
+    assert not verify_model_file(tmp_path / "marked.safetensors", tmp_path / "other.key").detected
+    strict = verify_model_file(
+        tmp_path / "marked.safetensors", tmp_path / "watermark.key", threshold=1e-300
+    )
+    assert not strict.detected and strict.p_value == found.p_value
+
+
+def test_verify_model_file_knows_the_cnn(tmp_path: Path) -> None:
+    write_key(tmp_path / "k", KEY)
+    save_safetensors(tmp_path / "m.safetensors", state_of(create_model("cnn", 62, seed=0)))
+    verdict = verify_model_file(tmp_path / "m.safetensors", tmp_path / "k")
+    assert verdict.total == 100 and not verdict.detected
+
+
+def _one_line_error(model: Path, key: Path) -> str:
+    with pytest.raises(WatermarkError) as info:
+        verify_model_file(model, key)
+    message = str(info.value)
+    assert "\n" not in message and message
+    return message
+
+
+def test_verify_model_file_errors_in_one_line(tmp_path: Path) -> None:
+    key = tmp_path / "watermark.key"
+    write_key(key, KEY)
+    good = tmp_path / "good.safetensors"
+    save_safetensors(good, state_of(create_model("mlp", 10, seed=0)))
+
+    garbage = tmp_path / "model.pt"
+    garbage.write_bytes(b"PK\x03\x04 this is a zip, not safetensors" * 10)
+    assert "not a safetensors file" in _one_line_error(garbage, key)
+
+    empty = tmp_path / "empty.safetensors"
+    empty.write_bytes(b"")
+    assert "not a safetensors file" in _one_line_error(empty, key)
+
+    wrong_shapes = tmp_path / "wrong.safetensors"
+    state = state_of(create_model("mlp", 10, seed=0))
+    state["fc1.weight"] = np.zeros((32, 64), np.float32)
+    save_safetensors(wrong_shapes, state)
+    assert "fit no registered model" in _one_line_error(wrong_shapes, key)
+
+    wrong_names = tmp_path / "names.safetensors"
+    save_safetensors(wrong_names, {"layer.weight": np.zeros((10, 64), np.float32)})
+    assert "fit no registered model" in _one_line_error(wrong_names, key)
+
+    truncated = tmp_path / "truncated.safetensors"
+    truncated.write_bytes(good.read_bytes()[:-100])
+    assert str(truncated) in _one_line_error(truncated, key)
+
+    not_a_key = tmp_path / "aggregator.key"
+    not_a_key.write_bytes(
+        b"-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VuBCIEI\n-----END PRIVATE KEY-----\n"
+    )
+    not_a_key.chmod(0o600)
+    assert "not a fedveil watermark key" in _one_line_error(good, not_a_key)
+
+    assert "cannot read" in _one_line_error(good, tmp_path / "missing.key")
+    assert "cannot read" in _one_line_error(tmp_path / "missing.safetensors", key)
