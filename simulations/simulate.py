@@ -6,6 +6,7 @@ import json
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 
@@ -131,7 +132,7 @@ def simulate(
     return run_path, results[0]
 
 
-def read_metrics(run_path: Path) -> list[dict[str, object]]:
+def read_metrics(run_path: Path) -> list[dict[str, Any]]:
     """Return the rows of a run's ``metrics.jsonl``."""
     path = run_path / RunDirectory.METRICS
     if not path.exists():

@@ -1,0 +1,40 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from simulations.bench_defenses import flag_scores
+
+
+def _run(tmp_path: Path, rounds: list[dict[str, list[int]]]) -> Path:
+    (tmp_path / "checkpoint").mkdir()
+    # Nodes 100..103 are partitions 0..3.
+    state = {"node_clients": {str(100 + p): str(p) for p in range(4)}}
+    (tmp_path / "checkpoint" / "state.json").write_text(json.dumps(state))
+    (tmp_path / "metrics.jsonl").write_text(
+        "".join(json.dumps({"round": i + 1, **r}) + "\n" for i, r in enumerate(rounds))
+    )
+    return tmp_path
+
+
+def test_flag_scores_count_by_partition_over_rounds(tmp_path: Path) -> None:
+    run = _run(
+        tmp_path,
+        [
+            {"clients": [100, 101, 102, 103], "flagged": [103]},  # attacker 3 caught
+            {"clients": [100, 101, 102, 103], "flagged": [103, 100]},  # plus one false alarm
+            {"clients": [100, 101, 102, 103], "flagged": []},  # attacker missed
+        ],
+    )
+
+    precision, recall = flag_scores(run, frozenset({3}))
+
+    assert precision == pytest.approx(2 / 3)
+    assert recall == pytest.approx(2 / 3)
+
+
+def test_no_attackers_and_no_flags_is_perfect(tmp_path: Path) -> None:
+    run = _run(tmp_path, [{"clients": [100, 101], "flagged": []}])
+    assert flag_scores(run, frozenset()) == (1.0, 1.0)
