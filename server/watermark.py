@@ -3,18 +3,29 @@
 A 32-byte secret key regenerates a trigger set: ``size`` images of the model's input shape,
 each an independent pattern of ``±PATTERN_AMPLITUDE`` pixels (in the standardised units the
 models see, where data has mean 0 and standard deviation 1), with an independent uniformly
-random label. After each aggregation the server fine-tunes the global model on the trigger set
-(:func:`embed_watermark`: at most ``max_steps`` full-batch SGD steps, stopping once the trigger
-accuracy reaches the target), so the model carries a behaviour no model trained without the key
-shows. Verification counts the trigger images the model labels as the key says; because each
-label is drawn uniformly and independently of its image, a model made without the key gets each
-one right with probability exactly ``1 / num_classes``, whatever it does, and the one-sided
-binomial p-value of the count is exact.
+random label. The server fine-tunes the initial model on the trigger set before round 1 (as
+WAFFLE pre-trains it) and again after each aggregation (:func:`embed_watermark`: full-batch SGD,
+at most ``INITIAL_STEPS`` then ``MAX_STEPS`` steps, stopping once the trigger accuracy reaches
+``TARGET_ACCURACY``), so the model carries a behaviour no model trained without the key shows.
+Verification counts the trigger images the model labels as the key says; because each label is
+drawn uniformly and independently of its image, a model made without the key gets each one
+right with probability exactly ``1 / num_classes``, whatever it does, and the one-sided binomial
+p-value of the count is exact. With 100 triggers and 10 classes, 28 right is enough for
+``p < DETECTION_P``.
 
 Privacy: watermarking is post-processing of the DP global model. The trigger set derives from
 the server's key alone, never from client data, so embedding it costs no privacy (the DP
 guarantee is closed under post-processing) and changes nothing in the ledger. Ordering contract:
 aggregate, then embed, then evaluate and save.
+
+Measured on digits (10 DP clients at ε = 8, top-k 0.1 codec, 15 FedAvg rounds; 8 seeds, each
+paired with a run without watermark on the same DP noise): main-task accuracy 89.0 % against
+89.96 % (-0.9 ± 0.3 points, the test split's resolution is 0.28); trigger accuracy 0.90-0.92;
+worst p-values over the seeds after 50 % magnitude pruning 1e-50 (trigger accuracy >= 0.73),
+int8 6e-78, Gaussian weight noise σ = 0.02 5e-69 and σ = 0.05 2e-56, 5 epochs of fine-tuning on
+clean data (lr 0.1) 2e-56 (>= 0.77); models trained without it: p >= 0.12. Without the initial
+embedding (first embedding after round 1) the cost was ~2.3 points, embedding a trained model
+in one go cost 5-40 points, and a target of 1.0 cost ~1.5.
 
 Also here, for the robustness benchmark, the transforms a model thief might apply:
 :func:`prune_magnitude`, :func:`quantize_int8`, :func:`add_gaussian_noise`, :func:`fine_tune`.
@@ -59,6 +70,9 @@ INITIAL_STEPS: Final = 300
 """Embedding steps allowed on the initial model, before round 1."""
 TARGET_ACCURACY: Final = 0.9
 EMBED_LR: Final = 0.01
+
+MAX_CLASSES: Final = 10_000
+"""Largest class count a model file may claim (bounds what verification builds)."""
 
 INPUT_SHAPES: Final[Mapping[str, tuple[int, int, int]]] = {"mlp": (1, 8, 8), "cnn": (1, 28, 28)}
 """Input shape of each registered model, to rebuild the trigger set from a model file alone."""
@@ -424,15 +438,31 @@ def _header_shapes(path: Path) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
+def _model_shapes(name: str, num_classes: int) -> dict[str, tuple[int, ...]]:
+    model = create_model(name, num_classes, seed=0)
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
 def identify_model(shapes: Mapping[str, tuple[int, ...]]) -> tuple[str, int] | None:
-    """Return the registered model name and class count whose state has exactly ``shapes``."""
-    candidates = sorted({d for s in shapes.values() for d in s if d >= 2})
+    """Return the registered model name and class count whose state has exactly ``shapes``.
+
+    Nothing is built from the file's numbers until they are checked: the names must match a
+    registered model's, and the class count is read from the one dimension that changes with
+    it (at most ``MAX_CLASSES``) before that model is built and compared shape by shape.
+    """
+    wanted = dict(shapes)
     for name in MODELS:
-        for num_classes in candidates:
-            model = create_model(name, num_classes, seed=0)
-            expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-            if expected == dict(shapes):
+        two, three = _model_shapes(name, 2), _model_shapes(name, 3)
+        if set(two) != set(wanted):
+            continue
+        for key, shape in two.items():
+            if shape == three[key] or len(wanted[key]) != len(shape):
+                continue
+            axis = next(i for i, (a, b) in enumerate(zip(shape, three[key], strict=True)) if a != b)
+            num_classes = wanted[key][axis]
+            if 2 <= num_classes <= MAX_CLASSES and _model_shapes(name, num_classes) == wanted:
                 return name, num_classes
+            break
     return None
 
 

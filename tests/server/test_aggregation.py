@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import statistics
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -56,7 +57,9 @@ def _replies(clients: list[dict[str, np.ndarray]]) -> list[Message]:
     ]
 
 
-def _per_coordinate(clients: list[dict[str, np.ndarray]], fn) -> dict[str, np.ndarray]:  # type: ignore[no-untyped-def]
+def _per_coordinate(
+    clients: list[dict[str, np.ndarray]], fn: Callable[[list[float]], float]
+) -> dict[str, np.ndarray]:
     """Apply ``fn`` to the list of client values of each coordinate, one by one."""
     out = {}
     for name, shape in SHAPES.items():

@@ -251,6 +251,6 @@ def test_scoring_is_vectorized_over_coordinates() -> None:
     big = rng.normal(size=(20, 400_000)).astype(np.float32)
     timed: Callable[[], object] = lambda: score_updates(dict(enumerate(big)))  # noqa: E731
     timed()
-    start = time.perf_counter()
+    start = time.process_time()  # CPU time: insensitive to other processes on the machine
     timed()
-    assert time.perf_counter() - start < 3.0
+    assert time.process_time() - start < 3.0

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import stat
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -422,6 +424,16 @@ def test_verify_model_file_errors_in_one_line(tmp_path: Path) -> None:
     wrong_names = tmp_path / "names.safetensors"
     save_safetensors(wrong_names, {"layer.weight": np.zeros((10, 64), np.float32)})
     assert "fit no registered model" in _one_line_error(wrong_names, key)
+
+    huge = tmp_path / "huge.safetensors"  # a header that claims 10^9 classes, and no data
+    claims = {
+        k: {"dtype": "F32", "shape": list(v.shape), "data_offsets": [0, 0]}
+        for k, v in state.items()
+    }
+    claims["fc2.weight"]["shape"], claims["fc2.bias"]["shape"] = [10**9, 64], [10**9]
+    header = json.dumps(claims).encode()
+    huge.write_bytes(struct.pack("<Q", len(header)) + header)
+    assert "fit no registered model" in _one_line_error(huge, key)
 
     truncated = tmp_path / "truncated.safetensors"
     truncated.write_bytes(good.read_bytes()[:-100])
