@@ -268,7 +268,14 @@ def build_aggregator(
         "min_available_nodes": 1,
         "weighted_by_key": protocol.WEIGHT,
     }
-    return _REGISTRY[name](common_kwargs, assumed_malicious, float(trim_beta))
+    # Flower warns that fraction_evaluate is 0; evaluation is central here by design.
+    flower_log = logging.getLogger("flwr")
+    level = flower_log.level
+    flower_log.setLevel(logging.ERROR)
+    try:
+        return _REGISTRY[name](common_kwargs, assumed_malicious, float(trim_beta))
+    finally:
+        flower_log.setLevel(level)
 
 
 def clip_update(delta: npt.NDArray[np.floating], bound: float) -> npt.NDArray[np.floating]:
