@@ -89,3 +89,28 @@ def test_injected_faults_are_rejected_exactly_with_their_reason(faulty_run: Path
         assert row["bytes_sealed"] < row["bytes_dense"] / 5
         kinds |= {k for _, k in injected}
     assert kinds == {"tamper", "replay", "misroute"}
+
+
+def test_every_epsilon_agrees_with_an_independent_accountant(faulty_run: Path) -> None:
+    """Google's dp-accounting, a second implementation, finds every ε within 2 %."""
+    import dp_accounting
+    from opacus.accountants import RDPAccountant
+
+    ledger = json.loads((faulty_run / "privacy.json").read_text())
+    for cid, client in ledger["clients"].items():
+        event = dp_accounting.ComposedDpEvent(
+            [
+                dp_accounting.SelfComposedDpEvent(
+                    dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(s)), int(n)
+                )
+                for s, q, n in client["history"]
+            ]
+        )
+        if ledger["accountant"] == "rdp":
+            reference = dp_accounting.rdp.RdpAccountant(orders=RDPAccountant.DEFAULT_ALPHAS)
+        else:
+            reference = dp_accounting.pld.PLDAccountant()
+        reference.compose(event)
+        assert client["epsilon"] == pytest.approx(
+            reference.get_epsilon(ledger["delta"]), rel=0.02
+        ), cid
