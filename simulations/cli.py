@@ -9,14 +9,18 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
 from common.config import KEYS, ConfigError, FedveilConfig, load_toml, parse_assignment
+from simulations.watermark_cmd import add_watermark_parser, cmd_watermark_verify
+
+if TYPE_CHECKING:
+    from simulations.deploy import RunOutcome
 
 EXIT_USAGE = 2
 PRESETS = ("quick", "default")
@@ -79,7 +83,67 @@ def build_parser() -> argparse.ArgumentParser:
     resume = sub.add_parser("resume", help="continue an interrupted run from its checkpoint")
     resume.add_argument("run_dir", type=Path, metavar="RUN_DIR")
     resume.add_argument("--verbose", action="store_true", help="show Flower's and Ray's logs")
+    _add_federation_parser(sub)
+    _add_keys_parser(sub)
+    add_watermark_parser(sub)
     return parser
+
+
+def _add_federation_parser(sub: Any) -> None:
+    fed = sub.add_parser("federation", help="run on a real Flower deployment on this host")
+    fed_sub = fed.add_subparsers(dest="federation_command", required=True)
+    up = fed_sub.add_parser(
+        "up",
+        help="start a SuperLink and N SuperNodes on 127.0.0.1, run, tear down",
+        epilog=_keys_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    up.add_argument("--nodes", type=int, help="SuperNodes to start (required unless --resume)")
+    up.add_argument("--rounds", type=int, help="rounds to run (sets num-server-rounds)")
+    up.add_argument("--tls", action="store_true", help="TLS with a CA and certificate it makes")
+    up.add_argument("--auth", action="store_true", help="SuperNode authentication (needs --tls)")
+    up.add_argument("--config", help=f"a preset ({', '.join(PRESETS)}) or a TOML file")
+    up.add_argument(
+        "--set",
+        dest="assignments",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one config key (repeatable)",
+    )
+    up.add_argument("--out", type=Path, help="run directory (default: runs/<run-id>)")
+    up.add_argument(
+        "--keep-dir",
+        type=Path,
+        help="where certificates, keys and process state live (default: RUN_DIR/deployment)",
+    )
+    up.add_argument(
+        "--resume",
+        type=Path,
+        metavar="RUN_DIR",
+        help="restart the federation of RUN_DIR and continue its run from the checkpoint",
+    )
+    up.add_argument("--verbose", action="store_true", help="show Flower's logs")
+
+
+def _add_keys_parser(sub: Any) -> None:
+    keys = sub.add_parser("keys", help="make the key material of a deployment")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    gen = keys_sub.add_parser(
+        "generate",
+        help="write the aggregator's key pair (default), TLS files (--tls) or a node key (--node)",
+    )
+    gen.add_argument("directory", type=Path, metavar="DIR")
+    kind = gen.add_mutually_exclusive_group()
+    kind.add_argument("--tls", action="store_true", help="a CA and a SuperLink certificate")
+    kind.add_argument("--node", action="store_true", help="a SuperNode authentication key")
+    gen.add_argument(
+        "--host",
+        action="append",
+        default=[],
+        help="a name or IP address the SuperLink certificate covers (repeatable; with --tls)",
+    )
+    gen.add_argument("--days", type=int, default=365, help="certificate validity (with --tls)")
 
 
 def _finish(run_path: Path, stopped_reason: str | None, console: Console) -> None:
@@ -124,6 +188,107 @@ def cmd_resume(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def cmd_federation_up(args: argparse.Namespace, console: Console) -> int:
+    """Run ``fedveil federation up``."""
+    if args.resume is not None:
+        given = {
+            "--nodes": args.nodes is not None,
+            "--rounds": args.rounds is not None,
+            "--tls": args.tls,
+            "--auth": args.auth,
+            "--config": args.config is not None,
+            "--set": bool(args.assignments),
+            "--out": args.out is not None,
+            "--keep-dir": args.keep_dir is not None,
+        }
+        extra = [flag for flag, present in given.items() if present]
+        if extra:
+            raise UserError(
+                f"--resume continues with the run's own settings; drop {', '.join(extra)}"
+            )
+        return resume_deployment(args.resume, console, verbose=args.verbose)
+    if args.nodes is None:
+        raise UserError("--nodes N is required (or --resume RUN_DIR)")
+    if args.auth and not args.tls:
+        raise UserError("--auth needs --tls: Flower authenticates SuperNodes only over TLS")
+    assignments = list(args.assignments)
+    if args.rounds is not None:
+        assignments.append(f"num-server-rounds={args.rounds}")
+    config = resolve_config(args.config, assignments)
+
+    def up() -> tuple[Path, RunOutcome]:
+        from simulations.deploy import federation_up
+
+        return federation_up(
+            config,
+            nodes=args.nodes,
+            tls=args.tls,
+            auth=args.auth,
+            out=args.out,
+            keep_dir=args.keep_dir,
+            console=console,
+            verbose=args.verbose,
+        )
+
+    return _deployment(up, console)
+
+
+def resume_deployment(run_dir: Path, console: Console, *, verbose: bool = False) -> int:
+    """Restart the federation of a run made by ``fedveil federation up`` and finish the run."""
+    run_path = run_dir.resolve()
+
+    def resume() -> tuple[Path, RunOutcome]:
+        from simulations.deploy import federation_resume
+
+        return run_path, federation_resume(run_path, console=console, verbose=verbose)
+
+    return _deployment(resume, console)
+
+
+def _deployment(start: Callable[[], tuple[Path, RunOutcome]], console: Console) -> int:
+    """Run a deployment; user-fixable errors become one line and exit 2, failures exit 1."""
+    from common.crypto.certificates import CertificateError
+    from simulations import deploy
+
+    try:
+        run_path, outcome = start()
+    except (deploy.DeployError, CertificateError) as exc:
+        raise UserError(str(exc)) from None
+    except deploy.FederationError as exc:
+        print(f"fedveil: federation failed: {exc}", file=sys.stderr)
+        return 1
+    deploy.print_summary(console, run_path, outcome)
+    _finish(run_path, outcome.stopped_reason, console)
+    return 0
+
+
+def cmd_keys_generate(args: argparse.Namespace, console: Console) -> int:
+    """Run ``fedveil keys generate DIR``."""
+    from common.crypto.certificates import CertificateError
+    from simulations import keys_cmd
+
+    if args.host and not args.tls:
+        raise UserError("--host names the SuperLink in a TLS certificate: use it with --tls")
+    try:
+        if args.tls:
+            ca = keys_cmd.generate_tls(args.directory, args.host, args.days)
+            console.print(f"wrote ca.pem, ca.key, server.pem, server.key in {args.directory}")
+            print(ca)
+        elif args.node:
+            line = keys_cmd.generate_node(args.directory)
+            console.print(f"wrote node.key (0600) and node.pub in {args.directory}")
+            print(line)
+        else:
+            fingerprint = keys_cmd.generate_aggregator(args.directory)
+            console.print(f"wrote aggregator.key (0600) and aggregator.pub in {args.directory}")
+            print(fingerprint)
+    except (CertificateError, ValueError) as exc:
+        raise UserError(str(exc)) from None
+    except OSError as exc:
+        raise UserError(f"{args.directory}: cannot write keys ({exc.strerror or exc})") from None
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``fedveil`` console script."""
     from client.privacy_state import PrivacyStateError
@@ -142,6 +307,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_resume(args, console)
         if args.command == "report":
             return cmd_report(args, console)
+        if args.command == "watermark":
+            return cmd_watermark_verify(args)
+        if args.command == "federation":
+            return cmd_federation_up(args, console)
+        if args.command == "keys":
+            return cmd_keys_generate(args, console)
     except (
         ConfigError,
         DataError,

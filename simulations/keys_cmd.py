@@ -1,0 +1,50 @@
+"""``fedveil keys generate``: the key material of a deployment, one kind per folder.
+
+- ``fedveil keys generate DIR``: the aggregator's HPKE key pair (``aggregator.key``, mode 0600;
+  ``aggregator.pub``); prints the public key's fingerprint, which SuperNodes pin with
+  ``--node-config "aggregator-fingerprint=..."``.
+- ``fedveil keys generate --tls [--host H ...] DIR``: a private CA and a SuperLink server
+  certificate naming each ``--host`` (default ``127.0.0.1`` and ``localhost``); prints the CA
+  certificate's path, the file SuperNodes trust.
+- ``fedveil keys generate --node DIR``: a SuperNode authentication key (P-384, OpenSSH); prints
+  the public key line to register with ``flwr supernode register``.
+
+Nothing is ever overwritten: an existing key makes the command fail with one line.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from common.crypto import certificates
+from common.sealing import AggregatorKeyPair, KeyFileExistsError, write_keypair
+
+
+def generate_aggregator(directory: Path) -> str:
+    """Write the aggregator's key pair into ``directory``; return the public fingerprint."""
+    keypair = AggregatorKeyPair.generate()
+    try:
+        write_keypair(directory, keypair)
+    except KeyFileExistsError as exc:
+        raise certificates.CertificateError(str(exc)) from None
+    except OSError as exc:
+        raise certificates.CertificateError(
+            f"{directory}: cannot write keys ({exc.strerror or exc})"
+        ) from None
+    return keypair.fingerprint()
+
+
+def generate_tls(directory: Path, hosts: Sequence[str], days: int) -> Path:
+    """Write a CA and a server certificate for ``hosts``; return the CA certificate's path."""
+    files = certificates.create_tls_files(
+        directory, hosts=tuple(hosts) or certificates.DEFAULT_HOSTS, days=days
+    )
+    certificates.check_tls_files(files, host=(tuple(hosts) or certificates.DEFAULT_HOSTS)[0])
+    return files.ca_cert
+
+
+def generate_node(directory: Path) -> str:
+    """Write a SuperNode authentication key pair; return the public key line."""
+    files = certificates.create_node_key(directory)
+    return certificates.check_node_public_key(files.public_key)
