@@ -86,6 +86,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_federation_parser(sub)
     _add_keys_parser(sub)
     add_watermark_parser(sub)
+    sub.add_parser(
+        "bench",
+        help="plain Flower vs the full fedveil stack, side by side (see `fedveil bench --help`)",
+        add_help=False,
+    )
     return parser
 
 
@@ -298,7 +303,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     from server.report import ReportError
     from server.rundir import RunDirError
 
-    args = build_parser().parse_args(argv)
+    raw = list(sys.argv[1:] if argv is None else argv)
+    if raw[:1] == ["bench"]:
+        # The benchmark owns its options (see `fedveil bench --help`).
+        from simulations.bench import main as bench_main
+
+        return bench_main(raw[1:])
+    args = build_parser().parse_args(raw)
     console = Console(stderr=True)
     try:
         if args.command == "simulate":
@@ -309,6 +320,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_report(args, console)
         if args.command == "watermark":
             return cmd_watermark_verify(args)
+
         if args.command == "federation":
             return cmd_federation_up(args, console)
         if args.command == "keys":

@@ -1,0 +1,292 @@
+"""``python -m simulations.bench_privacy_utility``: final accuracy at ε = 1, 3, 8 and without DP.
+
+MNIST (``--data-dir``), 20 clients, IID and Dirichlet(α = 0.5) splits. Each private cell is one
+fedveil run (``simulations.simulate.simulate``: DP-SGD calibrated so every client ends at the
+target ε, δ = 1e-5, codec, sealing, aggregation, ledger); the "no DP" cell is the plain-Flower
+baseline (``simulations.plain_flower``: Flower's FedAvg, plain SGD) on the same split, model,
+clients and rounds. Writes, in ``--out``:
+
+- ``results.jsonl``: one object per finished run (kept: a rerun skips cells already there);
+- ``privacy_utility.md``: the table, with Opacus's central MNIST figures beside it;
+- ``privacy_utility.png``: accuracy against ε per split (a matplotlib ``Figure``, no pyplot).
+
+The tuned settings (``TUNED``; ``--set KEY=VALUE`` overrides any key for every private run,
+``--plain-set`` for the baseline) were chosen to finish each run within about 10 minutes on a
+2-core machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from common.config import ConfigError, FedveilConfig, parse_assignment
+
+EPSILONS = (1.0, 3.0, 8.0)
+PARTITIONINGS = ("iid", "dirichlet")
+DELTA = 1e-5
+
+TUNED: dict[str, Any] = {
+    "dataset": "mnist",
+    "sim.clients": 20,
+    "fraction-train": 1.0,
+    "dirichlet-alpha": 0.5,
+    "model": "cnn",
+    "num-server-rounds": 6,
+    "local-epochs": 1,
+    "batch-size": 128,
+    "lr": 2.0,
+    "momentum": 0.0,
+    "dp.max-grad-norm": 0.5,
+    "dp.delta": DELTA,
+    "dp.accountant": "rdp",
+    "codec.topk": 1.0,
+    "codec.bits": 8,
+    "codec.error-feedback": True,
+    "min-train-clients": 2,
+}
+"""Shared by every private run; ``dp.target-epsilon`` and ``dp.budget`` are set per cell."""
+
+PLAIN: dict[str, Any] = {"lr": 0.02, "momentum": 0.9, "batch-size": 64}
+"""The no-DP baseline's own optimizer settings (plain SGD wants a smaller step than DP-SGD)."""
+
+REFERENCE = ((1.16, 0.946), (2.91, 0.968), (6.86, 0.971))
+REFERENCE_NO_DP = 0.989
+"""Opacus's central DP-SGD on MNIST (its example's README): (ε, accuracy), and without DP."""
+
+
+def cell_name(partitioning: str, epsilon: float | None) -> str:
+    """Return the key of one table cell (``iid-eps3``, ``dirichlet-nodp``)."""
+    return f"{partitioning}-nodp" if epsilon is None else f"{partitioning}-eps{epsilon:g}"
+
+
+def private_config(
+    base: dict[str, Any], partitioning: str, epsilon: float, data_dir: str, out_dir: str
+) -> FedveilConfig:
+    """Return the fedveil config of one private cell."""
+    flat = {
+        **base,
+        "partitioning": partitioning,
+        "data-dir": data_dir,
+        "out-dir": out_dir,
+        "dp.target-epsilon": epsilon,
+        # A client ends exactly at the target; a hair above it absorbs the calibration's slack.
+        "dp.budget": epsilon * 1.001,
+    }
+    return FedveilConfig.from_flat(flat)
+
+
+def plain_config(
+    base: dict[str, Any], plain: dict[str, Any], partitioning: str, data_dir: str
+) -> FedveilConfig:
+    """Return the config of the no-DP baseline cell (DP keys are ignored by it)."""
+    return FedveilConfig.from_flat(
+        {**base, **plain, "partitioning": partitioning, "data-dir": data_dir}
+    )
+
+
+def run_private(config: FedveilConfig, run_path: Path) -> dict[str, Any]:
+    """Run one fedveil simulation; return its final accuracy and spent ε."""
+    from rich.console import Console
+
+    from simulations.simulate import read_metrics, simulate
+
+    started = time.perf_counter()
+    with open(os.devnull, "w") as sink:
+        simulate(config, run_path, Console(file=sink))
+    rows: list[Any] = read_metrics(run_path)
+    privacy = json.loads((run_path / "privacy.json").read_text())
+    spent = [float(c["epsilon"]) for c in privacy["clients"].values()]
+    return {
+        "accuracy": float(rows[-1]["accuracy"]),
+        "accuracies": [float(r["accuracy"]) for r in rows],
+        "rounds": len(rows),
+        "epsilon_max": max(spent, default=float("nan")),
+        "sigma": sorted({float(h[0]) for c in privacy["clients"].values() for h in c["history"]}),
+        "minutes": (time.perf_counter() - started) / 60,
+        "run": str(run_path),
+    }
+
+
+def run_baseline(config: FedveilConfig, run_path: Path) -> dict[str, Any]:
+    """Run the plain-Flower baseline; return its final accuracy."""
+    from simulations.plain_flower import run_plain
+
+    started = time.perf_counter()
+    run = run_plain(config, run_path)
+    return {
+        "accuracy": run.final_accuracy,
+        "accuracies": [r.accuracy for r in run.rounds],
+        "rounds": len(run.rounds),
+        "epsilon_max": None,
+        "sigma": [],
+        "minutes": (time.perf_counter() - started) / 60,
+        "run": str(run_path),
+    }
+
+
+def read_results(path: Path) -> dict[str, dict[str, Any]]:
+    """Return the finished cells of ``results.jsonl`` by name (later lines win)."""
+    if not path.exists():
+        return {}
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return {r["cell"]: r for r in rows}
+
+
+def _pct(x: float | None) -> str:
+    return "—" if x is None or not math.isfinite(x) else f"{100 * x:.1f} %"
+
+
+def markdown_table(results: dict[str, dict[str, Any]], epsilons: Sequence[float]) -> str:
+    """Return the Markdown table: one row per split, one column per ε and without DP."""
+    head = [f"ε = {e:g}" for e in epsilons] + ["no DP"]
+    lines = [
+        "| MNIST, 20 clients | " + " | ".join(head) + " |",
+        "|---|" + "---|" * len(head),
+    ]
+    for part in PARTITIONINGS:
+        label = "IID" if part == "iid" else "Dirichlet α = 0.5"
+        cells = []
+        for eps in [*epsilons, None]:
+            r = results.get(cell_name(part, eps))
+            if r is None:
+                cells.append("not run")
+            elif eps is None:
+                cells.append(_pct(r["accuracy"]))
+            else:
+                cells.append(f"{_pct(r['accuracy'])} (ε {r['epsilon_max']:.2f})")
+        lines.append(f"| fedveil, {label} | " + " | ".join(cells) + " |")
+    ref_cells = []
+    for eps in epsilons:
+        near = min(REFERENCE, key=lambda p: abs(math.log(p[0] / eps)))
+        ref_cells.append(f"{_pct(near[1])} (ε {near[0]:g})")
+    lines.append(
+        "| Opacus central (reference) | " + " | ".join(ref_cells) + f" | {_pct(REFERENCE_NO_DP)} |"
+    )
+    return "\n".join(lines)
+
+
+def plot(results: dict[str, dict[str, Any]], epsilons: Sequence[float], path: Path) -> None:
+    """Write accuracy against ε, per split, with the baseline and Opacus's central figures."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.4, 4.2), dpi=120)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for part, color in zip(PARTITIONINGS, ("tab:blue", "tab:orange"), strict=True):
+        pts = [
+            (results[cell_name(part, e)]["epsilon_max"], results[cell_name(part, e)]["accuracy"])
+            for e in epsilons
+            if cell_name(part, e) in results
+        ]
+        if pts:
+            xs, ys = zip(*pts, strict=True)
+            ax.plot(xs, [100 * y for y in ys], "o-", color=color, label=f"fedveil {part}")
+        base = results.get(cell_name(part, None))
+        if base is not None:
+            ax.axhline(100 * base["accuracy"], color=color, ls="--", lw=1, label=f"no DP {part}")
+    rx, ry = zip(*REFERENCE, strict=True)
+    ax.plot(rx, [100 * y for y in ry], "s:", color="gray", label="Opacus central")
+    ax.axhline(100 * REFERENCE_NO_DP, color="gray", ls=":", lw=1)
+    ax.set_xscale("log")
+    ax.set_xticks(list(epsilons), [f"{e:g}" for e in epsilons])
+    ax.set_xticks([], minor=True)
+    ax.set_xlabel("ε (δ = 1e-5), largest spent by any client")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title("MNIST, 20 clients: accuracy vs privacy")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.savefig(path)
+
+
+def _assignments(texts: Sequence[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for text in texts:
+        key, value = parse_assignment(text)
+        out[key] = value
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the command's argument parser."""
+    p = argparse.ArgumentParser(
+        prog="bench_privacy_utility",
+        description="Final MNIST accuracy at ε = 1, 3, 8 and without DP (20 clients).",
+    )
+    p.add_argument("--data-dir", required=True, help="folder holding mnist/ (../shared/data)")
+    p.add_argument("--out", type=Path, required=True, help="folder for the table, plot, runs")
+    p.add_argument("--epsilons", default=",".join(f"{e:g}" for e in EPSILONS))
+    p.add_argument("--partitionings", default=",".join(PARTITIONINGS))
+    p.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument(
+        "--plain-set", dest="plain_assignments", action="append", default=[], metavar="KEY=VALUE"
+    )
+    p.add_argument("--no-baseline", action="store_true", help="skip the no-DP cells")
+    p.add_argument("--rerun", action="store_true", help="run cells already in results.jsonl")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the missing cells, then write the table and the plot. Exit 0, 2 on bad input."""
+    args = build_parser().parse_args(argv)
+    out: Path = args.out
+    try:
+        epsilons = [float(e) for e in args.epsilons.split(",") if e]
+        parts = [p for p in args.partitionings.split(",") if p]
+        if not set(parts) <= set(PARTITIONINGS):
+            raise ConfigError(f"--partitionings takes {PARTITIONINGS}, got {parts}")
+        base = {**TUNED, **_assignments(args.assignments)}
+        plain = {**PLAIN, **_assignments(args.plain_assignments)}
+        private_config(base, "iid", 1.0, args.data_dir, str(out))
+    except (ConfigError, ValueError) as exc:
+        print(f"bench_privacy_utility: error: {exc}", file=sys.stderr)
+        return 2
+    logging.getLogger("flwr").setLevel(logging.WARNING)
+    out.mkdir(parents=True, exist_ok=True)
+    results_path = out / "results.jsonl"
+    done = {} if args.rerun else read_results(results_path)
+    cells: list[tuple[str, float | None]] = [(p, e) for p in parts for e in epsilons]
+    if not args.no_baseline:
+        cells += [(p, None) for p in parts]
+    for part, eps in cells:
+        name = cell_name(part, eps)
+        if name in done:
+            continue
+        run_path = out / "runs" / f"{name}-{int(time.time())}"
+        load = os.getloadavg()[0]
+        print(f"{name}: running (load {load:.1f}) ...", file=sys.stderr, flush=True)
+        if eps is None:
+            config = plain_config(base, plain, part, args.data_dir)
+            result = run_baseline(config, run_path)
+        else:
+            config = private_config(base, part, eps, args.data_dir, str(out))
+            result = run_private(config, run_path)
+        row = {"cell": name, "partitioning": part, "target_epsilon": eps, "load": load, **result}
+        row["config"] = config.to_flat()
+        with results_path.open("a") as fh:
+            fh.write(json.dumps(row) + "\n")
+        done[name] = row
+        print(
+            f"{name}: accuracy {_pct(result['accuracy'])} in {result['minutes']:.1f} min",
+            file=sys.stderr,
+            flush=True,
+        )
+    table = markdown_table(done, epsilons)
+    (out / "privacy_utility.md").write_text(table + "\n")
+    plot(done, epsilons, out / "privacy_utility.png")
+    print(table)
+    print(out / "privacy_utility.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
