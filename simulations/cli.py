@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from simulations.deploy import RunOutcome
 
 EXIT_USAGE = 2
-PRESETS = ("quick", "default")
+PRESETS = ("quick", "default", "scale")
 
 
 class UserError(Exception):
