@@ -1,0 +1,337 @@
+"""Real Flower deployments on 127.0.0.1: a SuperLink and SuperNodes as separate processes.
+
+Each test runs ``fedveil federation up`` as a subprocess with its work directory under
+``tmp_path``; whatever is left running at the end (the orchestrator, the processes it recorded
+in ``pids.json``, a rogue SuperNode) is stopped by pid and start time, never by name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from common.crypto.certificates import create_node_key
+from common.weights import load_safetensors
+from simulations.deploy import ProcessTable, free_ports, process_tree, start_time
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+RUN_CONTRACT = REPO.parent / "shared" / "checks" / "run_contract.py"
+BIN = Path(sys.executable).parent
+MLP_SHAPES = {"fc1.weight": (64, 64), "fc1.bias": (64,), "fc2.weight": (10, 64), "fc2.bias": (10,)}
+
+
+class Federation:
+    """One ``fedveil federation up`` subprocess and the files it writes."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.run = tmp / "run"
+        self.keep = tmp / "keep"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.extra: list[subprocess.Popen[bytes]] = []
+
+    def start(self, *args: str) -> subprocess.Popen[bytes]:
+        out = (self.tmp / "up.out").open("ab")
+        err = (self.tmp / "up.err").open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "simulations.cli", "federation", "up", *args],
+            cwd=REPO,
+            stdout=out,
+            stderr=err,
+            start_new_session=True,
+        )
+        return self.proc
+
+    def up(self, *args: str) -> subprocess.Popen[bytes]:
+        return self.start("--out", str(self.run), "--keep-dir", str(self.keep), *args)
+
+    def wait(self, timeout: float) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout=timeout)
+
+    @property
+    def stderr(self) -> str:
+        return (self.tmp / "up.err").read_text(errors="replace")
+
+    @property
+    def stdout(self) -> str:
+        return (self.tmp / "up.out").read_text(errors="replace")
+
+    def rows(self) -> list[dict[str, Any]]:
+        path = self.run / "metrics.jsonl"
+        if not path.exists():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+    def pids(self) -> dict[str, tuple[int, int]]:
+        try:
+            doc = json.loads((self.keep / "pids.json").read_text())
+        except (OSError, ValueError):
+            return {}
+        return {e["name"]: (int(e["pid"]), int(e["start"])) for e in doc}
+
+    def deployment(self) -> dict[str, Any]:
+        doc = json.loads((self.run / "deployment.json").read_text())
+        assert isinstance(doc, dict)
+        return doc
+
+    def until(self, what: str, check: Callable[[], bool], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not check():
+            assert self.proc is None or self.proc.poll() is None, (
+                f"the federation ended while waiting for {what}: {self.stderr[-3000:]}"
+            )
+            assert time.monotonic() < deadline, f"timed out waiting for {what}"
+            time.sleep(0.2)
+
+    def kill_tree(self, name: str, sig: int = signal.SIGKILL) -> list[tuple[int, int]]:
+        pid, start = self.pids()[name]
+        tree = process_tree(pid, start)
+        for member, member_start in tree:
+            if start_time(member) == member_start:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(member, sig)
+        return tree
+
+    def cleanup(self) -> None:
+        for proc in [*self.extra, *([self.proc] if self.proc else [])]:
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGTERM)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(timeout=30)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)  # helpers left in the group, if any
+            proc.wait()
+        ProcessTable.reap_stale(self.keep / "pids.json")
+
+
+@pytest.fixture
+def federation(tmp_path: Path) -> Iterator[Federation]:
+    fed = Federation(tmp_path)
+    try:
+        yield fed
+    finally:
+        fed.cleanup()
+
+
+def _contract(run: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, str(RUN_CONTRACT), str(run)], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stdout
+
+
+def _client_states(run: Path, nodes: int) -> list[dict[str, Any]]:
+    return [
+        json.loads((run / "client-state" / f"partition-{i}" / "privacy.json").read_text())
+        for i in range(nodes)
+    ]
+
+
+def _no_process_left(fed: Federation, recorded: dict[str, tuple[int, int]]) -> None:
+    assert not (fed.keep / "pids.json").exists()
+    for name, (pid, start) in recorded.items():
+        assert start_time(pid) != start, f"{name} (pid {pid}) still runs"
+
+
+def test_tls_auth_three_nodes_two_sealed_rounds_and_an_unregistered_node_is_refused(
+    federation: Federation,
+) -> None:
+    pyproject = (REPO / "pyproject.toml").read_bytes()
+    federation.up(
+        "--nodes",
+        "3",
+        "--rounds",
+        "2",
+        "--tls",
+        "--auth",
+        "--config",
+        "quick",
+        "--set",
+        "round-timeout=180",
+    )
+    federation.until("the ServerApp to start", (federation.run / "config.json").exists, 300)
+    recorded = federation.pids()
+    fleet = str(federation.deployment()["superlink"]["fleet"])
+
+    rogue = federation.tmp / "rogue"
+    create_node_key(rogue)
+    (rogue / "home").mkdir()
+    port = free_ports(1)[0]
+    proc = subprocess.Popen(
+        [
+            str(BIN / "flower-supernode"),
+            "--superlink",
+            fleet,
+            "--root-certificates",
+            str(federation.keep / "tls" / "ca.pem"),
+            "--auth-supernode-private-key",
+            str(rogue / "node.key"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--node-config",
+            "partition-id=0 num-partitions=3",
+        ],
+        env={
+            **os.environ,
+            "FLWR_HOME": str(rogue / "home"),
+            "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+            "FLWR_TELEMETRY_ENABLED": "0",
+            "FLWR_DISABLE_UPDATE_CHECK": "1",
+        },
+        stdout=(rogue / "supernode.log").open("wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    federation.extra.append(proc)
+    # Wait on the process, not its output: its SuperExec helper holds the log open.
+    assert proc.wait(timeout=120) != 0
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)  # that helper
+    rogue_log = (rogue / "supernode.log").read_text(errors="replace")
+    assert "Failed to activate SuperNode" in rogue_log and "305" in rogue_log
+
+    assert federation.wait(timeout=900) == 0, federation.stderr[-3000:]
+    run = federation.run
+    assert federation.stdout.strip().splitlines()[-1] == str(run)
+    _contract(run)
+    rows = federation.rows()
+    assert [r["round"] for r in rows] == [1, 2]
+    node_ids = {int(v) for v in federation.deployment()["node_ids"].values()}
+    assert len(node_ids) == 3
+    for row in rows:
+        assert row["bytes_sealed"] > 0
+        assert set(row["clients"]) == node_ids
+        assert row["rejected"] == []
+    ledger = json.loads((run / "privacy.json").read_text())
+    assert set(ledger["clients"]) == {"0", "1", "2"}
+    for cid, client in ledger["clients"].items():
+        assert client["rounds"] == [1, 2], cid
+        own = _client_states(run, 3)[int(cid)]
+        assert own["rounds"] == [1, 2] and own["history"] == client["history"]
+    deployment = federation.deployment()
+    assert deployment["tls"] is True and deployment["auth"] is True
+    assert deployment["flower_runs"][-1]["status"] == "finished:completed"
+    staged = sorted(p.name for p in (federation.keep / "app").iterdir())
+    assert staged == ["client", "common", "pyproject.toml", "server", "simulations"]
+    assert (REPO / "pyproject.toml").read_bytes() == pyproject
+    footprint = json.loads((federation.keep / "logs" / "footprint.json").read_text())
+    assert footprint["clientapp"]["messages"] >= 6  # a plan query and 2 rounds on 3 nodes
+    _no_process_left(federation, recorded)
+
+
+def test_server_killed_after_round_two_resumes_with_continuous_privacy(
+    federation: Federation,
+) -> None:
+    federation.up(
+        "--nodes",
+        "2",
+        "--rounds",
+        "4",
+        "--tls",
+        "--auth",
+        "--config",
+        "quick",
+        "--set",
+        "round-timeout=180",
+    )
+    federation.until("round 2", lambda: len(federation.rows()) >= 2, 600)
+    federation.kill_tree("superlink")  # the server host dies: SuperLink, SuperExec, ServerApp
+    assert federation.wait(timeout=120) == 1
+    assert "--resume" in federation.stderr
+    interrupted_at = len(federation.rows())
+    assert 2 <= interrupted_at < 4
+    before = _client_states(federation.run, 2)
+
+    federation.start("--resume", str(federation.run))
+    assert federation.wait(timeout=900) == 0, federation.stderr[-3000:]
+
+    run = federation.run
+    _contract(run)
+    assert [r["round"] for r in federation.rows()] == [1, 2, 3, 4]
+    ledger = json.loads((run / "privacy.json").read_text())
+    assert set(ledger["clients"]) == {"0", "1"}
+    for cid, client in ledger["clients"].items():
+        assert client["rounds"] == [1, 2, 3, 4], cid  # none lost, none twice
+        own = _client_states(run, 2)[int(cid)]
+        assert own["rounds"] == client["rounds"]  # the client never restarted from zero
+        assert own["history"] == client["history"]
+        old = before[int(cid)]
+        assert own["history"][: len(old["history"])] == old["history"]
+        assert client["epsilon"] <= client["budget"]
+    runs = federation.deployment()["flower_runs"]
+    assert len(runs) == 2 and runs[-1]["status"] == "finished:completed"
+    state = load_safetensors(run / "model.safetensors", MLP_SHAPES)
+    assert set(state) == set(MLP_SHAPES)
+    assert not (federation.keep / "pids.json").exists()
+
+
+def _running_clientapp(federation: Federation, name: str) -> bool:
+    pid, start = federation.pids().get(name, (0, 0))
+    for member, _ in process_tree(pid, start) if pid else []:
+        with contextlib.suppress(OSError):
+            if b"flwr-clientapp" in Path(f"/proc/{member}/cmdline").read_bytes():
+                return True
+    return False
+
+
+def test_supernode_killed_mid_round_is_restarted_and_its_epsilon_continues(
+    federation: Federation,
+) -> None:
+    federation.up(
+        "--nodes",
+        "3",
+        "--rounds",
+        "5",
+        "--tls",
+        "--auth",
+        "--config",
+        "quick",
+        "--set",
+        "round-timeout=300",
+    )
+    federation.until("round 1", lambda: len(federation.rows()) >= 1, 600)
+    federation.until("node 2 training", lambda: _running_clientapp(federation, "supernode-2"), 300)
+    killed_in = len(federation.rows()) + 1
+    before = _client_states(federation.run, 3)[2]
+    old_pid = federation.pids()["supernode-2"]
+    federation.kill_tree("supernode-2")
+    federation.until("node 2 restarted", lambda: federation.pids()["supernode-2"] != old_pid, 60)
+
+    assert federation.wait(timeout=1200) == 0, federation.stderr[-3000:]
+    said = " ".join(federation.stderr.split())  # rich wraps lines
+    assert "SuperNode 2 exited (killed by signal 9); restarting it with the same key" in said
+    run = federation.run
+    _contract(run)
+    rows = federation.rows()
+    assert [r["round"] for r in rows] == [1, 2, 3, 4, 5]
+    node2 = int(federation.deployment()["node_ids"]["2"])  # the same id after the restart
+    lost = rows[killed_in - 1]
+    assert {"node": node2, "reason": "no-reply"} in [
+        {"node": r["node"], "reason": r["reason"]} for r in lost["rejected"]
+    ]
+    assert len(lost["clients"]) == 2  # the round went on without it
+    back = [r["round"] for r in rows[killed_in:] if node2 in r["clients"]]
+    assert back  # and it came back (once Flower let its node id in again, <= 2 heartbeats)
+    own = _client_states(run, 3)[2]
+    assert own["rounds"][: len(before["rounds"])] == before["rounds"]  # continued, not reset
+    assert own["history"][: len(before["history"])] == before["history"]
+    assert own["rounds"] == sorted(set(own["rounds"])) and set(back) <= set(own["rounds"])
+    ledger = json.loads((run / "privacy.json").read_text())["clients"]["2"]
+    assert set(ledger["rounds"]) <= set(own["rounds"])  # the server never over-counts...
+    assert killed_in not in ledger["rounds"]  # ...and heard nothing from the lost round
