@@ -59,6 +59,12 @@ KEYS: dict[str, _Key] = {
     ),
     "seed": _Key("seed", int, 0, lambda v: 0 <= v < 2**32, "an integer in [0, 2**32)"),
     "out-dir": _Key("out_dir", str, "runs", lambda v: v != "", "a non-empty folder path"),
+    "run-dir": _Key(
+        "run_dir", str, "", _ANY, "the run directory itself (empty = <out-dir>/<new run id>)"
+    ),
+    "resume": _Key(
+        "resume", bool, False, _ANY, "true: continue the run in `run-dir` from its checkpoint"
+    ),
     "fraction-train": _Key(
         "fraction_train", float, 1.0, lambda v: 0 < v <= 1, "a fraction in (0, 1]"
     ),
@@ -222,6 +228,8 @@ class FedveilConfig:
     num_server_rounds: int
     seed: int
     out_dir: str
+    run_dir: str
+    resume: bool
     fraction_train: float
     min_train_clients: int
     round_timeout: float

@@ -11,7 +11,7 @@ from pathlib import Path
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from common.config import FedveilConfig
+from common.config import ConfigError, FedveilConfig
 from server.federation import Federation, FederationResult, PlanObserver, RoundObserver
 from server.rundir import RunDirectory, new_run_id
 
@@ -31,8 +31,16 @@ def build_server_app(
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
         resolved = config or FedveilConfig.from_flat(context.run_config)
-        path = run_path or Path(resolved.out_dir) / new_run_id()
-        run_dir = RunDirectory(path) if resume else RunDirectory.create(path)
+        resuming = resume or resolved.resume
+        if resolved.resume and run_path is None and not resolved.run_dir:
+            raise ConfigError("config key `resume` needs `run-dir`: the run to continue")
+        if run_path is not None:
+            path = run_path
+        elif resolved.run_dir:
+            path = Path(resolved.run_dir)
+        else:
+            path = Path(resolved.out_dir) / new_run_id()
+        run_dir = RunDirectory(path) if resuming else RunDirectory.create(path)
         federation = Federation(
             grid,
             resolved,
@@ -42,7 +50,7 @@ def build_server_app(
             on_round=on_round,
             on_plan=on_plan,
         )
-        if resume:
+        if resuming:
             federation.restore()
         result = federation.run()
         if results is not None:

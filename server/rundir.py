@@ -74,14 +74,19 @@ class RunDirectory:
     METRICS = "metrics.jsonl"
     PRIVACY = "privacy.json"
     MODEL = "model.safetensors"
+    RUN_FILES = (CONFIG, METRICS, PRIVACY, MODEL, "checkpoint")
 
     def __init__(self, path: Path) -> None:
         self.path = path
 
     @classmethod
     def create(cls, path: Path) -> RunDirectory:
-        """Create a new, empty run directory; refuse one that already holds a run."""
-        if path.exists() and any(path.iterdir()):
+        """Create a run directory; refuse one that already holds a run.
+
+        Other files may be there already: ``fedveil federation up`` writes ``deployment.json``
+        (and, by default, ``deployment/``) before the ServerApp starts.
+        """
+        if path.exists() and any((path / name).exists() for name in cls.RUN_FILES):
             raise RunDirError(f"{path} already holds files; choose a new --out folder")
         try:
             path.mkdir(parents=True, exist_ok=True)

@@ -22,6 +22,7 @@ from flwr.app import (
     MetricRecord,
     RecordDict,
 )
+from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
@@ -37,6 +38,10 @@ from server.rundir import Rejection
 from server.sampling import BudgetAwareSampler
 
 log = logging.getLogger(__name__)
+
+# Error replies the SuperLink itself writes when a node never answers: it stopped heartbeating
+# (NODE_UNAVAILABLE) or its reply expired. They come from the SuperLink's node id, not the node's.
+_UNANSWERED = (ErrorCode.NODE_UNAVAILABLE, ErrorCode.REPLY_MESSAGE_UNAVAILABLE)
 
 
 @dataclass(frozen=True)
@@ -130,6 +135,7 @@ class FedveilStrategy(Strategy):
         self.assigned_sigma: dict[int, float] = {}
         self._global: ArrayRecord | None = None
         self._round = 0
+        self._sent: list[Message] = []
 
     def summary(self) -> None:
         """Log the wrapped strategy's summary."""
@@ -170,7 +176,19 @@ class FedveilStrategy(Strategy):
             messages.append(
                 Message(content=content, message_type=MessageType.TRAIN, dst_node_id=node)
             )
+        self._sent = messages  # the Grid stamps their message ids when it sends them
         return messages
+
+    def sender_of(self, reply: Message) -> int:
+        """Return the node a reply answers for: the request's destination, else its sender.
+
+        A reply the SuperLink writes for a node that vanished carries the SuperLink's own node
+        id as its sender; the request it answers names the node.
+        """
+        for request in self._sent:
+            if request.metadata.message_id == reply.metadata.reply_to_message_id:
+                return int(request.metadata.dst_node_id)
+        return int(reply.metadata.src_node_id)
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -179,7 +197,7 @@ class FedveilStrategy(Strategy):
         clean: list[Message] = []
         replies_seen = list(replies)
         for reply in replies_seen:
-            node = int(reply.metadata.src_node_id)
+            node = self.sender_of(reply)
             try:
                 content = self._check_reply(node, reply)
             except ReplyRejected as rej:
@@ -196,7 +214,7 @@ class FedveilStrategy(Strategy):
                 self.outcome.contributed.append(node)
                 reply.content = content
                 clean.append(reply)
-        answered = {int(r.metadata.src_node_id) for r in replies_seen}
+        answered = {self.sender_of(r) for r in replies_seen}
         for node in self.outcome.sampled:
             if node not in answered:
                 self.outcome.rejected.append(Rejection(node, "no-reply", "no reply before timeout"))
@@ -236,8 +254,11 @@ class FedveilStrategy(Strategy):
         """Return the clean content of a trained reply, ``None`` for a refusal."""
         if reply.has_error():
             # A node told to vanish (fault injection) surfaces as an error reply in simulation.
-            reason = "drop" if self.outcome.injected.get(node) == "drop" else "error"
-            raise ReplyRejected(reason, f"client error: {reply.error.reason}")
+            if self.outcome.injected.get(node) == "drop":
+                raise ReplyRejected("drop", f"client error: {reply.error.reason}")
+            if reply.error.code in _UNANSWERED:
+                raise ReplyRejected("no-reply", str(reply.error.reason))
+            raise ReplyRejected("error", f"client error: {reply.error.reason}")
         content = reply.content
         metrics = content.metric_records.get(protocol.METRICS)
         status = content.config_records.get(protocol.STATUS)

@@ -182,6 +182,8 @@ def cmd_report(args: argparse.Namespace, console: Console) -> int:
 
 def cmd_resume(args: argparse.Namespace, console: Console) -> int:
     """Run ``fedveil resume RUN_DIR``."""
+    if (args.run_dir / "deployment.json").is_file():  # made by `fedveil federation up`
+        return resume_deployment(args.run_dir, console, verbose=args.verbose)
     from server.checkpoint import STATE_FILE
     from simulations.simulate import load_run_config, simulate
 

@@ -543,14 +543,8 @@ class ProcessTable:
         managed.log_file.close()
 
     def stop_all(self, *, grace: float = STOP_GRACE) -> None:
-        """Stop every process: ``flwr run``, then the SuperLink with its ServerApp, then nodes.
-
-        The ServerApp goes before the SuperNodes: stopped the other way round, it would see
-        every node vanish, record a round of rejections and checkpoint it.
-        """
-        names = list(self.procs)
-        order = [n for n in reversed(names) if not n.startswith("supernode-")]
-        for name in [*order, *[n for n in names if n not in order]]:
+        """Stop every process: ``flwr run``, the SuperLink with its ServerApp, then nodes."""
+        for name in stop_order(list(self.procs)):
             self.stop(name, grace=grace)
         with self._lock:
             self.procs.clear()
@@ -564,18 +558,29 @@ class ProcessTable:
             doc = json.loads(record.read_text())
         except (OSError, ValueError):
             return []
+        entries: dict[str, tuple[int, int]] = {}
+        for entry in doc if isinstance(doc, list) else []:
+            with contextlib.suppress(KeyError, TypeError, ValueError):
+                entries[str(entry["name"])] = (int(entry["pid"]), int(entry["start"]))
         stopped = []
-        for entry in reversed(doc if isinstance(doc, list) else []):
-            try:
-                pid, start, name = int(entry["pid"]), int(entry["start"]), str(entry["name"])
-            except (KeyError, TypeError, ValueError):
-                continue
-            tree = process_tree(pid, start)
+        for name in stop_order(list(entries)):
+            tree = process_tree(*entries[name])
             if tree:
                 stop_tree(tree, sig=signal.SIGTERM, grace=5.0, popen=None)
                 stopped.append(name)
         record.unlink(missing_ok=True)
         return stopped
+
+
+def stop_order(names: Sequence[str]) -> list[str]:
+    """Order in which to stop processes started as ``names``: the newest first, but nodes last.
+
+    The ServerApp (inside the SuperLink's tree) must go before the SuperNodes: stopped the
+    other way round, it would see every node vanish, record a round of rejections and
+    checkpoint it.
+    """
+    first = [n for n in reversed(names) if not n.startswith("supernode-")]
+    return [*first, *[n for n in names if n not in first]]
 
 
 def stop_tree(

@@ -46,6 +46,7 @@ from simulations.deploy import (
     run_status,
     staged_pyproject,
     start_time,
+    stop_order,
     stop_tree,
     superlink_command,
     supernode_command,
@@ -184,6 +185,12 @@ def test_supernode_command_parses_with_flowers_parser(
     assert args.root_certificates == (str(layout.tls / "ca.pem") if tls else None)
     expected_key = str(layout.node(1) / "node.key") if auth else None
     assert args.auth_supernode_private_key == expected_key
+
+
+def test_stop_order_puts_the_serverapp_before_the_nodes() -> None:
+    names = ["superlink", "supernode-0", "supernode-1", "flwr-run"]
+
+    assert stop_order(names) == ["flwr-run", "superlink", "supernode-0", "supernode-1"]
 
 
 def test_free_ports_are_distinct_and_bindable() -> None:
