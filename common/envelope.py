@@ -23,7 +23,6 @@ import numpy.typing as npt
 
 from common.codec import CodecError, CodecParams, decode_update, kept_count
 from common.sealing import (
-    HEADER_LEN,
     AggregatorKeyPair,
     CodecHeader,
     SealContext,
@@ -130,8 +129,3 @@ def open_client_update(
     if not np.isfinite(delta).all():
         raise UpdateRejected("malformed", "update has non-finite values")
     return DPFacts(sigma, rate, steps, epsilon), delta
-
-
-def sealed_overhead() -> int:
-    """Bytes a seal adds around the plaintext: header, encapsulated key and AEAD tag."""
-    return HEADER_LEN + 32 + 16
