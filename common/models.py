@@ -12,6 +12,21 @@ import torch
 from torch import nn
 
 
+def max_pool_2x2_stride1(x: torch.Tensor) -> torch.Tensor:
+    """Return ``torch.max_pool2d(x, 2, 1)`` of ``(N, C, H, W)``: ``(N, C, H-1, W-1)``, same values.
+
+    Pooled in channels-last memory layout, then made contiguous again. PyTorch's CPU kernel for
+    this overlapping window is several times slower on contiguous NCHW tensors: profiled on this
+    project's 2-core machines it was ~40 % of a non-private ``SmallCNN`` step, and pooling
+    channels-last cut the non-private step from 5.0 to 3.9 ms and the DP-SGD step from 9.9 to
+    8.7 ms, with identical gradients. The result must be contiguous: Opacus's conv grad sampler
+    unfolds its input with ``as_strided`` and gets wrong per-sample gradients from a
+    channels-last tensor (``test_per_sample_gradients_match_one_example_at_a_time``).
+    """
+    pooled = torch.max_pool2d(x.contiguous(memory_format=torch.channels_last), 2, 1)
+    return pooled.contiguous()
+
+
 class DigitsMLP(nn.Module):
     """Two-layer perceptron for ``(N, 1, 8, 8)`` inputs; returns logits ``(N, num_classes)``."""
 
@@ -41,8 +56,8 @@ class SmallCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Map images to logits."""
-        x = torch.max_pool2d(torch.relu(self.conv1(x)), 2, 1)
-        x = torch.max_pool2d(torch.relu(self.conv2(x)), 2, 1)
+        x = max_pool_2x2_stride1(torch.relu(self.conv1(x)))
+        x = max_pool_2x2_stride1(torch.relu(self.conv2(x)))
         logits: torch.Tensor = self.fc2(torch.relu(self.fc1(x.flatten(1))))
         return logits
 

@@ -44,15 +44,21 @@ def unflatten(
     return out
 
 
-def write_atomic(path: Path, data: bytes, *, mode: int = 0o644) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the new one, never half."""
+def write_atomic(path: Path, data: bytes, *, mode: int = 0o644, durable: bool = True) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the new one, never half.
+
+    ``durable`` flushes the data to the disk (``fsync``) before the rename, so the new file also
+    survives a power loss; without it a crash of the machine (not of the process) may leave the
+    old file or an empty one. Only state that is cheap to lose may skip it.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
-            os.fsync(fh.fileno())
+            if durable:
+                os.fsync(fh.fileno())
         os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
@@ -60,13 +66,15 @@ def write_atomic(path: Path, data: bytes, *, mode: int = 0o644) -> None:
         raise
 
 
-def save_safetensors(path: Path, arrays: Mapping[str, npt.NDArray[np.float32]]) -> None:
-    """Write named arrays as a safetensors file, atomically."""
+def save_safetensors(
+    path: Path, arrays: Mapping[str, npt.NDArray[np.float32]], *, durable: bool = True
+) -> None:
+    """Write named arrays as a safetensors file, atomically (``durable``: see ``write_atomic``)."""
     from safetensors.numpy import save
 
     # Not np.ascontiguousarray: it turns a 0-d array into shape (1,), which then fails to load.
     contiguous = {k: np.asarray(v, dtype=np.float32, order="C") for k, v in arrays.items()}
-    write_atomic(path, save(contiguous))
+    write_atomic(path, save(contiguous), durable=durable)
 
 
 def load_safetensors(path: Path, expected: Mapping[str, tuple[int, ...]]) -> NamedArrays:

@@ -8,7 +8,14 @@ from opacus.grad_sample import GradSampleModule
 from opacus.validators import ModuleValidator
 from torch import nn
 
-from common.models import MODELS, DigitsMLP, SmallCNN, create_model, model_for
+from common.models import (
+    MODELS,
+    DigitsMLP,
+    SmallCNN,
+    create_model,
+    max_pool_2x2_stride1,
+    model_for,
+)
 
 INPUTS = {"mlp": (1, 8, 8), "cnn": (1, 28, 28)}
 
@@ -173,3 +180,21 @@ def test_auto_model_accepts_its_images(shape: tuple[int, int, int]) -> None:
     model = create_model(model_for("auto", shape), 10, seed=0)
 
     assert model(torch.zeros(2, *shape)).shape == (2, 10)
+
+
+@pytest.mark.parametrize("shape", [(4, 16, 14, 14), (3, 32, 5, 5), (1, 1, 2, 2)])
+def test_channels_last_pooling_matches_torch_max_pool(shape: tuple[int, ...]) -> None:
+    torch.manual_seed(0)
+    # Continuous random inputs have no ties, so the argmax (and the gradient) is unique.
+    x = torch.randn(*shape, requires_grad=True)
+    reference = torch.max_pool2d(x, 2, 1)
+    weights = torch.randn(reference.shape)
+    (grad_ref,) = torch.autograd.grad((reference * weights).sum(), x)
+
+    pooled = max_pool_2x2_stride1(x)
+    (grad,) = torch.autograd.grad((pooled * weights).sum(), x)
+
+    assert pooled.shape == reference.shape
+    assert torch.equal(pooled, reference)
+    assert torch.equal(grad, grad_ref)
+    assert torch.equal(pooled.flatten(1), reference.flatten(1))  # logical order kept
