@@ -126,6 +126,14 @@ KEYS: dict[str, _Key] = {
         "robust_exclude_flagged", bool, False, _ANY, "true or false: drop flagged updates"
     ),
     "attack.fraction": _Key(
+    "robust.root-examples": _Key(
+        "robust_root_examples",
+        int,
+        0,
+        lambda v: 0 <= v <= 100_000,
+        "an integer in [0, 100000]: clean examples the server keeps from its held-out split to "
+        "score update directions and to steady the watermark (0 = none)",
+    ),
         "attack_fraction", float, 0.0, lambda v: 0 <= v <= 1, "a fraction in [0, 1]"
     ),
     "attack.kind": _Key(
@@ -262,6 +270,7 @@ class FedveilConfig:
     client_state_dir: str
     codec_topk: float
     codec_bits: int
+    robust_root_examples: int
     codec_error_feedback: bool
     seal_private_key: str
     faults_tamper: float

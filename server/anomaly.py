@@ -35,6 +35,19 @@ clients, 2 attackers, dense updates, over 15 FedAvg rounds x 4 draws:
 * default ε with ``reference`` = 6 plain SGD steps on 100 clean server-held examples: sign-flip
   recall 0.95 over rounds 1-7, 0 afterwards; false positives 0.
 
+**Accumulated evidence** (:class:`DirectionEvidence`) carries what one round saw into the rounds
+that see nothing: per client, Stouffer's combination ``Z = sum_t z_t / sqrt(T)`` of its
+direction z-scores over the ``T`` rounds in which the direction counted (a reference was given,
+or the consensus was significant), each ``z_t`` clipped to ``±EVIDENCE_CAP`` so that no single
+round decides alone. Under the null (an honest client whose round z-scores are roughly standard
+normal and independent across rounds) ``Z`` is roughly standard normal too; a client that
+reversed its update while there was signal keeps ``Z`` far below ``-EVIDENCE_Z`` for many rounds
+after (a client at ``-6`` for 7 rounds is still at ``-42 / sqrt(T)`` < -3 for ``T`` < 196).
+What it cannot see: an attacker that behaves while the signal is strong and attacks only once it
+has faded (its reversed updates are then as harmless as they are invisible), and it assumes
+honest clients are exchangeable: a client whose data differ persistently from the root set
+(strongly non-IID partitions) drifts negative like an attacker would.
+
 Ordering contract: score the *unclipped* decoded deltas (clipping would hide a scaled update),
 then flag, then clip (``server.aggregation.clip_update``) and aggregate.
 """
@@ -42,7 +55,7 @@ then flag, then clip (``server.aggregation.clip_update``) and aggregate.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Final
 
@@ -67,6 +80,12 @@ For ``n`` independent isotropic directions in ``d`` dimensions that normalised e
 ~2 (the semicircle edge); its 99.9th percentile, measured for n = 3..50 at d = 4810, is <= 2.5.
 """
 
+EVIDENCE_Z: Final = 3.0
+"""Flag a client when its accumulated direction evidence (Stouffer's ``Z``) is below minus this."""
+
+EVIDENCE_CAP: Final = 6.0
+"""Each round's direction z-score is clipped to ``±`` this before it is accumulated."""
+
 MIN_UPDATES: Final = 3
 """Fewest updates a round needs for a median and a MAD to mean anything; below it nobody flags."""
 
@@ -88,6 +107,8 @@ class AnomalyScore:
         consensus: Cosine, in ``[-1, 1]``, between the delta and the consensus direction of the
             other deltas of the round; negative = pointing against them.
         consensus_z: Robust z-score of ``consensus``; large negative = against the others.
+        direction_counts: Whether ``consensus_z`` carries evidence this round (a reference was
+            given, or the consensus of the others was significant); when not, it is 0.
 
     """
 
@@ -95,6 +116,7 @@ class AnomalyScore:
     norm_z: float
     consensus: float
     consensus_z: float
+    direction_counts: bool = False
 
 
 def _stack(deltas: Mapping[int, npt.ArrayLike]) -> tuple[list[int], FloatArray]:
@@ -205,6 +227,7 @@ def score_updates(
             norm_z=float(norm_z[k]),
             consensus=float(cosines[k]),
             consensus_z=float(cons_z[k]),
+            direction_counts=bool(counts and n >= MIN_UPDATES),
         )
         for k, node in enumerate(ids)
     }
@@ -227,3 +250,59 @@ def flag_outliers(
     return sorted(
         node for node, s in scores.items() if s.norm_z > norm_z or s.consensus_z < -consensus_z
     )
+
+
+class DirectionEvidence:
+    """Each client's direction z-scores accumulated across rounds (module docstring).
+
+    State is two numbers per node id, the clipped sum of its z-scores and the number of rounds
+    that counted; :meth:`to_json` and :meth:`from_json` carry it through a checkpoint.
+    """
+
+    def __init__(self) -> None:
+        self._sums: dict[int, float] = {}
+        self._counts: dict[int, int] = {}
+
+    def add(self, scores: Mapping[int, AnomalyScore]) -> None:
+        """Add one round's direction z-scores of the updates whose direction counted."""
+        for node, score in scores.items():
+            if score.direction_counts:
+                z = min(max(score.consensus_z, -EVIDENCE_CAP), EVIDENCE_CAP)
+                self._sums[node] = self._sums.get(node, 0.0) + z
+                self._counts[node] = self._counts.get(node, 0) + 1
+
+    def combined(self, node: int) -> float:
+        """Return Stouffer's ``Z`` of ``node`` (0 for a node with no counted round)."""
+        count = self._counts.get(node, 0)
+        return self._sums[node] / math.sqrt(count) if count else 0.0
+
+    def flagged(self, nodes: Iterable[int], *, threshold: float = EVIDENCE_Z) -> list[int]:
+        """Return the sorted ``nodes`` whose ``Z`` is below ``-threshold``."""
+        if not threshold > 0:
+            raise ValueError(f"`threshold` must be > 0, got {threshold}")
+        return sorted(node for node in set(nodes) if self.combined(node) < -threshold)
+
+    def to_json(self) -> dict[str, list[float]]:
+        """Return ``{"<node>": [sum, rounds]}``."""
+        return {str(n): [self._sums[n], float(self._counts[n])] for n in self._counts}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, object]) -> DirectionEvidence:
+        """Rebuild from :meth:`to_json`'s output.
+
+        Raises:
+            AnomalyError: An entry is not ``[finite sum, whole number of rounds >= 1]``.
+
+        """
+        evidence = cls()
+        for key, entry in data.items():
+            if not (isinstance(entry, list | tuple) and len(entry) == 2):
+                raise AnomalyError(f"direction evidence of node {key} is not [sum, rounds]")
+            total, rounds = entry
+            if type(total) not in (int, float) or not math.isfinite(total):
+                raise AnomalyError(f"direction evidence of node {key} has a non-finite sum")
+            if type(rounds) not in (int, float) or rounds < 1 or not float(rounds).is_integer():
+                raise AnomalyError(f"direction evidence of node {key} has a bad round count")
+            evidence._sums[int(key)] = float(total)
+            evidence._counts[int(key)] = int(rounds)
+        return evidence

@@ -4,7 +4,11 @@ Layout of ``RUN_DIR/checkpoint/``::
 
     global-<round>.safetensors   the global model after <round>
     state.json                   {"version", "run_tag", "round", "model", "node_clients",
-                                  "trained_before", "ledger"}
+                                  "trained_before", "ledger", "evidence"}
+
+``evidence`` is the anomaly scorer's per-node accumulated direction evidence
+(``server.anomaly.DirectionEvidence.to_json``); a checkpoint written before it existed has none
+and resumes with an empty record.
 
 ``state.json`` is replaced atomically and names the model file it belongs to, so a crash at any
 moment leaves a consistent pair; older model files are removed only after the switch.
@@ -14,7 +18,7 @@ Sampling and fault plans derive from ``(seed, round)``, so no RNG state needs sa
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +45,7 @@ class Checkpoint:
     node_clients: dict[int, str]
     trained_before: set[int]
     ledger: dict[str, Any]
+    evidence: dict[str, Any] = field(default_factory=dict)
 
 
 def save_checkpoint(folder: Path, checkpoint: Checkpoint) -> None:
@@ -56,6 +61,7 @@ def save_checkpoint(folder: Path, checkpoint: Checkpoint) -> None:
         "node_clients": {str(k): v for k, v in checkpoint.node_clients.items()},
         "trained_before": sorted(checkpoint.trained_before),
         "ledger": checkpoint.ledger,
+        "evidence": checkpoint.evidence,
     }
     write_atomic(folder / STATE_FILE, (json.dumps(state) + "\n").encode())
     for stale in folder.glob("global-*.safetensors"):
@@ -84,6 +90,7 @@ def load_checkpoint(folder: Path, shapes: dict[str, tuple[int, ...]]) -> Checkpo
             node_clients={int(k): str(v) for k, v in state["node_clients"].items()},
             trained_before={int(n) for n in state["trained_before"]},
             ledger=dict(state["ledger"]),
+            evidence=dict(state.get("evidence", {})),
         )
     except WeightsError as exc:
         raise CheckpointError(f"checkpoint model does not fit: {exc}") from None

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+import numpy.typing as npt
 import torch
 from torch import nn
 
@@ -19,10 +21,19 @@ class Evaluation:
 
 
 class CentralEvaluator:
-    """Evaluates weights on a fixed test split that no client ever trains on."""
+    """Evaluates weights on a fixed test split that no client ever trains on.
 
-    def __init__(self, data: FederatedData, batch_size: int = 1024) -> None:
-        self._images, self._labels = data.tensors(data.test)
+    ``indices`` restricts evaluation to those examples of the split (the rest being the
+    server's root set, ``server.root_set``); ``None`` evaluates on all of it.
+    """
+
+    def __init__(
+        self,
+        data: FederatedData,
+        batch_size: int = 1024,
+        indices: npt.NDArray[np.int64] | None = None,
+    ) -> None:
+        self._images, self._labels = data.tensors(data.test, indices)
         self._batch_size = batch_size
 
     @torch.no_grad()

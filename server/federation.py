@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from flwr.app import Array, ArrayRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping, Strategy
@@ -25,7 +26,8 @@ from common.data import load_data
 from common.models import create_model, model_for
 from common.sealing import AggregatorKeyPair, load_private_key
 from server.aggregation import build_aggregator
-from server.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from server.anomaly import AnomalyError, DirectionEvidence
+from server.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 from server.evaluation import CentralEvaluator
 from server.ledger import CentralAccount, PrivacyLedger
 from server.opening import UpdateOpener
@@ -37,6 +39,7 @@ from server.planning import (
     query_messages,
     read_plan_reply,
 )
+from server.root_set import RootSet, split_held_out
 from server.rundir import RoundRecord, RunDirectory
 from server.sampling import BudgetAwareSampler, NotEnoughClients
 from server.strategy import FaultRates, FedveilStrategy, Screening
@@ -121,7 +124,18 @@ class Federation:
         self.model = create_model(
             model_for(config.model, data.image_shape), data.num_classes, seed=config.seed
         )
-        self.evaluator = CentralEvaluator(data)
+        # The root set (if any) and the evaluation examples split the server's held-out data.
+        root_idx, eval_idx = split_held_out(
+            len(data.test), config.robust_root_examples, config.seed
+        )
+        self.root_set = (
+            RootSet.from_held_out(
+                data, root_idx, lr=config.lr, max_grad_norm=config.dp_max_grad_norm
+            )
+            if len(root_idx)
+            else None
+        )
+        self.evaluator = CentralEvaluator(data, indices=eval_idx)
         self.arrays = ArrayRecord(self.model.state_dict())
         shapes = {k: tuple(v.shape) for k, v in self.model.state_dict().items()}
         self.shapes = shapes
@@ -176,8 +190,16 @@ class Federation:
             screening=Screening(
                 norm_bound=config.robust_norm_bound,
                 exclude_flagged=config.robust_exclude_flagged,
+                reference=None if self.root_set is None else self._reference,
             ),
         )
+
+    def _reference(self, arrays: ArrayRecord) -> np.ndarray:
+        """Return the root set's update from the global ``arrays`` (``server.root_set``)."""
+        if self.root_set is None:
+            raise RuntimeError("no root set: `robust.root-examples` is 0")
+        self.model.load_state_dict(arrays.to_torch_state_dict())
+        return self.root_set.reference(self.model)
 
     def plan(self, nodes: list[int]) -> None:
         """Query nodes without a plan, calibrate their σ and show the plan before training."""
@@ -236,14 +258,19 @@ class Federation:
         """
         key_path = self.run_dir.path / KEY_FILE
         if self.completed == 0:
-            self.watermarker = Watermarker.create(key_path, self.image_shape, self.num_classes)
+            self.watermarker = Watermarker.create(
+                key_path, self.image_shape, self.num_classes, clean=self._clean_examples()
+            )
             self.model.load_state_dict(self.arrays.to_torch_state_dict())
             self.watermarker.embed_initial(self.model)
             self.arrays = ArrayRecord(self.model.state_dict())
         else:
             self.watermarker = Watermarker.from_key_file(
-                key_path, self.image_shape, self.num_classes
+                key_path, self.image_shape, self.num_classes, clean=self._clean_examples()
             )
+
+    def _clean_examples(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        return None if self.root_set is None else (self.root_set.images, self.root_set.labels)
 
     # ------------------------------------------------------------------ checkpoint
     @property
@@ -261,6 +288,7 @@ class Federation:
                 node_clients=dict(self.strategy.node_clients),
                 trained_before=set(self.strategy.trained_before),
                 ledger=self.ledger.to_json(),
+                evidence=self.strategy.evidence.to_json(),
             ),
         )
 
@@ -293,6 +321,10 @@ class Federation:
         if self._restored is not None:
             self.strategy.node_clients.update(self._restored.node_clients)
             self.strategy.trained_before |= self._restored.trained_before
+            try:
+                self.strategy.evidence = DirectionEvidence.from_json(self._restored.evidence)
+            except (AnomalyError, ValueError) as exc:
+                raise CheckpointError(f"checkpoint's anomaly evidence is corrupt: {exc}") from None
         accuracy = float("nan")
         try:
             self.plan(nodes)

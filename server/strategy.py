@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+import numpy as np
+import numpy.typing as npt
 from flwr.app import (
     Array,
     ArrayRecord,
@@ -31,7 +33,13 @@ from common.accounting import HistoryEntry
 from common.envelope import UpdateRejected
 from common.weights import flatten
 from server.aggregation import bound_local_weights
-from server.anomaly import MIN_UPDATES, AnomalyScore, flag_outliers, score_updates
+from server.anomaly import (
+    MIN_UPDATES,
+    AnomalyScore,
+    DirectionEvidence,
+    flag_outliers,
+    score_updates,
+)
 from server.fault_plan import plan_faults
 from server.opening import UpdateOpener
 from server.rundir import Rejection
@@ -64,17 +72,26 @@ class FaultRates:
     drop: float = 0.0
 
 
+ReferenceFn = Callable[[ArrayRecord], npt.NDArray[np.float64]]
+"""Global arrays -> a trusted flat update direction ``(d,)`` (``server.root_set``)."""
+
+
 @dataclass(frozen=True)
 class Screening:
-    """What the server does to opened updates before aggregation.
+    """What the server does to opened updates before aggregation, in this order.
 
-    ``norm_bound`` > 0 clips each update ``local - global`` to that L2 norm; anomaly scores
-    (``server.anomaly``) are computed every round and the outliers are listed as ``flagged``;
-    with ``exclude_flagged`` they are also left out of the aggregate.
+    1. Anomaly scores (``server.anomaly``) of the unclipped deltas ``local - global``, against
+       ``reference(global)`` when a reference is given (FLTrust), else against the consensus of
+       the others. A node is ``flagged`` in a round it took part in when that round's scores
+       flag it, or when its direction evidence accumulated over all its rounds
+       (``DirectionEvidence``) does.
+    2. With ``exclude_flagged``, flagged updates are left out of the aggregate.
+    3. ``norm_bound`` > 0 clips each remaining delta to that L2 norm.
     """
 
     norm_bound: float = 0.0
     exclude_flagged: bool = False
+    reference: ReferenceFn | None = None
 
 
 @dataclass
@@ -133,6 +150,7 @@ class FedveilStrategy(Strategy):
         self.trained_before: set[int] = set()
         self.outcome = RoundOutcome()
         self.assigned_sigma: dict[int, float] = {}
+        self.evidence = DirectionEvidence()
         self._global: ArrayRecord | None = None
         self._round = 0
         self._sent: list[Message] = []
@@ -224,31 +242,44 @@ class FedveilStrategy(Strategy):
         return self.inner.aggregate_train(server_round, clean)
 
     def _screen(self, server_round: int, clean: list[Message]) -> list[Message]:
-        """Score the round's updates, flag outliers and, if asked, leave them out."""
-        if self._global is None or len(clean) < MIN_UPDATES:
+        """Score, flag, optionally exclude, then clip (``Screening``'s order)."""
+        if self._global is None or not clean:
             return clean
-        base = flatten({k: self._global[k].numpy() for k in self.expected_shapes})
-        deltas = {
-            int(m.metadata.src_node_id): flatten(
-                {
-                    k: m.content.array_records[protocol.ARRAYS][k].numpy()
-                    for k in self.expected_shapes
-                }
+        global_weights = {k: self._global[k].numpy() for k in self.expected_shapes}
+        if len(clean) >= MIN_UPDATES:
+            base = flatten(global_weights)
+            deltas = {
+                int(m.metadata.src_node_id): flatten(self._weights_of(m)) - base for m in clean
+            }
+            reference = (
+                None if self.screening.reference is None else self.screening.reference(self._global)
             )
-            - base
-            for m in clean
-        }
-        self.outcome.scores = score_updates(deltas)
-        self.outcome.flagged = flag_outliers(self.outcome.scores)
-        if self.outcome.flagged:
-            log.warning("round %d: flagged nodes %s", server_round, self.outcome.flagged)
-        if not self.screening.exclude_flagged:
-            return clean
-        kept = [m for m in clean if int(m.metadata.src_node_id) not in self.outcome.flagged]
-        self.outcome.contributed = [
-            n for n in self.outcome.contributed if n not in self.outcome.flagged
-        ]
-        return kept
+            self.outcome.scores = score_updates(deltas, reference=reference)
+            self.evidence.add(self.outcome.scores)
+            log.debug(
+                "round %d: direction z %s",
+                server_round,
+                {n: round(sc.consensus_z, 2) for n, sc in self.outcome.scores.items()},
+            )
+            flagged = set(flag_outliers(self.outcome.scores))
+            flagged |= set(self.evidence.flagged(deltas))
+            self.outcome.flagged = sorted(flagged)
+            if flagged:
+                log.warning("round %d: flagged nodes %s", server_round, self.outcome.flagged)
+            if self.screening.exclude_flagged:
+                clean = [m for m in clean if int(m.metadata.src_node_id) not in flagged]
+                self.outcome.contributed = [n for n in self.outcome.contributed if n not in flagged]
+        if self.screening.norm_bound > 0:
+            for m in clean:
+                bounded = bound_local_weights(
+                    self._weights_of(m), global_weights, self.screening.norm_bound
+                )
+                m.content[protocol.ARRAYS] = ArrayRecord({k: Array(v) for k, v in bounded.items()})
+        return clean
+
+    def _weights_of(self, message: Message) -> dict[str, npt.NDArray[np.float32]]:
+        record = message.content.array_records[protocol.ARRAYS]
+        return {k: record[k].numpy() for k in self.expected_shapes}
 
     def _check_reply(self, node: int, reply: Message) -> RecordDict | None:
         """Return the clean content of a trained reply, ``None`` for a refusal."""
@@ -311,12 +342,6 @@ class FedveilStrategy(Strategy):
         if sealed_entry != claimed or facts.epsilon != claimed_eps:
             raise ReplyRejected("tamper", "DP facts in the clear differ from the sealed ones")
         self.trained_before.add(node)
-        if self.screening.norm_bound > 0:
-            weights = bound_local_weights(
-                weights,
-                {k: self._global[k].numpy() for k in self.expected_shapes},
-                self.screening.norm_bound,
-            )
         return RecordDict(
             {
                 protocol.ARRAYS: ArrayRecord({k: Array(v) for k, v in weights.items()}),

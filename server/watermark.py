@@ -263,13 +263,17 @@ def embed_watermark(
     max_steps: int = MAX_STEPS,
     target_accuracy: float = TARGET_ACCURACY,
     lr: float = EMBED_LR,
+    clean: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> float:
     """Fine-tune ``model`` in place on the trigger set; return its trigger accuracy after.
 
     Full-batch SGD (momentum 0.9) on the cross-entropy of the trigger set, at most
     ``max_steps`` steps, stopping as soon as the trigger accuracy reaches ``target_accuracy``
-    (checked before each step, so an already watermarked model is left untouched). As in
-    WAFFLE only the trigger set is used: the server holds no training data. Deterministic.
+    (checked before each step, so an already watermarked model is left untouched). WAFFLE uses
+    the trigger set alone; with ``clean`` (images ``(m, C, H, W)``, labels ``(m,)``: the
+    server's root set, never client data) each step adds the clean examples' cross-entropy, so
+    the steps that teach the triggers are also held to the main task (the usual remedy for
+    WAFFLE's accuracy cost). Deterministic.
 
     Raises:
         WatermarkError: Out-of-domain ``max_steps``, ``target_accuracy`` or ``lr``.
@@ -289,6 +293,8 @@ def embed_watermark(
         model.train()
         optimizer.zero_grad(set_to_none=True)
         loss = nn.functional.cross_entropy(model(trigger.images), trigger.labels)
+        if clean is not None:
+            loss = loss + nn.functional.cross_entropy(model(clean[0]), clean[1])
         torch.autograd.backward(loss)
         optimizer.step()
         steps += 1
@@ -363,9 +369,12 @@ class Watermarker:
         image_shape: tuple[int, int, int],
         num_classes: int,
         budget: EmbedBudget | None = None,
+        *,
+        clean: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> None:
         self.trigger = TriggerSet.from_key(key, image_shape, num_classes)
         self.budget = budget or EmbedBudget()
+        self.clean = clean
 
     @classmethod
     def create(
@@ -374,11 +383,13 @@ class Watermarker:
         image_shape: tuple[int, int, int],
         num_classes: int,
         budget: EmbedBudget | None = None,
+        *,
+        clean: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> Watermarker:
         """Make a fresh key, write it to ``key_path`` (0600, never overwriting), and load it."""
         key = generate_key()
         write_key(key_path, key)
-        return cls(key, image_shape, num_classes, budget)
+        return cls(key, image_shape, num_classes, budget, clean=clean)
 
     @classmethod
     def from_key_file(
@@ -387,9 +398,11 @@ class Watermarker:
         image_shape: tuple[int, int, int],
         num_classes: int,
         budget: EmbedBudget | None = None,
+        *,
+        clean: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> Watermarker:
         """Load the watermark of an existing key file (to resume a run)."""
-        return cls(read_key(key_path), image_shape, num_classes, budget)
+        return cls(read_key(key_path), image_shape, num_classes, budget, clean=clean)
 
     def embed_initial(self, model: nn.Module) -> float:
         """Embed into the initial model (``initial_steps``); return its trigger accuracy."""
@@ -406,6 +419,7 @@ class Watermarker:
             max_steps=steps,
             target_accuracy=self.budget.target_accuracy,
             lr=self.budget.lr,
+            clean=self.clean,
         )
 
     def verify(self, model: nn.Module, *, threshold: float = DETECTION_P) -> WatermarkVerdict:

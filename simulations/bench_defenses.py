@@ -10,7 +10,14 @@ accuracy and p-value of the final model as trained, after 50 % magnitude pruning
 quantize-dequantize, Gaussian weight noise, and fine-tuning on clean data.
 
 Updates travel dense (``codec.topk = 1``, 8 bits) in every run, because coordinate-wise
-rules cannot aggregate top-k sparse updates (``server.aggregation``).
+rules cannot aggregate top-k sparse updates (``server.aggregation``). Every run, clean ones
+included, keeps ``ROOT_EXAMPLES`` of the server's held-out examples as its root set
+(``server.root_set``): update directions are scored against the root set's reference, the
+watermark mixes them into its embedding steps, and every accuracy is measured on the same
+remaining held-out examples.
+
+Flags are counted per round of participation, by partition id: recall is the share of
+(attacker, round) pairs flagged, the honest rate the share of (honest client, round) pairs.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ from common.models import create_model, model_for
 from common.weights import NamedArrays, load_safetensors
 from server.checkpoint import STATE_FILE
 from server.evaluation import CentralEvaluator
+from server.root_set import split_held_out
 from server.watermark import (
     KEY_FILE,
     TriggerSet,
@@ -50,6 +58,8 @@ from simulations.simulate import read_metrics, simulate
 
 AGGREGATORS = ("fedavg", "median", "trimmed-mean", "krum", "multikrum")
 ATTACKS = ("sign-flip", "scale")
+ROOT_EXAMPLES = 100
+"""Server-held clean examples in every run (``robust.root-examples``)."""
 
 
 @dataclass(frozen=True)
@@ -62,6 +72,20 @@ class RobustnessRow:
     accuracy: float
     flag_precision: float
     flag_recall: float
+    honest_flag_rate: float
+
+
+@dataclass(frozen=True)
+class WatermarkCost:
+    """Main-task accuracy without and with the watermark, paired by seed (same DP noise)."""
+
+    dataset: str
+    seeds: int
+    plain_accuracy: float
+    marked_accuracy: float
+    mean_cost: float
+    std_cost: float
+    worst_cost: float
 
 
 @dataclass(frozen=True)
@@ -76,9 +100,14 @@ class WatermarkRow:
     detected: bool
 
 
-def base_settings(dataset: str, data_dir: str, quick: bool) -> dict[str, Any]:
+def base_settings(dataset: str, data_dir: str, quick: bool, rounds: int | None) -> dict[str, Any]:
     """Run settings shared by every run on ``dataset``."""
-    settings: dict[str, Any] = {"codec.topk": 1.0, "codec.bits": 8, "seed": 0}
+    settings: dict[str, Any] = {
+        "codec.topk": 1.0,
+        "codec.bits": 8,
+        "seed": 0,
+        "robust.root-examples": ROOT_EXAMPLES,
+    }
     if dataset == "digits":
         settings |= {"num-server-rounds": 3 if quick else 15, "sim.clients": 10}
     else:
@@ -86,9 +115,11 @@ def base_settings(dataset: str, data_dir: str, quick: bool) -> dict[str, Any]:
             "dataset": dataset,
             "data-dir": data_dir,
             "sim.clients": 10,
-            "num-server-rounds": 2 if quick else 6,
+            "num-server-rounds": 2 if quick else 8,
             "local-epochs": 1,
         }
+    if rounds is not None:
+        settings["num-server-rounds"] = rounds
     return settings
 
 
@@ -98,37 +129,47 @@ def _run(settings: dict[str, Any], out: Path, console: Console) -> Path:
     return run_path
 
 
-def flag_scores(run: Path, attackers: frozenset[int]) -> tuple[float, float]:
-    """Return (precision, recall) of the flags over all rounds, by partition id."""
+def flag_scores(run: Path, attackers: frozenset[int]) -> tuple[float, float, float]:
+    """Return (precision, recall, honest flag rate) of the flags over all rounds.
+
+    Counted by partition id over the rounds each client took part in (it contributed, or it
+    was flagged, which with ``robust.exclude-flagged`` leaves it out of ``clients``).
+    """
     state = json.loads((run / "checkpoint" / STATE_FILE).read_text())
     partition = {int(node): int(cid) for node, cid in state["node_clients"].items()}
-    true_pos = flagged = took_part = 0
+    true_pos = flagged = took_part = honest = false_pos = 0
     for row in read_metrics(run):
-        present = {partition[int(n)] for n in row["clients"]}
         marked = {partition[int(n)] for n in row["flagged"]}
+        present = {partition[int(n)] for n in row["clients"]} | marked
         flagged += len(marked)
         true_pos += len(marked & attackers)
         took_part += len(present & attackers)
+        honest += len(present - attackers)
+        false_pos += len(marked - attackers)
     precision = true_pos / flagged if flagged else 1.0
     recall = true_pos / took_part if took_part else 1.0
-    return precision, recall
+    honest_rate = false_pos / honest if honest else 0.0
+    return precision, recall, honest_rate
 
 
 def robustness(
-    dataset: str, data_dir: str, work: Path, quick: bool, console: Console
+    dataset: str,
+    work: Path,
+    settings: dict[str, Any],
+    aggregators: Sequence[str],
+    console: Console,
 ) -> list[RobustnessRow]:
-    """Clean FedAvg, then every aggregator under each attack at 20 % attackers."""
-    base = base_settings(dataset, data_dir, quick)
-    attackers = attacker_ids(int(base["sim.clients"]), 0.2, 0)
+    """Clean FedAvg, then each of ``aggregators`` under each attack at 20 % attackers."""
+    attackers = attacker_ids(int(settings["sim.clients"]), 0.2, 0)
     rows = []
-    cases = [("fedavg", "none")] + [(a, k) for k in ATTACKS for a in AGGREGATORS]
+    cases = [("fedavg", "none")] + [(a, k) for k in ATTACKS for a in aggregators]
     for aggregation, attack in cases:
-        settings = base | {"aggregation": aggregation, "robust.assumed-malicious": 2}
+        case = settings | {"aggregation": aggregation, "robust.assumed-malicious": 2}
         if attack != "none":
-            settings |= {"attack.fraction": 0.2, "attack.kind": attack}
-        run = _run(settings, work / f"{dataset}-{aggregation}-{attack}", console)
+            case |= {"attack.fraction": 0.2, "attack.kind": attack}
+        run = _run(case, work / f"{dataset}-{aggregation}-{attack}", console)
         rows_seen = read_metrics(run)
-        precision, recall = flag_scores(run, attackers if attack != "none" else frozenset())
+        precision, recall, honest = flag_scores(run, attackers if attack != "none" else frozenset())
         rows.append(
             RobustnessRow(
                 dataset,
@@ -137,25 +178,54 @@ def robustness(
                 float(rows_seen[-1]["accuracy"]),
                 precision,
                 recall,
+                honest,
             )
         )
     return rows
 
 
+def watermark_cost(
+    dataset: str, work: Path, settings: dict[str, Any], seeds: int, console: Console
+) -> tuple[WatermarkCost, Path, Path]:
+    """Train with and without the watermark for seeds ``0..seeds-1``; return the paired cost.
+
+    Also returns the run directories of seed 0 (plain, marked) for the robustness tests.
+    """
+    runs = []
+    for seed in range(seeds):
+        base = settings | {"seed": seed}
+        plain = _run(base, work / f"{dataset}-plain-{seed}", console)
+        marked = _run(
+            base | {"watermark.enabled": True}, work / f"{dataset}-marked-{seed}", console
+        )
+        runs.append((plain, marked))
+    plain_acc = [float(read_metrics(p)[-1]["accuracy"]) for p, _ in runs]
+    marked_acc = [float(read_metrics(m)[-1]["accuracy"]) for _, m in runs]
+    cost = np.asarray(plain_acc) - np.asarray(marked_acc)
+    summary = WatermarkCost(
+        dataset,
+        seeds,
+        float(np.mean(plain_acc)),
+        float(np.mean(marked_acc)),
+        float(cost.mean()),
+        float(cost.std(ddof=1)) if seeds > 1 else 0.0,
+        float(cost.max()),
+    )
+    return summary, runs[0][0], runs[0][1]
+
+
 def watermark(
-    dataset: str, data_dir: str, work: Path, quick: bool, console: Console
+    dataset: str, plain: Path, marked: Path, settings: dict[str, Any]
 ) -> list[WatermarkRow]:
-    """Train with and without the watermark; test the marked model after four attacks."""
-    base = base_settings(dataset, data_dir, quick)
-    plain = _run(base, work / f"{dataset}-plain", console)
-    marked = _run(base | {"watermark.enabled": True}, work / f"{dataset}-marked", console)
-    config = FedveilConfig.from_flat(base)
+    """Test the marked model as trained and after four attacks, and the plain one (control)."""
+    config = FedveilConfig.from_flat(settings)
     data = load_data(config.dataset, config.data_dir, config.seed, config.test_fraction)
     name = model_for(config.model, data.image_shape)
     model = create_model(name, data.num_classes, seed=0)
     shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     trigger = TriggerSet.from_key(read_key(marked / KEY_FILE), data.image_shape, data.num_classes)
-    evaluator = CentralEvaluator(data)
+    _, held_out = split_held_out(len(data.test), config.robust_root_examples, config.seed)
+    evaluator = CentralEvaluator(data, indices=held_out)
     trained = load_safetensors(marked / "model.safetensors", shapes)
     images, labels = data.tensors(data.train, np.arange(min(len(data.train), 2000)))
     rng = np.random.default_rng(0)
@@ -210,7 +280,8 @@ def watermark(
 def robustness_table(rows: list[RobustnessRow]) -> Table:
     """Render the robustness results."""
     table = Table(title="Robust aggregation under 20 % attackers (final accuracy, flags)")
-    for col in ("data", "aggregation", "attack", "accuracy", "flag precision", "flag recall"):
+    columns = ("data", "aggregation", "attack", "accuracy", "flag precision", "flag recall")
+    for col in (*columns, "honest flagged"):
         table.add_column(col, justify="right")
     for r in rows:
         table.add_row(
@@ -220,6 +291,25 @@ def robustness_table(rows: list[RobustnessRow]) -> Table:
             f"{r.accuracy:.4f}",
             f"{r.flag_precision:.2f}",
             f"{r.flag_recall:.2f}",
+            f"{r.honest_flag_rate:.2f}",
+        )
+    return table
+
+
+def cost_table(rows: list[WatermarkCost]) -> Table:
+    """Render the watermark's main-task cost."""
+    table = Table(title="Watermark cost (main accuracy without - with, paired by seed)")
+    for col in ("data", "seeds", "without", "with", "mean cost", "std", "worst"):
+        table.add_column(col, justify="right")
+    for r in rows:
+        table.add_row(
+            r.dataset,
+            str(r.seeds),
+            f"{r.plain_accuracy:.4f}",
+            f"{r.marked_accuracy:.4f}",
+            f"{100 * r.mean_cost:+.2f} pt",
+            f"{100 * r.std_cost:.2f} pt",
+            f"{100 * r.worst_cost:+.2f} pt",
         )
     return table
 
@@ -242,34 +332,64 @@ def watermark_table(rows: list[WatermarkRow]) -> Table:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the benchmark; print both tables; optionally write them as JSON."""
+    """Run the benchmark; print the tables; optionally write them as JSON."""
     parser = argparse.ArgumentParser(prog="python -m simulations.bench_defenses")
     parser.add_argument("--data-dir", default="../shared/data")
     parser.add_argument("--datasets", default="digits,mnist")
     parser.add_argument("--quick", action="store_true", help="few rounds (a smoke test)")
+    parser.add_argument("--rounds", type=int, help="rounds per run (default: 15 digits, 8 MNIST)")
+    parser.add_argument(
+        "--aggregators", default=",".join(AGGREGATORS), help="robust rules to run under attack"
+    )
+    parser.add_argument(
+        "--parts", default="robustness,watermark", help="which halves to run (comma-separated)"
+    )
+    parser.add_argument(
+        "--watermark-seeds", type=int, default=1, help="paired runs behind the watermark cost"
+    )
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--work", type=Path, help="where run directories go (default: temp)")
     args = parser.parse_args(argv)
     console = Console(stderr=True)
     out = Console()
     datasets = [d for d in args.datasets.split(",") if d]
+    aggregators = [a for a in args.aggregators.split(",") if a]
+    parts = set(args.parts.split(","))
+    unknown = [a for a in aggregators if a not in AGGREGATORS]
+    if unknown or not parts <= {"robustness", "watermark"} or args.watermark_seeds < 1:
+        console.print(
+            f"[red]--aggregators must name {list(AGGREGATORS)}, --parts robustness and/or "
+            f"watermark, --watermark-seeds >= 1[/red]"
+        )
+        return 2
     if "mnist" in datasets and not (Path(args.data_dir) / "mnist").is_dir():
         console.print(f"[yellow]{args.data_dir}/mnist not found: skipping MNIST[/yellow]")
         datasets.remove("mnist")
     with tempfile.TemporaryDirectory(prefix="fedveil-bench-defenses-") as tmp:
         work = args.work or Path(tmp)
         robust: list[RobustnessRow] = []
+        costs: list[WatermarkCost] = []
         marks: list[WatermarkRow] = []
         for dataset in datasets:
-            robust += robustness(dataset, args.data_dir, work, args.quick, console)
-            marks += watermark(dataset, args.data_dir, work, args.quick, console)
+            settings = base_settings(dataset, args.data_dir, args.quick, args.rounds)
+            if "robustness" in parts:
+                robust += robustness(dataset, work, settings, aggregators, console)
+            if "watermark" in parts:
+                cost, plain, marked = watermark_cost(
+                    dataset, work, settings, args.watermark_seeds, console
+                )
+                costs.append(cost)
+                marks += watermark(dataset, plain, marked, settings)
     out.print(robustness_table(robust))
+    out.print(cost_table(costs))
     out.print(watermark_table(marks))
     if args.json:
         args.json.write_text(
             json.dumps(
                 {
+                    "settings": {"datasets": datasets, "rounds": args.rounds, "quick": args.quick},
                     "robustness": [asdict(r) for r in robust],
+                    "watermark_cost": [asdict(r) for r in costs],
                     "watermark": [asdict(r) for r in marks],
                 },
                 indent=2,

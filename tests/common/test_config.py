@@ -103,6 +103,7 @@ def test_documented_defaults() -> None:
         ("dp.accountant=prv", "dp_accountant", "prv"),
         ("out-dir=../runs/x", "out_dir", "../runs/x"),
         (" batch-size = 32 ", "batch_size", 32),
+        ("robust.root-examples=100", "robust_root_examples", 100),
     ],
 )
 def test_set_values_are_cast(assignment: str, field: str, expected: Any) -> None:
@@ -235,6 +236,8 @@ def test_every_key_refuses_every_wrong_kind(key: str) -> None:
         ("sim.clients", 0),
         ("sim.cpus-per-client", 0.0),
         ("out-dir", ""),
+        ("robust.root-examples", -1),
+        ("robust.root-examples", 100_001),
     ],
 )
 def test_out_of_domain_value_is_refused_naming_the_key(key: str, value: Any) -> None:

@@ -12,6 +12,8 @@ common global model, 2 local epochs, batch 64, lr 1.0, clip 1.0. Two regimes:
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -24,12 +26,15 @@ from common.models import create_model
 from common.partition import PartitionSpec, partition_pool
 from common.weights import flatten
 from server.anomaly import (
+    EVIDENCE_CAP,
     AnomalyError,
     AnomalyScore,
+    DirectionEvidence,
     consensus_cosines,
     flag_outliers,
     score_updates,
 )
+from server.root_set import RootSet, split_held_out
 
 NUM_CLIENTS = 10
 ATTACKERS = 2  # 20 %
@@ -240,3 +245,102 @@ def test_unscorable_updates_are_refused(updates: dict[int, np.ndarray], match: s
 def test_thresholds_must_be_positive() -> None:
     with pytest.raises(ValueError, match="thresholds"):
         flag_outliers({}, norm_z=0.0)
+
+
+# ----------------------------------------------------------------- root-set reference (FLTrust)
+
+
+def test_root_set_reference_catches_sign_flips_at_the_default_privacy(
+    default_round: np.ndarray,
+) -> None:
+    # The reference is what the server computes: 6 clipped SGD steps from the same initial
+    # model on 100 examples of its held-out split, which no client holds.
+    data = load_data("digits", "", 0, 0.2)
+    root, _ = split_held_out(len(data.test), 100, 0)
+    reference = RootSet.from_held_out(data, root, lr=1.0, max_grad_norm=1.0).reference(
+        create_model("mlp", 10, seed=0)
+    )
+    caught = attacked = false = honest = 0
+    for seed in SEEDS:
+        rng = np.random.default_rng(seed)
+        attackers = set(rng.choice(NUM_CLIENTS, ATTACKERS, replace=False).tolist())
+        updates = {
+            i: -default_round[i] if i in attackers else default_round[i] for i in range(NUM_CLIENTS)
+        }
+        flagged = set(flag_outliers(score_updates(updates, reference=reference)))
+        caught += len(flagged & attackers)
+        attacked += len(attackers)
+        false += len(flagged - attackers)
+        honest += NUM_CLIENTS - len(attackers)
+    assert caught / attacked >= 0.9
+    assert false / honest <= 0.1
+
+
+# ------------------------------------------------------------------- accumulated evidence
+
+
+def _scores(z: dict[int, float], counts: bool = True) -> dict[int, AnomalyScore]:
+    return {n: AnomalyScore(1.0, 0.0, 0.0, v, direction_counts=counts) for n, v in z.items()}
+
+
+def test_evidence_keeps_a_client_that_reversed_while_there_was_signal() -> None:
+    rng = np.random.default_rng(7)
+    evidence = DirectionEvidence()
+    honest = range(2, 100)
+    flagged_rounds = []
+    for r in range(30):
+        z = {n: float(rng.normal()) for n in honest}
+        # Clients 0 and 1 stand out in the first 5 rounds only (then the signal has faded).
+        z[0] = z[1] = -8.0 if r < 5 else float(rng.normal())
+        evidence.add(_scores(z))
+        flagged_rounds.append(set(evidence.flagged(z)))
+
+    assert all({0, 1} <= f for f in flagged_rounds)
+    honest_rate = sum(len(f - {0, 1}) for f in flagged_rounds) / (30 * len(honest))
+    assert honest_rate <= 0.01
+
+
+def test_one_extreme_round_is_capped_and_rounds_without_direction_do_not_count() -> None:
+    evidence = DirectionEvidence()
+    evidence.add(_scores({1: -1000.0, 2: 0.5}))
+    evidence.add(_scores({1: -5.0, 2: -5.0}, counts=False))
+
+    assert evidence.combined(1) == pytest.approx(-EVIDENCE_CAP)
+    assert evidence.combined(2) == pytest.approx(0.5)
+    assert evidence.combined(3) == 0.0
+    evidence.add(_scores({1: EVIDENCE_CAP}))
+    assert evidence.combined(1) == 0.0
+    assert evidence.flagged([1, 2, 3]) == []
+
+
+def test_evidence_round_trips_through_json() -> None:
+    evidence = DirectionEvidence()
+    evidence.add(_scores({5: -2.0, 9: 1.5}))
+    evidence.add(_scores({5: -4.0}))
+
+    again = DirectionEvidence.from_json(json.loads(json.dumps(evidence.to_json())))
+
+    assert again.combined(5) == evidence.combined(5) == pytest.approx(-6.0 / np.sqrt(2))
+    assert again.combined(9) == pytest.approx(1.5)
+    assert again.flagged([5, 9], threshold=4.0) == [5]
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"1": [1.0]},
+        {"1": "x"},
+        {"1": [float("nan"), 1.0]},
+        {"1": [1.0, 0.0]},
+        {"1": [1.0, 1.5]},
+        {"1": [True, 1.0]},
+    ],
+)
+def test_garbled_evidence_is_refused(data: dict[str, object]) -> None:
+    with pytest.raises(AnomalyError, match="node 1"):
+        DirectionEvidence.from_json(data)
+
+
+def test_evidence_threshold_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="threshold"):
+        DirectionEvidence().flagged([1], threshold=0.0)

@@ -29,12 +29,20 @@ def test_flag_scores_count_by_partition_over_rounds(tmp_path: Path) -> None:
         ],
     )
 
-    precision, recall = flag_scores(run, frozenset({3}))
+    precision, recall, honest = flag_scores(run, frozenset({3}))
 
     assert precision == pytest.approx(2 / 3)
     assert recall == pytest.approx(2 / 3)
+    assert honest == pytest.approx(1 / 9)
+
+
+def test_an_excluded_attacker_still_took_part(tmp_path: Path) -> None:
+    # With robust.exclude-flagged a flagged node is not among the round's `clients`.
+    run = _run(tmp_path, [{"clients": [100, 101, 102], "flagged": [103]}])
+
+    assert flag_scores(run, frozenset({3})) == (1.0, 1.0, 0.0)
 
 
 def test_no_attackers_and_no_flags_is_perfect(tmp_path: Path) -> None:
     run = _run(tmp_path, [{"clients": [100, 101], "flagged": []}])
-    assert flag_scores(run, frozenset()) == (1.0, 1.0)
+    assert flag_scores(run, frozenset()) == (1.0, 1.0, 0.0)

@@ -1,0 +1,108 @@
+"""The server's root set: a few clean examples it holds itself, and the reference it yields.
+
+FLTrust (Cao et al. 2021) gives the server a small clean *root* data set and, every round,
+trains the global model on it for a few steps: the resulting update is a trusted direction
+that client updates are scored against (``server.anomaly.score_updates(reference=...)``).
+
+Where the examples come from: the server already holds one split no client ever sees, its
+held-out test split (``common.data.FederatedData.test``). ``robust.root-examples`` of those,
+drawn with the run seed, become the root set, and central evaluation runs on the rest only
+(:func:`split_held_out`), so the root set is disjoint from every client's data *and* from the
+examples the reported accuracy is measured on. In a deployment this is the server's own data.
+
+Privacy: the root set is server data, never client data; computing the reference from it and
+the global model (a DP output) is post-processing and costs clients no privacy.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Final
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from torch import nn
+
+from common.config import ConfigError
+from common.data import FederatedData
+from common.weights import flatten
+
+REFERENCE_STEPS: Final = 6
+"""Full-batch SGD steps from the global model on the root set that make the reference."""
+
+_ROOT_STREAM: Final = 0x2007_5E7
+"""Mixed into the run's seed so drawing the root set uses a random stream of its own."""
+
+IntArray = npt.NDArray[np.int64]
+
+
+def split_held_out(size: int, root_examples: int, seed: int) -> tuple[IntArray, IntArray]:
+    """Return ``(root, evaluation)`` sorted indices into a held-out split of ``size`` examples.
+
+    ``root`` has ``root_examples`` indices drawn without replacement with ``seed``; the rest
+    are ``evaluation``. With ``root_examples = 0``, ``root`` is empty and nothing changes.
+
+    Raises:
+        ConfigError: ``root_examples`` leaves fewer than half the split for evaluation.
+
+    """
+    if not 0 <= root_examples <= size // 2:
+        raise ConfigError(
+            f"config key `robust.root-examples` must be in [0, {size // 2}] (half of the "
+            f"server's {size} held-out examples), got {root_examples}"
+        )
+    order = np.random.default_rng([_ROOT_STREAM, seed]).permutation(size)
+    return np.sort(order[:root_examples]), np.sort(order[root_examples:])
+
+
+class RootSet:
+    """Clean images ``(n, C, H, W)`` float32 and labels ``(n,)`` int64 held by the server."""
+
+    def __init__(
+        self, images: torch.Tensor, labels: torch.Tensor, *, lr: float, max_grad_norm: float
+    ) -> None:
+        if images.shape[0] != labels.shape[0] or images.shape[0] < 1:
+            raise ValueError(f"root set of {images.shape[0]} images, {labels.shape[0]} labels")
+        self.images = images
+        self.labels = labels
+        self.lr = lr
+        self.max_grad_norm = max_grad_norm
+
+    @classmethod
+    def from_held_out(
+        cls,
+        data: FederatedData,
+        indices: IntArray,
+        *,
+        lr: float,
+        max_grad_norm: float,
+    ) -> RootSet:
+        """Take the root set at ``indices`` of the server's held-out split."""
+        images, labels = data.tensors(data.test, indices)
+        return cls(images, labels, lr=lr, max_grad_norm=max_grad_norm)
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def reference(self, model: nn.Module, steps: int = REFERENCE_STEPS) -> npt.NDArray[np.float64]:
+        """Return the flat update ``(d,)`` of ``steps`` SGD steps from ``model`` on the root set.
+
+        Each step is full-batch with the batch gradient's L2 norm clipped to ``max_grad_norm``
+        (the clients' per-example bound, so the step is on the clients' scale) and ``lr``; no
+        noise. ``model`` is not modified (a copy trains); the order of the vector is the
+        ``state_dict``'s, as ``common.weights.flatten`` lays it out.
+        """
+        local = copy.deepcopy(model)
+        local.train()
+        start = flatten({k: v.detach().numpy() for k, v in local.state_dict().items()})
+        params = [p for p in local.parameters() if p.requires_grad]
+        optimizer = torch.optim.SGD(params, lr=self.lr)
+        for _ in range(steps):
+            optimizer.zero_grad(set_to_none=True)
+            loss = nn.functional.cross_entropy(local(self.images), self.labels)
+            torch.autograd.backward(loss)
+            torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm)
+            optimizer.step()
+        end = flatten({k: v.detach().numpy() for k, v in local.state_dict().items()})
+        return np.asarray(end, dtype=np.float64) - np.asarray(start, dtype=np.float64)

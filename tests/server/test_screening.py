@@ -1,0 +1,147 @@
+"""FedveilStrategy's screening of opened updates: score unclipped, flag, exclude, then clip.
+
+The replies are what ``_check_reply`` hands on (``global + delta`` arrays, weight 1); the inner
+strategy is Flower's FedAvg as ``build_aggregator`` configures it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from flwr.app import Array, ArrayRecord, Message, MessageType, Metadata, MetricRecord, RecordDict
+
+from common import protocol
+from common.codec import CodecParams
+from common.sealing import AggregatorKeyPair
+from server.aggregation import build_aggregator
+from server.anomaly import DirectionEvidence
+from server.opening import UpdateOpener
+from server.sampling import BudgetAwareSampler
+from server.strategy import FedveilStrategy, Screening
+
+SHAPES = {"w": (40, 50), "b": (50,)}
+D = 40 * 50 + 50
+NODES = list(range(101, 111))
+
+
+def _strategy(screening: Screening) -> FedveilStrategy:
+    strategy = FedveilStrategy(
+        build_aggregator("fedavg", expected_clients=10, assumed_malicious=2),
+        sampler=BudgetAwareSampler(fraction=1.0, min_clients=1, seed=0, eligible=lambda n: True),
+        expected_shapes=SHAPES,
+        opener=UpdateOpener(
+            AggregatorKeyPair.generate(), run_id=1, params=CodecParams(1.0, 8), shapes=SHAPES
+        ),
+        screening=screening,
+    )
+    strategy._global = ArrayRecord({k: Array(np.zeros(s, np.float32)) for k, s in SHAPES.items()})
+    return strategy
+
+
+def _replies(deltas: dict[int, np.ndarray]) -> list[Message]:
+    out = []
+    for node, delta in deltas.items():
+        arrays = {"w": delta[: 40 * 50].reshape(40, 50), "b": delta[40 * 50 :]}
+        content = RecordDict(
+            {
+                protocol.ARRAYS: ArrayRecord(
+                    {k: Array(v.astype(np.float32)) for k, v in arrays.items()}
+                ),
+                protocol.METRICS: MetricRecord({protocol.WEIGHT: 1.0}),
+            }
+        )
+        metadata = Metadata(
+            run_id=1,
+            message_id="",
+            src_node_id=node,
+            dst_node_id=0,
+            reply_to_message_id="",
+            group_id="1",
+            created_at=0.0,
+            ttl=60.0,
+            message_type=MessageType.TRAIN,
+        )
+        msg = Message(content, metadata=metadata)
+        out.append(msg)
+    return out
+
+
+def _round(signal: float, rng: np.random.Generator, reference: np.ndarray) -> dict[int, np.ndarray]:
+    """Honest updates = noise + signal * reference; nodes 101 and 102 send theirs reversed."""
+    deltas = {n: rng.normal(size=D) + signal * reference for n in NODES}
+    deltas[101], deltas[102] = -deltas[101], -deltas[102]
+    return deltas
+
+
+def _norm(msg: Message) -> float:
+    record = msg.content.array_records[protocol.ARRAYS]
+    return float(np.sqrt(sum(float((record[k].numpy() ** 2).sum()) for k in SHAPES)))
+
+
+def test_a_scaled_update_is_flagged_before_the_norm_bound_clips_it(task_identity: None) -> None:
+    rng = np.random.default_rng(0)
+    deltas = {n: rng.normal(size=D) for n in NODES}
+    deltas[105] = 10 * deltas[105]
+    bound = 0.5 * float(np.linalg.norm(deltas[101]))
+    strategy = _strategy(Screening(norm_bound=bound))
+
+    kept = strategy._screen(1, _replies(deltas))
+
+    assert strategy.outcome.flagged == [105]
+    assert len(kept) == 10  # flagged, not excluded
+    assert max(_norm(m) for m in kept) <= bound * (1 + 1e-6)
+
+
+def test_flagged_updates_are_left_out_when_asked(task_identity: None) -> None:
+    rng = np.random.default_rng(1)
+    deltas = {n: rng.normal(size=D) for n in NODES}
+    deltas[107] = 10 * deltas[107]
+    strategy = _strategy(Screening(exclude_flagged=True))
+    strategy.outcome.contributed = list(NODES)
+
+    kept = strategy._screen(1, _replies(deltas))
+
+    assert sorted(int(m.metadata.src_node_id) for m in kept) == [n for n in NODES if n != 107]
+    assert 107 not in strategy.outcome.contributed
+
+
+def test_reversed_updates_stay_flagged_once_the_signal_has_faded(task_identity: None) -> None:
+    rng = np.random.default_rng(2)
+    reference = rng.normal(size=D)
+    reference /= np.linalg.norm(reference)
+    strategy = _strategy(Screening(reference=lambda arrays: reference))
+    flagged_per_round = []
+    # 4 rounds where the honest signal stands out, then 11 of pure noise.
+    for r, signal in enumerate([8.0] * 4 + [0.0] * 11, start=1):
+        strategy._screen(r, _replies(_round(signal, rng, reference)))
+        flagged_per_round.append(set(strategy.outcome.flagged))
+
+    assert all({101, 102} <= f for f in flagged_per_round)
+    honest_flags = sum(len(f - {101, 102}) for f in flagged_per_round)
+    assert honest_flags <= 0.1 * 8 * 15
+    # Without accumulated evidence the faded rounds would not flag them.
+    assert not {101, 102} & {n for n, s in strategy.outcome.scores.items() if s.consensus_z < -3}
+
+
+def test_without_a_reference_nor_a_consensus_nobody_is_flagged_by_direction(
+    task_identity: None,
+) -> None:
+    rng = np.random.default_rng(3)
+    strategy = _strategy(Screening())
+
+    strategy._screen(1, _replies({n: rng.normal(size=D) for n in NODES}))
+
+    assert strategy.outcome.flagged == []
+    assert strategy.evidence.to_json() == {}
+
+
+@pytest.mark.parametrize("count", [0, 2])
+def test_too_few_updates_are_clipped_but_not_scored(task_identity: None, count: int) -> None:
+    rng = np.random.default_rng(4)
+    strategy = _strategy(Screening(norm_bound=1.0))
+
+    kept = strategy._screen(1, _replies({n: rng.normal(size=D) for n in NODES[:count]}))
+
+    assert len(kept) == count and strategy.outcome.flagged == []
+    assert all(_norm(m) <= 1.0 + 1e-6 for m in kept)
+    assert isinstance(strategy.evidence, DirectionEvidence)
