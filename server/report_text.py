@@ -335,6 +335,16 @@ def limits(a: Analysis) -> tuple[Block, ...]:
             "data set as a whole (its size, its label mix) are not hidden. User-level DP "
             "(`central-dp.noise-multiplier`) was off in this run."
         )
+    root = a.config.get("robust.root-examples", 0)
+    if isinstance(root, int) and root > 0:
+        items.append(
+            f"**Server-held data.** The server kept {root} examples of its own held-out split "
+            "(`robust.root-examples`) as a clean root set: it scores the direction of every "
+            "update against a few SGD steps on them (FLTrust) and, with the watermark on, mixes "
+            "them into the embedding steps. They are the server's data, never a client's, so "
+            "this costs clients no privacy; the root examples themselves are not protected by "
+            "any ε in this report, and accuracy is measured on the other held-out examples."
+        )
     free = (
         "**Costs no privacy (post-processing).** Compression, sealing, aggregation, "
         "watermarking and the server's evaluation act only on outputs that are already "

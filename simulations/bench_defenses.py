@@ -57,6 +57,10 @@ from server.watermark import (
 from simulations.simulate import read_metrics, simulate
 
 AGGREGATORS = ("fedavg", "median", "trimmed-mean", "krum", "multikrum")
+VARIANTS: dict[str, dict[str, Any]] = {name: {"aggregation": name} for name in AGGREGATORS} | {
+    "fedavg+exclude": {"aggregation": "fedavg", "robust.exclude-flagged": True}
+}
+"""Rows of the robustness table: each aggregator, and FedAvg of the updates not flagged."""
 ATTACKS = ("sign-flip", "scale")
 ROOT_EXAMPLES = 100
 """Server-held clean examples in every run (``robust.root-examples``)."""
@@ -164,7 +168,7 @@ def robustness(
     rows = []
     cases = [("fedavg", "none")] + [(a, k) for k in ATTACKS for a in aggregators]
     for aggregation, attack in cases:
-        case = settings | {"aggregation": aggregation, "robust.assumed-malicious": 2}
+        case = settings | VARIANTS[aggregation] | {"robust.assumed-malicious": 2}
         if attack != "none":
             case |= {"attack.fraction": 0.2, "attack.kind": attack}
         run = _run(case, work / f"{dataset}-{aggregation}-{attack}", console)
@@ -339,7 +343,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="few rounds (a smoke test)")
     parser.add_argument("--rounds", type=int, help="rounds per run (default: 15 digits, 8 MNIST)")
     parser.add_argument(
-        "--aggregators", default=",".join(AGGREGATORS), help="robust rules to run under attack"
+        "--aggregators", default=",".join(VARIANTS), help="robust rules to run under attack"
     )
     parser.add_argument(
         "--parts", default="robustness,watermark", help="which halves to run (comma-separated)"
@@ -355,10 +359,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     datasets = [d for d in args.datasets.split(",") if d]
     aggregators = [a for a in args.aggregators.split(",") if a]
     parts = set(args.parts.split(","))
-    unknown = [a for a in aggregators if a not in AGGREGATORS]
+    unknown = [a for a in aggregators if a not in VARIANTS]
     if unknown or not parts <= {"robustness", "watermark"} or args.watermark_seeds < 1:
         console.print(
-            f"[red]--aggregators must name {list(AGGREGATORS)}, --parts robustness and/or "
+            f"[red]--aggregators must name {list(VARIANTS)}, --parts robustness and/or "
             f"watermark, --watermark-seeds >= 1[/red]"
         )
         return 2

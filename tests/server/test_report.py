@@ -364,6 +364,16 @@ def test_over_budget_is_shown_not_hidden(docs: RunDocs, tmp_path: Path) -> None:
     assert client_row(html, "0")[-1] == "ok"
 
 
+def test_a_server_root_set_is_named_as_server_data(docs: RunDocs, tmp_path: Path) -> None:
+    plain = write_report(docs.write(tmp_path / "plain")).html.read_text(encoding="utf-8")
+    docs.config["robust.root-examples"] = 100
+    html = write_report(docs.write(tmp_path / "run")).html.read_text(encoding="utf-8")
+
+    assert "Server-held data" not in plain
+    assert "The server kept 100 examples of its own held-out split" in html
+    assert "costs clients no privacy" in html
+
+
 def test_prv_ledger_shows_rdp_beside_it(tmp_path: Path) -> None:
     docs = build_docs("prv")
     docs.privacy["clients"] = {"2": docs.privacy["clients"]["2"]}

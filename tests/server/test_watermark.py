@@ -16,6 +16,7 @@ from torch import nn
 from common.data import load_data
 from common.models import create_model
 from common.weights import save_safetensors
+from server.root_set import split_held_out
 from server.watermark import (
     DETECTION_P,
     KEY_BYTES,
@@ -257,6 +258,28 @@ def test_embedding_stops_at_the_target_and_within_the_step_budget() -> None:
     assert trigger_accuracy(model, trigger) >= 0.5
     embed_watermark(model, trigger, max_steps=50, target_accuracy=0.5)  # already there
     assert all(np.array_equal(settled[k], v) for k, v in state_of(model).items())
+
+
+def test_clean_root_examples_hold_the_main_task_while_embedding() -> None:
+    # Embedding into a trained model in one go is the hard case (it costs most accuracy):
+    # with the server's clean root examples mixed into every step, it costs less.
+    data = load_data("digits", "", 0, 0.2)
+    root, rest = split_held_out(len(data.test), 100, 0)
+    x, y = data.tensors(data.train)
+    x_rest, y_rest = data.tensors(data.test, rest)
+    trigger = TriggerSet.from_key(KEY, (1, 8, 8), 10)
+    trained = create_model("mlp", 10, seed=0)
+    fine_tune(trained, x, y, 8, 0.1)
+    accuracy = {}
+    for mixed in (False, True):
+        model = create_model("mlp", 10, seed=0)
+        load_state(model, state_of(trained))
+        clean = data.tensors(data.test, root) if mixed else None
+        reached = embed_watermark(model, trigger, max_steps=300, clean=clean)
+        assert reached >= TARGET_ACCURACY
+        accuracy[mixed] = _accuracy(model, x_rest, y_rest)
+
+    assert accuracy[True] > accuracy[False]
 
 
 def _verdict_after(
