@@ -220,7 +220,9 @@ def run_training_round(msg: Message, context: Context) -> RecordDict:
             local,
             msg.content.array_records[protocol.ARRAYS],
             facts=DPFacts(sigma, entry[1], entry[2], after),
-            config_params=CodecParams(topk=config.codec_topk, bits=config.codec_bits),
+            config_params=CodecParams(
+                topk=config.codec_topk, bits=config.codec_bits, mask=config.codec_mask
+            ),
             error_feedback=config.codec_error_feedback and node_id == context.node_id,
             public_key=public_key,
             seal_context=SealContext(run_id, server_round, node_id),

@@ -1,8 +1,10 @@
 """Compression of client model updates: top-k sparsification, stochastic quantization, packing.
 
 A client's update is one 1-D ``float32`` vector of ``size`` coordinates (the flattened
-``local - global`` weights, plus the error-feedback residual). :func:`encode_update` keeps the
-``k = kept_count(size, topk)`` coordinates of largest magnitude, quantizes each kept value to
+``local - global`` weights, plus the error-feedback residual). :func:`encode_update` keeps
+``k = kept_count(size, topk)`` coordinates, either those of largest magnitude (``mask="topk"``)
+or ``k`` drawn uniformly at random from a fresh 16-byte seed (``mask="random"``, which sends the
+seed instead of the indices), quantizes each kept value to
 ``bits`` bits with an unbiased stochastic rounding against a per-chunk scale, and packs indices
 and codes into a compact ``bytes`` payload. :func:`decode_update` turns a payload back into the
 dense ``float32`` vector of length ``size``: dequantized values at the kept indices, zeros
@@ -15,7 +17,8 @@ Payload layout (all integers little-endian)::
     header, 17 bytes, never compressed
         magic        2 bytes   b"FV"
         version      u8        1
-        flags        u8        bits 0-1: index mode (0 dense, 1 bitmap, 2 delta-varint)
+        flags        u8        bits 0-1: index mode (0 dense, 1 bitmap, 2 delta-varint,
+                               3 seeded random mask)
                                bit 2: body is one zstd frame; bits 3-7 zero
         bits         u8        bits per kept value, must equal ``params.bits``
         size         u32       length of the dense vector, must equal the receiver's ``size``
@@ -26,6 +29,9 @@ Payload layout (all integers little-endian)::
                      bitmap: ceil(size / 8) bytes, bit i (LSB first) set iff coordinate i kept
                      delta-varint: k LEB128 varints of gap_j = idx_j - idx_{j-1} - 1
                        (idx_{-1} = -1), so indices are strictly increasing by construction
+                     seeded: 16 bytes ``seed``; the kept coordinates are the ``k`` with the
+                       smallest keys of ``PCG64(int.from_bytes(seed, "little")).random_raw(size)``
+                       (uint64, one per coordinate; ties to the lower index). Only ``k < size``.
         scales       ceil(k / 4096) float32, the max |value| of each chunk of 4096 kept values
                      (absent when bits == 32)
         values       bits == 32: k raw float32
@@ -36,6 +42,15 @@ A code ``q`` in ``[0, 2**bits - 1]`` stands for ``scale * (2 q / (2**bits - 1) -
 grid has ``2**bits`` evenly spaced levels spanning ``[-scale, scale]``, step
 ``2 scale / (2**bits - 1)``. Stochastic rounding between the two neighbouring levels makes the
 decoded value unbiased (E[decoded] = value) with error below one step.
+
+Which mask a payload uses is the sender's choice and self-described by the index mode; the
+receiver's checks (``size``, ``k``, ``bits``) do not depend on it. Index modes this version does
+not know are refused. A random mask costs 16 bytes instead of about one byte per kept index, so
+at a given byte budget it keeps several times more coordinates; with error feedback every
+coordinate is sent every ``~1/topk`` rounds. The seed must be unpredictable (the encoder draws it
+from its ``rng``, seeded from OS entropy by the client): the mask is independent of the data, so
+it reveals nothing, but a seed derived from the public run seed would give every client the same
+mask, and coordinates outside it would reach no aggregate that round.
 
 The payload is hostile input on the receiving side: every count and length is checked against
 ``size`` and ``params`` before anything is allocated, and every failure is a :class:`CodecError`.
@@ -68,6 +83,8 @@ _HEADER = struct.Struct("<2sBBBIII")
 _MODE_DENSE: Final = 0
 _MODE_BITMAP: Final = 1
 _MODE_VARINT: Final = 2
+_MODE_SEEDED: Final = 3
+_SEED_BYTES: Final = 16
 _MODE_MASK: Final = 0b011
 _FLAG_ZSTD: Final = 0b100
 # A gap is < MAX_SIZE < 2**35, so a canonical LEB128 varint never needs more than 5 bytes.
@@ -75,6 +92,8 @@ _MAX_VARINT_BYTES: Final = 5
 # zstd's default level: hundreds of MB/s, cheap next to the top-k selection.
 _ZSTD_LEVEL: Final = 3
 _VALID_BITS: Final = frozenset((*range(1, 9), 16, 32))
+MASKS: Final = ("topk", "random")
+"""How the encoder chooses the kept coordinates: largest magnitudes, or a seeded random mask."""
 
 
 class CodecError(ValueError):
@@ -89,11 +108,14 @@ class CodecParams:
         topk: Fraction of coordinates kept, in ``(0, 1]``; ``1.0`` sends every coordinate.
         bits: Bits per kept value: ``1``-``8`` or ``16`` (stochastic quantization with per-chunk
             scales), or ``32`` (raw ``float32`` values, no quantization).
+        mask: How the sender picks the kept coordinates, one of :data:`MASKS`. The decoder
+            reads the choice from the payload, so only the encoder uses this field.
 
     """
 
     topk: float
     bits: int
+    mask: str = "topk"
 
     def __post_init__(self) -> None:
         """Reject out-of-domain values, naming the parameter."""
@@ -104,6 +126,8 @@ class CodecParams:
         bits_ok = isinstance(self.bits, numbers.Integral) and not isinstance(self.bits, bool)
         if not bits_ok or int(self.bits) not in _VALID_BITS:
             raise ValueError(f"`bits` must be 1-8, 16 or 32, got {self.bits!r}")
+        if not isinstance(self.mask, str) or self.mask not in MASKS:
+            raise ValueError(f"`mask` must be one of {MASKS}, got {self.mask!r}")
         object.__setattr__(self, "topk", float(self.topk))
         object.__setattr__(self, "bits", int(self.bits))
 
@@ -164,7 +188,8 @@ def encode_update(
     Args:
         vector: ``float32`` array of shape ``(size,)``, finite, ``1 <= size <= MAX_SIZE``.
         params: Sparsity and precision.
-        rng: Drives the stochastic rounding (unused when ``params.bits == 32``).
+        rng: Drives the stochastic rounding (unused when ``params.bits == 32``) and draws the
+            seed of a random mask; it must be seeded from OS entropy outside tests.
 
     Returns:
         The payload and the dense ``float32`` vector it decodes to.
@@ -182,6 +207,11 @@ def encode_update(
         kept = vector
         index_section = b""
         mask: npt.NDArray[np.bool_] | None = None
+    elif params.mask == "random":
+        mode = _MODE_SEEDED
+        index_section = rng.bytes(_SEED_BYTES)
+        mask = _seeded_mask(index_section, size, k)
+        kept = vector[mask]
     else:
         # argpartition is O(size); marking a mask then reading it back sorts the indices in
         # O(size) too, and the mask is the bitmap.
@@ -224,6 +254,24 @@ def encode_update(
         decoded = np.zeros(size, dtype=np.float32)
         decoded[mask] = values
     return EncodedUpdate(payload=header + body, decoded=decoded)
+
+
+def _seeded_mask(seed: bytes, size: int, k: int) -> npt.NDArray[np.bool_]:
+    """Return the ``(size,)`` mask of the ``k`` coordinates a 16-byte seed selects.
+
+    Built only from PCG64's raw output stream and SeedSequence, which numpy keeps stable across
+    releases (NEP 19), unlike ``Generator`` methods such as ``choice``; the selection itself is
+    a deterministic partition, so sender and receiver agree bit for bit.
+    """
+    keys: npt.NDArray[np.uint64] = np.asarray(
+        np.random.PCG64(int.from_bytes(seed, "little")).random_raw(size), dtype=np.uint64
+    )
+    kth = np.partition(keys, k - 1)[k - 1]
+    mask: npt.NDArray[np.bool_] = keys < kth
+    # 64-bit keys almost never tie; when they do, the lower indices win.
+    ties = np.flatnonzero(keys == kth)[: k - int(np.count_nonzero(mask))]
+    mask[ties] = True
+    return mask
 
 
 def _quantize(
@@ -348,8 +396,9 @@ def decode_update(payload: bytes, *, size: int, params: CodecParams) -> Float32A
     elif mode == _MODE_VARINT:
         if not k <= index_nbytes <= _MAX_VARINT_BYTES * k:
             raise CodecError(f"varint section of {index_nbytes} bytes for {k} indices")
-    else:
-        raise CodecError(f"unknown index mode {mode}")
+    # The two mode bits are all taken; a new index mode would need a new version.
+    elif k == size or index_nbytes != _SEED_BYTES:
+        raise CodecError(f"seeded mask needs k < size and a {_SEED_BYTES}-byte seed")
 
     scale_nbytes = 0 if bits == 32 else 4 * -(-k // CHUNK)
     value_nbytes = -(-k * bits // 8)
@@ -381,6 +430,8 @@ def decode_update(payload: bytes, *, size: int, params: CodecParams) -> Float32A
     out = np.zeros(size, dtype=np.float32)
     if mode == _MODE_BITMAP:
         out[_bitmap_decode(index_section, size, k)] = values
+    elif mode == _MODE_SEEDED:
+        out[_seeded_mask(bytes(index_section), size, k)] = values
     else:
         out[_varint_indices(index_section, size, k)] = values
     return out

@@ -26,6 +26,7 @@ DATASETS = ("digits", "mnist", "fashion-mnist", "femnist")
 PARTITIONINGS = ("iid", "dirichlet", "by-writer")
 ACCOUNTANTS = ("rdp", "prv")
 MODELS = ("auto", "mlp", "cnn")
+CODEC_MASKS = ("topk", "random")
 AGGREGATIONS = ("fedavg", "median", "trimmed-mean", "krum", "multikrum")
 ATTACK_KINDS = ("sign-flip", "scale", "gaussian", "label-flip")
 
@@ -164,6 +165,13 @@ KEYS: dict[str, _Key] = {
         "codec_bits", int, 8, lambda v: v in (*range(1, 9), 16, 32), "1-8, 16 or 32 (raw float32)"
     ),
     "codec.error-feedback": _Key("codec_error_feedback", bool, True, _ANY, "true or false"),
+    "codec.mask": _Key(
+        "codec_mask",
+        str,
+        "topk",
+        _one_of(CODEC_MASKS),
+        f"one of {CODEC_MASKS}: keep the largest magnitudes, or a seeded random mask",
+    ),
     "seal.private-key": _Key(
         "seal_private_key", str, "", _ANY, "a path to the aggregator's private key, or empty"
     ),
@@ -272,6 +280,7 @@ class FedveilConfig:
     codec_bits: int
     robust_root_examples: int
     codec_error_feedback: bool
+    codec_mask: str
     seal_private_key: str
     faults_tamper: float
     faults_replay: float

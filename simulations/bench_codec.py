@@ -80,11 +80,12 @@ class Setting:
     topk: float
     bits: int
     error_feedback: bool
+    mask: str = "topk"
 
     @property
     def params(self) -> CodecParams:
         """The codec parameters of this setting."""
-        return CodecParams(topk=self.topk, bits=self.bits)
+        return CodecParams(topk=self.topk, bits=self.bits, mask=self.mask)
 
     def overrides(self) -> dict[str, ConfigValue]:
         """Return the ``--set``-style config keys of this setting."""
@@ -92,6 +93,7 @@ class Setting:
             "codec.topk": self.topk,
             "codec.bits": self.bits,
             "codec.error-feedback": self.error_feedback,
+            "codec.mask": self.mask,
         }
 
 
@@ -527,6 +529,7 @@ def accuracy_table(results: dict[str, list[RunResult]]) -> Table:
     for name in (
         "data",
         "setting",
+        "mask",
         "EF",
         "rounds",
         "B/update",
@@ -545,6 +548,7 @@ def accuracy_table(results: dict[str, list[RunResult]]) -> Table:
             table.add_row(
                 dataset,
                 s.setting,
+                by_name[s.setting].mask,
                 "on" if by_name[s.setting].error_feedback else "off",
                 str(s.rounds),
                 f"{s.bytes_per_update:,.0f}",

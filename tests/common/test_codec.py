@@ -28,7 +28,8 @@ from common.codec import (
 # The documented payload header: magic, version, flags, bits, size, k, index_bytes.
 HEADER = struct.Struct("<2sBBBIII")
 SIZE, K, INDEX_BYTES = 4, 5, 6
-MODE_DENSE, MODE_BITMAP, MODE_VARINT, FLAG_ZSTD = 0, 1, 2, 4
+MODE_DENSE, MODE_BITMAP, MODE_VARINT, MODE_SEEDED, FLAG_ZSTD = 0, 1, 2, 3, 4
+SEED_BYTES = 16
 ALL_BITS = (1, 2, 3, 4, 5, 6, 7, 8, 16, 32)
 
 FUZZ = settings(
@@ -688,6 +689,169 @@ def test_oversized_claims_are_refused_before_allocating() -> None:
     assert peak < 1_000_000
 
 
+# ------------------------------------------------------------------------------ random mask
+
+
+def reference_seeded_mask(seed: bytes, size: int, k: int) -> np.ndarray:
+    """Slow reference of the documented rule: the k smallest (key, index) pairs."""
+    keys = np.random.PCG64(int.from_bytes(seed, "little")).random_raw(size)
+    order = np.lexsort((np.arange(size), keys))
+    return np.sort(order[:k])
+
+
+def test_params_reject_bad_mask() -> None:
+    for mask in ("top-k", "", None, 1):
+        with pytest.raises(ValueError, match="`mask`"):
+            CodecParams(0.1, 8, mask)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("size", [2, 9, 1000, 2 * CHUNK + 3, 20 * CHUNK])
+@pytest.mark.parametrize(("topk", "bits"), [(0.5, 8), (0.068, 4), (0.135, 2), (0.27, 1), (0.1, 32)])
+def test_random_mask_round_trip_is_exact(size: int, topk: float, bits: int) -> None:
+    vector = gaussian(size, seed=size)
+    k = kept_count(size, topk)
+    encoded = encode_update(vector, CodecParams(topk, bits, "random"), np.random.default_rng(2))
+    fields, body = unpack(encoded.payload)
+    if k == size:  # nothing to choose: the dense mode, no seed
+        assert fields[2] == MODE_DENSE
+        return
+    assert (fields[2], fields[INDEX_BYTES]) == (MODE_SEEDED, SEED_BYTES)
+    expected = reference_seeded_mask(body[:SEED_BYTES], size, k)
+    # The receiver's params need not name the mask: the payload says which one it is.
+    decoded = decode_update(encoded.payload, size=size, params=CodecParams(topk, bits))
+    assert bitwise_equal(decoded, encoded.decoded)
+    assert set(np.flatnonzero(decoded).tolist()) <= set(expected.tolist())
+    if bits == 32:
+        assert bitwise_equal(decoded[expected], vector[expected])
+
+
+def test_seeded_mask_is_pinned() -> None:
+    # Known answers of the wire rule: a numpy release that changed PCG64 or SeedSequence would
+    # make old senders and new receivers disagree, and must fail here first.
+    from common.codec import _seeded_mask
+
+    assert np.flatnonzero(_seeded_mask(bytes(range(16)), 40, 6)).tolist() == [0, 2, 3, 5, 20, 26]
+    assert np.flatnonzero(_seeded_mask(b"\xff" * 16, 1000, 3)).tolist() == [158, 921, 990]
+
+
+def test_seeded_mask_breaks_ties_towards_lower_indices() -> None:
+    from common.codec import _seeded_mask
+
+    seed = bytes(16)
+    keys = np.random.PCG64(0).random_raw(50)
+    for k in (1, 7, 49):
+        assert np.array_equal(
+            np.flatnonzero(_seeded_mask(seed, 50, k)), reference_seeded_mask(seed, 50, k)
+        )
+    assert np.unique(keys).size == 50
+
+
+@pytest.mark.parametrize("bits", [2, 4, 32])
+def test_random_mask_is_unbiased_up_to_the_kept_fraction(bits: int) -> None:
+    # Over fresh seeds each coordinate is kept with probability k / size and its kept value is
+    # unbiased, so E[decoded] = (k / size) * vector.
+    size, topk, rounds = 40, 0.25, 4000
+    vector = gaussian(size, seed=9)
+    params = CodecParams(topk, bits, "random")
+    rng = np.random.default_rng(bits)
+    total = np.zeros(size)
+    kept_times = np.zeros(size)
+    for _ in range(rounds):
+        decoded = encode_update(vector, params, rng).decoded
+        total += decoded
+        kept_times += decoded != 0
+    fraction = kept_count(size, topk) / size
+    scale = float(np.abs(vector).max())
+    # A decoded value lies in [-scale, scale]: its standard deviation is below `scale`.
+    assert np.abs(total / rounds - fraction * vector).max() <= 6 * scale / math.sqrt(rounds)
+    # Every coordinate is chosen about equally often (binomial, six standard deviations).
+    sd = math.sqrt(rounds * fraction * (1 - fraction))
+    assert np.abs(kept_times - rounds * fraction).max() <= 6 * sd + 0.05 * rounds * (bits < 32)
+
+
+@pytest.mark.parametrize("bits", [1, 3, 8])
+def test_random_mask_error_is_below_one_step_on_kept_values(bits: int) -> None:
+    rng = np.random.default_rng(bits)
+    vector = rng.uniform(-3, 3, 3 * CHUNK * 10).astype(np.float32)
+    encoded = encode_update(vector, CodecParams(0.1, bits, "random"), rng)
+    _, body = unpack(encoded.payload)
+    kept = reference_seeded_mask(body[:SEED_BYTES], vector.size, kept_count(vector.size, 0.1))
+    values = vector[kept]
+    scales = np.repeat(np.maximum.reduceat(np.abs(values), np.arange(0, values.size, CHUNK)), CHUNK)
+    error = np.abs(encoded.decoded[kept].astype(np.float64) - values)
+    assert (error <= step(scales[: values.size], bits) * (1 + 1e-6)).all()
+    assert not np.delete(encoded.decoded, kept).any()
+
+
+def test_random_mask_costs_a_seed_not_indices() -> None:
+    size, topk, bits = 26_010, 0.068, 4
+    vector = gaussian(size)
+    k = kept_count(size, topk)
+    random = encode_update(vector, CodecParams(topk, bits, "random"), np.random.default_rng(0))
+    top = encode_update(vector, CodecParams(topk, bits), np.random.default_rng(0))
+    assert len(random.payload) <= HEADER.size + SEED_BYTES + 4 + -(-k * bits // 8)
+    assert len(random.payload) < 0.6 * len(top.payload)
+
+
+def test_random_mask_error_feedback_sends_every_coordinate() -> None:
+    size, rounds, topk = 500, 400, 0.05
+    rng = np.random.default_rng(0)
+    vector = rng.standard_normal(size).astype(np.float32)
+    params = CodecParams(topk, 4, "random")
+    feedback = ErrorFeedback()
+    sent = np.zeros(size)
+    without = np.zeros(size)
+    for _ in range(rounds):
+        compensated = feedback.compensate(vector)
+        encoded = encode_update(compensated, params, rng)
+        feedback.update(compensated, encoded.decoded)
+        sent += encoded.decoded
+        without += encode_update(vector, params, rng).decoded
+    target = rounds * vector.astype(np.float64)
+    # Without feedback only ~5% of each round's update arrives; with it the cumulative sum
+    # misses only the residual, a coordinate's wait of ~1/topk rounds: bounded, not growing.
+    assert np.linalg.norm(without - target) / np.linalg.norm(target) > 0.9
+    assert np.linalg.norm(sent - target) / np.linalg.norm(target) < 0.1
+    residual = feedback.residual
+    assert residual is not None
+    assert np.linalg.norm(residual) < 3 / topk * np.linalg.norm(vector)
+
+
+def _seeded_payload(
+    size: int = 1000, topk: float = 0.1, bits: int = 4
+) -> tuple[bytes, CodecParams]:
+    params = CodecParams(topk, bits, "random")
+    return encode_update(gaussian(size), params, np.random.default_rng(0)).payload, params
+
+
+def test_decode_rejects_seeded_mode_with_a_wrong_seed_length() -> None:
+    payload, params = _seeded_payload()
+    fields, body = unpack(payload)
+    for length in (0, 15, 17, 125):
+        forged = list(fields)
+        forged[INDEX_BYTES] = length
+        with pytest.raises(CodecError):
+            decode_update(pack(forged, body), size=1000, params=params)
+
+
+def test_decode_rejects_seeded_mode_when_every_coordinate_is_kept() -> None:
+    params = CodecParams(1.0, 8)
+    body = bytes(SEED_BYTES) + struct.pack("<f", 1.0) + bytes(100)
+    payload = HEADER.pack(b"FV", 1, MODE_SEEDED, 8, 100, 100, SEED_BYTES) + body
+    with pytest.raises(CodecError, match="seeded mask"):
+        decode_update(payload, size=100, params=params)
+
+
+def test_decode_rejects_seeded_payload_with_wrong_length_or_k() -> None:
+    payload, params = _seeded_payload()
+    with pytest.raises(CodecError):
+        decode_update(payload[:-1], size=1000, params=params)
+    with pytest.raises(CodecError):
+        decode_update(payload + b"\x00", size=1000, params=params)
+    with pytest.raises(CodecError, match="keeps"):
+        decode_update(payload, size=1000, params=CodecParams(0.2, 4))
+
+
 # --------------------------------------------------------------------------- property tests
 
 params_strategy = st.builds(
@@ -697,6 +861,7 @@ params_strategy = st.builds(
         st.floats(min_value=1e-6, max_value=1.0, exclude_min=True),
     ),
     bits=st.sampled_from(ALL_BITS),
+    mask=st.sampled_from(["topk", "random"]),
 )
 
 finite_vectors = hnp.arrays(
@@ -741,7 +906,12 @@ def test_fuzz_random_body_behind_valid_header(
     # Random bytes rarely get past the magic; a plausible header reaches the body parsers.
     k = kept_count(size, params.topk)
     index_bytes = data.draw(
-        st.one_of(st.just(-(-size // 8)), st.integers(0, 5 * k + 2), st.integers(0, 2**32 - 1))
+        st.one_of(
+            st.just(-(-size // 8)),
+            st.just(SEED_BYTES),
+            st.integers(0, 5 * k + 2),
+            st.integers(0, 2**32 - 1),
+        )
     )
     if compress:
         body = zstandard.ZstdCompressor().compress(body)

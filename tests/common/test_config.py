@@ -103,6 +103,7 @@ def test_documented_defaults() -> None:
         ("dp.accountant=prv", "dp_accountant", "prv"),
         ("out-dir=../runs/x", "out_dir", "../runs/x"),
         (" batch-size = 32 ", "batch_size", 32),
+        ("codec.mask=random", "codec_mask", "random"),
         ("robust.root-examples=100", "robust_root_examples", 100),
     ],
 )
@@ -236,6 +237,7 @@ def test_every_key_refuses_every_wrong_kind(key: str) -> None:
         ("sim.clients", 0),
         ("sim.cpus-per-client", 0.0),
         ("out-dir", ""),
+        ("codec.mask", "rand-k"),
         ("robust.root-examples", -1),
         ("robust.root-examples", 100_001),
     ],
