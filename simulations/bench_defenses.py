@@ -27,7 +27,7 @@ import json
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, astuple, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -68,12 +68,14 @@ ROOT_EXAMPLES = 100
 
 @dataclass(frozen=True)
 class RobustnessRow:
-    """One run: final accuracy and the anomaly flags' precision and recall."""
+    """One case: final accuracy (mean and spread over seeds) and the pooled flag rates."""
 
     dataset: str
     aggregation: str
     attack: str
     accuracy: float
+    accuracy_std: float
+    seeds: int
     flag_precision: float
     flag_recall: float
     honest_flag_rate: float
@@ -81,7 +83,12 @@ class RobustnessRow:
 
 @dataclass(frozen=True)
 class WatermarkCost:
-    """Main-task accuracy without and with the watermark, paired by seed (same DP noise)."""
+    """Main-task accuracy without and with the watermark, paired by seed.
+
+    A pair shares the split, the initial model, the sampling and the trigger-free settings; the
+    DP noise differs (clients draw it from OS entropy), so a pair's difference also carries the
+    run-to-run spread (~1.5 points on digits' 260 evaluation examples).
+    """
 
     dataset: str
     seeds: int
@@ -133,27 +140,52 @@ def _run(settings: dict[str, Any], out: Path, console: Console) -> Path:
     return run_path
 
 
-def flag_scores(run: Path, attackers: frozenset[int]) -> tuple[float, float, float]:
-    """Return (precision, recall, honest flag rate) of the flags over all rounds.
+@dataclass(frozen=True)
+class FlagCounts:
+    """Flag counts over (client, round) pairs of participation, by partition id."""
 
-    Counted by partition id over the rounds each client took part in (it contributed, or it
-    was flagged, which with ``robust.exclude-flagged`` leaves it out of ``clients``).
+    true_pos: int = 0
+    flagged: int = 0
+    attacker_rounds: int = 0
+    honest_rounds: int = 0
+    false_pos: int = 0
+
+    def __add__(self, other: FlagCounts) -> FlagCounts:
+        return FlagCounts(*(a + b for a, b in zip(astuple(self), astuple(other), strict=True)))
+
+    def rates(self) -> tuple[float, float, float]:
+        """Return (precision, recall, honest flag rate); 1, 1, 0 when nothing to count."""
+        precision = self.true_pos / self.flagged if self.flagged else 1.0
+        recall = self.true_pos / self.attacker_rounds if self.attacker_rounds else 1.0
+        honest = self.false_pos / self.honest_rounds if self.honest_rounds else 0.0
+        return precision, recall, honest
+
+
+def flag_counts(run: Path, attackers: frozenset[int]) -> FlagCounts:
+    """Count a run's flags over the rounds each client took part in.
+
+    A client took part in a round when it contributed or was flagged (with
+    ``robust.exclude-flagged`` a flagged client is left out of ``clients``).
     """
     state = json.loads((run / "checkpoint" / STATE_FILE).read_text())
     partition = {int(node): int(cid) for node, cid in state["node_clients"].items()}
-    true_pos = flagged = took_part = honest = false_pos = 0
+    counts = FlagCounts()
     for row in read_metrics(run):
         marked = {partition[int(n)] for n in row["flagged"]}
         present = {partition[int(n)] for n in row["clients"]} | marked
-        flagged += len(marked)
-        true_pos += len(marked & attackers)
-        took_part += len(present & attackers)
-        honest += len(present - attackers)
-        false_pos += len(marked - attackers)
-    precision = true_pos / flagged if flagged else 1.0
-    recall = true_pos / took_part if took_part else 1.0
-    honest_rate = false_pos / honest if honest else 0.0
-    return precision, recall, honest_rate
+        counts += FlagCounts(
+            true_pos=len(marked & attackers),
+            flagged=len(marked),
+            attacker_rounds=len(present & attackers),
+            honest_rounds=len(present - attackers),
+            false_pos=len(marked - attackers),
+        )
+    return counts
+
+
+def flag_scores(run: Path, attackers: frozenset[int]) -> tuple[float, float, float]:
+    """Return (precision, recall, honest flag rate) of one run's flags (``flag_counts``)."""
+    return flag_counts(run, attackers).rates()
 
 
 def robustness(
@@ -161,25 +193,37 @@ def robustness(
     work: Path,
     settings: dict[str, Any],
     aggregators: Sequence[str],
+    seeds: int,
     console: Console,
 ) -> list[RobustnessRow]:
-    """Clean FedAvg, then each of ``aggregators`` under each attack at 20 % attackers."""
-    attackers = attacker_ids(int(settings["sim.clients"]), 0.2, 0)
+    """Clean FedAvg, then each of ``aggregators`` under each attack at 20 % attackers.
+
+    Each case runs with seeds ``0..seeds-1`` (each seed picks its own attackers); a row holds
+    the mean and spread of the final accuracy and the flags pooled over the seeds.
+    """
+    clients = int(settings["sim.clients"])
     rows = []
     cases = [("fedavg", "none")] + [(a, k) for k in ATTACKS for a in aggregators]
     for aggregation, attack in cases:
-        case = settings | VARIANTS[aggregation] | {"robust.assumed-malicious": 2}
-        if attack != "none":
-            case |= {"attack.fraction": 0.2, "attack.kind": attack}
-        run = _run(case, work / f"{dataset}-{aggregation}-{attack}", console)
-        rows_seen = read_metrics(run)
-        precision, recall, honest = flag_scores(run, attackers if attack != "none" else frozenset())
+        accuracies, counts = [], FlagCounts()
+        for seed in range(seeds):
+            case = settings | VARIANTS[aggregation] | {"robust.assumed-malicious": 2, "seed": seed}
+            attackers: frozenset[int] = frozenset()
+            if attack != "none":
+                case |= {"attack.fraction": 0.2, "attack.kind": attack}
+                attackers = attacker_ids(clients, 0.2, seed)
+            run = _run(case, work / f"{dataset}-{aggregation}-{attack}-{seed}", console)
+            accuracies.append(float(read_metrics(run)[-1]["accuracy"]))
+            counts += flag_counts(run, attackers)
+        precision, recall, honest = counts.rates()
         rows.append(
             RobustnessRow(
                 dataset,
                 aggregation,
                 attack,
-                float(rows_seen[-1]["accuracy"]),
+                float(np.mean(accuracies)),
+                float(np.std(accuracies, ddof=1)) if seeds > 1 else 0.0,
+                seeds,
                 precision,
                 recall,
                 honest,
@@ -191,7 +235,7 @@ def robustness(
 def watermark_cost(
     dataset: str, work: Path, settings: dict[str, Any], seeds: int, console: Console
 ) -> tuple[WatermarkCost, Path, Path]:
-    """Train with and without the watermark for seeds ``0..seeds-1``; return the paired cost.
+    """Train with and without the watermark for seeds ``0..seeds-1``; return the cost.
 
     Also returns the run directories of seed 0 (plain, marked) for the robustness tests.
     """
@@ -284,15 +328,16 @@ def watermark(
 def robustness_table(rows: list[RobustnessRow]) -> Table:
     """Render the robustness results."""
     table = Table(title="Robust aggregation under 20 % attackers (final accuracy, flags)")
-    columns = ("data", "aggregation", "attack", "accuracy", "flag precision", "flag recall")
-    for col in (*columns, "honest flagged"):
+    columns = ("data", "aggregation", "attack", "seeds", "accuracy", "flag precision")
+    for col in (*columns, "flag recall", "honest flagged"):
         table.add_column(col, justify="right")
     for r in rows:
         table.add_row(
             r.dataset,
             r.aggregation,
             r.attack,
-            f"{r.accuracy:.4f}",
+            str(r.seeds),
+            f"{r.accuracy:.4f} ± {r.accuracy_std:.4f}" if r.seeds > 1 else f"{r.accuracy:.4f}",
             f"{r.flag_precision:.2f}",
             f"{r.flag_recall:.2f}",
             f"{r.honest_flag_rate:.2f}",
@@ -302,7 +347,7 @@ def robustness_table(rows: list[RobustnessRow]) -> Table:
 
 def cost_table(rows: list[WatermarkCost]) -> Table:
     """Render the watermark's main-task cost."""
-    table = Table(title="Watermark cost (main accuracy without - with, paired by seed)")
+    table = Table(title="Watermark cost (main accuracy without - with, same seeds)")
     for col in ("data", "seeds", "without", "with", "mean cost", "std", "worst"):
         table.add_column(col, justify="right")
     for r in rows:
@@ -348,8 +393,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--parts", default="robustness,watermark", help="which halves to run (comma-separated)"
     )
+    parser.add_argument("--seeds", type=int, default=1, help="runs per robustness case")
     parser.add_argument(
-        "--watermark-seeds", type=int, default=1, help="paired runs behind the watermark cost"
+        "--watermark-seeds", type=int, default=1, help="run pairs behind the watermark cost"
     )
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--work", type=Path, help="where run directories go (default: temp)")
@@ -360,10 +406,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     aggregators = [a for a in args.aggregators.split(",") if a]
     parts = set(args.parts.split(","))
     unknown = [a for a in aggregators if a not in VARIANTS]
-    if unknown or not parts <= {"robustness", "watermark"} or args.watermark_seeds < 1:
+    if (
+        unknown
+        or not parts <= {"robustness", "watermark"}
+        or min(args.seeds, args.watermark_seeds) < 1
+    ):
         console.print(
             f"[red]--aggregators must name {list(VARIANTS)}, --parts robustness and/or "
-            f"watermark, --watermark-seeds >= 1[/red]"
+            f"watermark, --seeds and --watermark-seeds >= 1[/red]"
         )
         return 2
     if "mnist" in datasets and not (Path(args.data_dir) / "mnist").is_dir():
@@ -377,7 +427,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for dataset in datasets:
             settings = base_settings(dataset, args.data_dir, args.quick, args.rounds)
             if "robustness" in parts:
-                robust += robustness(dataset, work, settings, aggregators, console)
+                robust += robustness(dataset, work, settings, aggregators, args.seeds, console)
             if "watermark" in parts:
                 cost, plain, marked = watermark_cost(
                     dataset, work, settings, args.watermark_seeds, console
@@ -391,7 +441,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.json.write_text(
             json.dumps(
                 {
-                    "settings": {"datasets": datasets, "rounds": args.rounds, "quick": args.quick},
+                    "settings": {
+                        "datasets": datasets,
+                        "rounds": args.rounds,
+                        "quick": args.quick,
+                        "seeds": args.seeds,
+                        "watermark_seeds": args.watermark_seeds,
+                    },
                     "robustness": [asdict(r) for r in robust],
                     "watermark_cost": [asdict(r) for r in costs],
                     "watermark": [asdict(r) for r in marks],

@@ -5,11 +5,11 @@ from pathlib import Path
 
 import pytest
 
-from simulations.bench_defenses import flag_scores
+from simulations.bench_defenses import FlagCounts, flag_counts, flag_scores
 
 
 def _run(tmp_path: Path, rounds: list[dict[str, list[int]]]) -> Path:
-    (tmp_path / "checkpoint").mkdir()
+    (tmp_path / "checkpoint").mkdir(parents=True)
     # Nodes 100..103 are partitions 0..3.
     state = {"node_clients": {str(100 + p): str(p) for p in range(4)}}
     (tmp_path / "checkpoint" / "state.json").write_text(json.dumps(state))
@@ -46,3 +46,18 @@ def test_an_excluded_attacker_still_took_part(tmp_path: Path) -> None:
 def test_no_attackers_and_no_flags_is_perfect(tmp_path: Path) -> None:
     run = _run(tmp_path, [{"clients": [100, 101], "flagged": []}])
     assert flag_scores(run, frozenset()) == (1.0, 1.0, 0.0)
+
+
+def test_flags_pool_over_runs_by_counts_not_by_averaging_rates(tmp_path: Path) -> None:
+    one = _run(tmp_path / "a", [{"clients": [100, 101, 102, 103], "flagged": [103]}])
+    two = _run(
+        tmp_path / "b",
+        [{"clients": [100, 101, 102, 103], "flagged": []}] * 3,
+    )
+
+    pooled = flag_counts(one, frozenset({3})) + flag_counts(two, frozenset({3}))
+
+    assert pooled == FlagCounts(
+        true_pos=1, flagged=1, attacker_rounds=4, honest_rounds=12, false_pos=0
+    )
+    assert pooled.rates() == (1.0, 0.25, 0.0)
