@@ -114,3 +114,25 @@ def test_every_epsilon_agrees_with_an_independent_accountant(faulty_run: Path) -
         assert client["epsilon"] == pytest.approx(
             reference.get_epsilon(ledger["delta"]), rel=0.02
         ), cid
+
+
+def test_random_mask_updates_are_opened_by_a_server_that_was_not_told_the_mask(
+    tmp_path: Path,
+) -> None:
+    """The mask is self-described in the payload: the server checks k, bits and size only."""
+    out = tmp_path / "random-mask"
+    done = _simulate(
+        out,
+        "sim.clients=3",
+        "num-server-rounds=2",
+        "codec.mask=random",
+        "codec.topk=0.2",
+        "codec.bits=4",
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rows] == [1, 2]
+    for row in rows:
+        assert row["rejected"] == [] and len(row["clients"]) == 3
+        # 20 % of the coordinates at 4 bits and a 16-byte seed: about a tenth of dense float32.
+        assert row["bytes_sealed"] < row["bytes_dense"] / 8

@@ -14,10 +14,14 @@ from common.models import create_model
 from simulations.bench_codec import (
     CNN_SIZE,
     DENSE,
+    LARGE_SIZE,
+    RAW_SIZES,
     SETTINGS,
     BenchError,
     RunResult,
     RunSummary,
+    build_parser,
+    build_plan,
     main,
     median_seconds,
     summarize_metrics,
@@ -163,3 +167,20 @@ def test_bad_set_option_is_one_line_exit_2_before_any_run(
     err = capsys.readouterr().err.strip()
     assert status == 2
     assert len(err.splitlines()) == 1 and named in err
+
+
+def test_micro_only_plans_no_runs_and_the_full_microbenchmarks() -> None:
+    plan = build_plan(build_parser().parse_args(["--micro-only", "--repeats", "5"]))
+
+    assert plan.scenarios == ()
+    assert set(plan.skipped) == {"digits", "mnist"}
+    assert plan.micro_sizes == (CNN_SIZE, LARGE_SIZE) and plan.raw_sizes == RAW_SIZES
+    assert plan.repeats == 5
+
+
+def test_every_setting_names_a_valid_codec_and_the_random_mask_is_compared() -> None:
+    assert len({s.name for s in SETTINGS}) == len(SETTINGS)
+    masks = {s.mask for s in SETTINGS}
+    assert masks == {"topk", "random"}
+    for s in SETTINGS:
+        assert s.params.mask == s.mask and s.overrides()["codec.mask"] == s.mask
