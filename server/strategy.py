@@ -246,10 +246,12 @@ class FedveilStrategy(Strategy):
         if self._global is None or not clean:
             return clean
         global_weights = {k: self._global[k].numpy() for k in self.expected_shapes}
+        nodes = [int(m.metadata.src_node_id) for m in clean]
+        flagged: set[int] = set()
         if len(clean) >= MIN_UPDATES:
             base = flatten(global_weights)
             deltas = {
-                int(m.metadata.src_node_id): flatten(self._weights_of(m)) - base for m in clean
+                n: flatten(self._weights_of(m)) - base for n, m in zip(nodes, clean, strict=True)
             }
             reference = (
                 None if self.screening.reference is None else self.screening.reference(self._global)
@@ -262,13 +264,14 @@ class FedveilStrategy(Strategy):
                 {n: round(sc.consensus_z, 2) for n, sc in self.outcome.scores.items()},
             )
             flagged = set(flag_outliers(self.outcome.scores))
-            flagged |= set(self.evidence.flagged(deltas))
-            self.outcome.flagged = sorted(flagged)
-            if flagged:
-                log.warning("round %d: flagged nodes %s", server_round, self.outcome.flagged)
-            if self.screening.exclude_flagged:
-                clean = [m for m in clean if int(m.metadata.src_node_id) not in flagged]
-                self.outcome.contributed = [n for n in self.outcome.contributed if n not in flagged]
+        # Past evidence flags a client even in a round too small to score.
+        flagged |= set(self.evidence.flagged(nodes))
+        self.outcome.flagged = sorted(flagged)
+        if flagged:
+            log.warning("round %d: flagged nodes %s", server_round, self.outcome.flagged)
+        if self.screening.exclude_flagged:
+            clean = [m for n, m in zip(nodes, clean, strict=True) if n not in flagged]
+            self.outcome.contributed = [n for n in self.outcome.contributed if n not in flagged]
         if self.screening.norm_bound > 0:
             for m in clean:
                 bounded = bound_local_weights(

@@ -145,3 +145,20 @@ def test_too_few_updates_are_clipped_but_not_scored(task_identity: None, count: 
     assert len(kept) == count and strategy.outcome.flagged == []
     assert all(_norm(m) <= 1.0 + 1e-6 for m in kept)
     assert isinstance(strategy.evidence, DirectionEvidence)
+
+
+def test_past_evidence_flags_a_client_even_in_a_round_too_small_to_score(
+    task_identity: None,
+) -> None:
+    rng = np.random.default_rng(5)
+    reference = rng.normal(size=D)
+    reference /= np.linalg.norm(reference)
+    strategy = _strategy(Screening(reference=lambda arrays: reference, exclude_flagged=True))
+    for r in range(1, 4):
+        strategy._screen(r, _replies(_round(8.0, rng, reference)))
+
+    small = _round(0.0, rng, reference)
+    kept = strategy._screen(4, _replies({101: small[101], 103: small[103]}))
+
+    assert strategy.outcome.flagged == [101]
+    assert [int(m.metadata.src_node_id) for m in kept] == [103]
