@@ -44,13 +44,14 @@ grid has ``2**bits`` evenly spaced levels spanning ``[-scale, scale]``, step
 decoded value unbiased (E[decoded] = value) with error below one step.
 
 Which mask a payload uses is the sender's choice and self-described by the index mode; the
-receiver's checks (``size``, ``k``, ``bits``) do not depend on it. Index modes this version does
-not know are refused. A random mask costs 16 bytes instead of about one byte per kept index, so
-at a given byte budget it keeps several times more coordinates; with error feedback every
-coordinate is sent every ``~1/topk`` rounds. The seed must be unpredictable (the encoder draws it
-from its ``rng``, seeded from OS entropy by the client): the mask is independent of the data, so
-it reveals nothing, but a seed derived from the public run seed would give every client the same
-mask, and coordinates outside it would reach no aggregate that round.
+receiver's checks (``size``, ``k``, ``bits``) do not depend on it. Unknown versions and flags are
+refused. A random mask costs 16 bytes instead of about one byte per kept index, so at a given
+byte budget it keeps several times more coordinates; with error feedback each coordinate is sent
+about every ``1/topk`` rounds, so the server sees it late. The mask is independent of the data:
+choosing it costs no privacy and the seed reveals nothing about the data. The seed still comes
+from the encoder's ``rng``, which the client seeds from OS entropy, never from the public run
+seed: masks regenerated from ``config.json`` would be known to everyone in advance and, without
+the node id mixed in, identical across clients, and unpredictability costs nothing.
 
 The payload is hostile input on the receiving side: every count and length is checked against
 ``size`` and ``params`` before anything is allocated, and every failure is a :class:`CodecError`.
