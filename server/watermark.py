@@ -20,7 +20,8 @@ is closed under post-processing) and changes nothing in the ledger. Ordering con
 aggregate, then embed, then evaluate and save.
 
 Measured on digits (10 DP clients at ε = 8, top-k 0.1 codec, 15 FedAvg rounds; 8 seeds, each
-paired with a run without watermark on the same DP noise): main-task accuracy 89.0 % against
+paired with a run without watermark on the same seed; the DP noise differs, it comes from OS
+entropy): main-task accuracy 89.0 % against
 89.96 % (-0.9 ± 0.3 points, the test split's resolution is 0.28); trigger accuracy 0.90-0.92;
 worst p-values over the seeds after 50 % magnitude pruning 1e-50 (trigger accuracy >= 0.73),
 int8 6e-78, Gaussian weight noise σ = 0.02 5e-69 and σ = 0.05 2e-56, 5 epochs of fine-tuning on
