@@ -196,12 +196,12 @@ def robustness(
     work: Path,
     settings: dict[str, Any],
     aggregators: Sequence[str],
-    seeds: int,
+    seeds: range,
     console: Console,
 ) -> list[RobustnessRow]:
     """Clean FedAvg, then each of ``aggregators`` under each attack at 20 % attackers.
 
-    Each case runs with seeds ``0..seeds-1`` (each seed picks its own attackers); a row holds
+    Each case runs with each of ``seeds`` (each seed picks its own attackers); a row holds
     the mean and spread of the final accuracy and the flags pooled over the seeds.
     """
     clients = int(settings["sim.clients"])
@@ -209,7 +209,7 @@ def robustness(
     cases = [("fedavg", "none")] + [(a, k) for k in ATTACKS for a in aggregators]
     for aggregation, attack in cases:
         accuracies, counts = [], FlagCounts()
-        for seed in range(seeds):
+        for seed in seeds:
             case = settings | VARIANTS[aggregation] | {"robust.assumed-malicious": 2, "seed": seed}
             attackers: frozenset[int] = frozenset()
             if attack != "none":
@@ -225,8 +225,8 @@ def robustness(
                 aggregation,
                 attack,
                 float(np.mean(accuracies)),
-                float(np.std(accuracies, ddof=1)) if seeds > 1 else 0.0,
-                seeds,
+                float(np.std(accuracies, ddof=1)) if len(seeds) > 1 else 0.0,
+                len(seeds),
                 precision,
                 recall,
                 honest,
@@ -398,6 +398,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--parts", default="robustness,watermark", help="which halves to run (comma-separated)"
     )
     parser.add_argument("--seeds", type=int, default=1, help="runs per robustness case")
+    parser.add_argument("--first-seed", type=int, default=0, help="robustness seeds start here")
     parser.add_argument(
         "--watermark-seeds", type=int, default=1, help="run pairs behind the watermark cost"
     )
@@ -414,6 +415,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         unknown
         or not parts <= {"robustness", "watermark"}
         or min(args.seeds, args.watermark_seeds) < 1
+        or args.first_seed < 0
     ):
         console.print(
             f"[red]--aggregators must name {list(VARIANTS)}, --parts robustness and/or "
@@ -431,7 +433,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for dataset in datasets:
             settings = base_settings(dataset, args.data_dir, args.quick, args.rounds)
             if "robustness" in parts:
-                robust += robustness(dataset, work, settings, aggregators, args.seeds, console)
+                seeds = range(args.first_seed, args.first_seed + args.seeds)
+                robust += robustness(dataset, work, settings, aggregators, seeds, console)
             if "watermark" in parts:
                 cost, plain, marked = watermark_cost(
                     dataset, work, settings, args.watermark_seeds, console
