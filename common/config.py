@@ -126,7 +126,6 @@ KEYS: dict[str, _Key] = {
     "robust.exclude-flagged": _Key(
         "robust_exclude_flagged", bool, False, _ANY, "true or false: drop flagged updates"
     ),
-    "attack.fraction": _Key(
     "robust.root-examples": _Key(
         "robust_root_examples",
         int,
@@ -135,6 +134,7 @@ KEYS: dict[str, _Key] = {
         "an integer in [0, 100000]: clean examples the server keeps from its held-out split to "
         "score update directions and to steady the watermark (0 = none)",
     ),
+    "attack.fraction": _Key(
         "attack_fraction", float, 0.0, lambda v: 0 <= v <= 1, "a fraction in [0, 1]"
     ),
     "attack.kind": _Key(
@@ -270,6 +270,7 @@ class FedveilConfig:
     robust_trim_beta: float
     robust_norm_bound: float
     robust_exclude_flagged: bool
+    robust_root_examples: int
     attack_fraction: float
     attack_kind: str
     watermark_enabled: bool
@@ -278,7 +279,6 @@ class FedveilConfig:
     client_state_dir: str
     codec_topk: float
     codec_bits: int
-    robust_root_examples: int
     codec_error_feedback: bool
     codec_mask: str
     seal_private_key: str
