@@ -4,7 +4,8 @@ One invocation runs the same task (model, data, partition, clients, rounds, seed
 its own process so that memory is measured per variant:
 
 (a) ``plain``: Flower's own ``FedAvg`` with ``strategy.start`` and a minimal Message-API
-    ClientApp, plain SGD, no DP, no codec, no sealing (``simulations.plain_flower``);
+    ClientApp, plain SGD (its own step size, ``PLAIN_LR``), no DP, no codec, no sealing
+    (``simulations.plain_flower``);
 (b) ``fedveil``: the full stack via ``simulations.simulate.simulate`` (DP-SGD, codec, sealing,
     opening and validation, aggregation, ledger, checkpoints).
 
@@ -58,7 +59,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +76,9 @@ PAGE = os.sysconf("SC_PAGE_SIZE")
 
 QUICK = {"dataset": "digits", "sim.clients": 10, "num-server-rounds": 3}
 FULL = {"dataset": "digits", "sim.clients": 10, "num-server-rounds": 6}
+PLAIN_LR, PLAIN_MOMENTUM = 0.05, 0.9
+"""The baseline's own SGD step: DP-SGD's large step (``lr`` 1.0 on a noised mean of clipped
+gradients) makes plain SGD diverge on MNIST. Same batches and steps, so the same work per step."""
 
 
 class BenchError(RuntimeError):
@@ -403,7 +407,8 @@ def run_child(variant: str, config: FedveilConfig, out: Path, ray_address: str) 
 
         import_done = time.perf_counter()
         backend = ray_backend(config, ray_address) if ray_address else None
-        plain_run = _run_plain_traced(config, out / "run", backend)
+        plain_config = replace(config, lr=PLAIN_LR, momentum=PLAIN_MOMENTUM)
+        plain_run = _run_plain_traced(plain_config, out / "run", backend)
         rounds = [
             {
                 "round": r.round,
