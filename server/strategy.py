@@ -258,11 +258,12 @@ class FedveilStrategy(Strategy):
             )
             self.outcome.scores = score_updates(deltas, reference=reference)
             self.evidence.add(self.outcome.scores)
-            log.debug(
-                "round %d: direction z %s",
-                server_round,
-                {n: round(sc.consensus_z, 2) for n, sc in self.outcome.scores.items()},
-            )
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug(
+                    "round %d: direction z %s",
+                    server_round,
+                    {n: round(sc.consensus_z, 2) for n, sc in self.outcome.scores.items()},
+                )
             flagged = set(flag_outliers(self.outcome.scores))
         # Past evidence flags a client even in a round too small to score.
         flagged |= set(self.evidence.flagged(nodes))

@@ -375,15 +375,19 @@ def test_compression_ratios_on_a_million_coordinates() -> None:
 # --------------------------------------------------------------------------- error feedback
 
 
-def test_error_feedback_tracks_the_cumulative_update() -> None:
-    size, rounds = 1000, 400
-    rng = np.random.default_rng(0)
-    vector = (rng.standard_normal(size) * np.linspace(0.1, 2.0, size)).astype(np.float32)
-    params = CodecParams(0.02, 4)
+def _send_repeatedly(
+    vector: np.ndarray, params: CodecParams, rounds: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, list[float], np.ndarray]:
+    """Send ``vector`` every round with and without error feedback.
+
+    Returns the summed decoded updates with and without feedback, the residual's norm after
+    each round, and the final residual.
+    """
     feedback = ErrorFeedback()
-    with_ef = np.zeros(size)
-    without_ef = np.zeros(size)
+    with_ef = np.zeros(vector.size)
+    without_ef = np.zeros(vector.size)
     residual_norms = []
+    residual = None
     for _ in range(rounds):
         compensated = feedback.compensate(vector)
         encoded = encode_update(compensated, params, rng)
@@ -393,6 +397,17 @@ def test_error_feedback_tracks_the_cumulative_update() -> None:
         residual = feedback.residual
         assert residual is not None
         residual_norms.append(float(np.linalg.norm(residual)))
+    assert residual is not None
+    return with_ef, without_ef, residual_norms, residual
+
+
+def test_error_feedback_tracks_the_cumulative_update() -> None:
+    size, rounds = 1000, 400
+    rng = np.random.default_rng(0)
+    vector = (rng.standard_normal(size) * np.linspace(0.1, 2.0, size)).astype(np.float32)
+    with_ef, without_ef, residual_norms, residual = _send_repeatedly(
+        vector, CodecParams(0.02, 4), rounds, rng
+    )
     target = rounds * vector.astype(np.float64)
     error_with = np.linalg.norm(with_ef - target) / np.linalg.norm(target)
     error_without = np.linalg.norm(without_ef - target) / np.linalg.norm(target)
@@ -797,23 +812,14 @@ def test_random_mask_error_feedback_sends_every_coordinate() -> None:
     size, rounds, topk = 500, 400, 0.05
     rng = np.random.default_rng(0)
     vector = rng.standard_normal(size).astype(np.float32)
-    params = CodecParams(topk, 4, "random")
-    feedback = ErrorFeedback()
-    sent = np.zeros(size)
-    without = np.zeros(size)
-    for _ in range(rounds):
-        compensated = feedback.compensate(vector)
-        encoded = encode_update(compensated, params, rng)
-        feedback.update(compensated, encoded.decoded)
-        sent += encoded.decoded
-        without += encode_update(vector, params, rng).decoded
+    sent, without, _, residual = _send_repeatedly(
+        vector, CodecParams(topk, 4, "random"), rounds, rng
+    )
     target = rounds * vector.astype(np.float64)
     # Without feedback only ~5% of each round's update arrives; with it the cumulative sum
     # misses only the residual, a coordinate's wait of ~1/topk rounds: bounded, not growing.
     assert np.linalg.norm(without - target) / np.linalg.norm(target) > 0.9
     assert np.linalg.norm(sent - target) / np.linalg.norm(target) < 0.1
-    residual = feedback.residual
-    assert residual is not None
     assert np.linalg.norm(residual) < 3 / topk * np.linalg.norm(vector)
 
 
