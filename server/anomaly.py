@@ -41,13 +41,22 @@ clients, 2 attackers, dense updates, over 15 FedAvg rounds x 4 draws:
   0.00 (``simulations.bench_defenses``).
 
 **Accumulated evidence** (:class:`DirectionEvidence`) carries what one round saw into the rounds
-that see nothing: per client, Stouffer's combination ``Z = sum_t z_t / sqrt(T)`` of its
-direction z-scores over the ``T`` rounds in which the direction counted (a reference was given,
-or the consensus was significant), each ``z_t`` clipped to ``±EVIDENCE_CAP`` so that no single
-round decides alone. Under the null (an honest client whose round z-scores are roughly standard
-normal and independent across rounds) ``Z`` is roughly standard normal too; a client that
-reversed its update while there was signal keeps ``Z`` far below ``-EVIDENCE_Z`` for many rounds
-after (a client at ``-6`` for 7 rounds is still at ``-42 / sqrt(T)`` < -3 for ``T`` < 196).
+that see nothing: per client, the weighted Stouffer combination ``Z = sum_t w_t z_t /
+sqrt(sum_t w_t^2)`` of its direction z-scores over the rounds in which the direction counted (a
+reference was given, or the consensus was significant), each ``z_t`` clipped to
+``±EVIDENCE_CAP`` so that no single round decides alone. The weight ``w_t`` is the round's
+``direction_weight``: the z-score a reversed copy of the round's median update would get,
+``2 max(median cosine, 0) / scale``. Weights proportional to the shift expected under the
+alternative are the most powerful for Stouffer's test (Whitlock 2005), and they keep the rounds
+in which the signal has faded (``w_t`` near 0, nothing to see) from diluting the rounds that saw
+something. The weights are the round's, the same for every client, so under the null (an honest
+client whose round z-scores are roughly standard normal and independent across rounds) ``Z`` is
+roughly standard normal whatever they are. A client that reversed its update while there was
+signal keeps ``Z`` far below ``-EVIDENCE_Z`` for many rounds after.
+
+Measured on MNIST (CNN, 10 IID clients, 2 sign-flip attackers, ε = 8, root set of 100, 6
+rounds): the unweighted sum (every ``w_t = 1``) left one attacker at ``Z = -2.5`` after being
+flagged in rounds 1-2 only, its z-scores in rounds 3-6 being noise.
 What it cannot see: an attacker that behaves while the signal is strong and attacks only once it
 has faded (its reversed updates are then as harmless as they are invisible), and it assumes
 honest clients are exchangeable: a client whose data differ persistently from the root set
@@ -114,6 +123,10 @@ class AnomalyScore:
         consensus_z: Robust z-score of ``consensus``; large negative = against the others.
         direction_counts: Whether ``consensus_z`` carries evidence this round (a reference was
             given, or the consensus of the others was significant); when not, it is 0.
+        direction_weight: How much this round's direction can see, the same for every update
+            of the round: the ``consensus_z`` a reversed copy of the round's median update would
+            get (``2 max(median consensus, 0) / scale``, >= 0). :class:`DirectionEvidence`
+            weighs the round by it.
 
     """
 
@@ -122,6 +135,7 @@ class AnomalyScore:
     consensus: float
     consensus_z: float
     direction_counts: bool = False
+    direction_weight: float = 1.0
 
 
 def _stack(deltas: Mapping[int, npt.ArrayLike]) -> tuple[list[int], FloatArray]:
@@ -139,11 +153,16 @@ def _stack(deltas: Mapping[int, npt.ArrayLike]) -> tuple[list[int], FloatArray]:
     return ids, matrix
 
 
+def robust_location_scale(values: FloatArray, *, floor: float) -> tuple[float, float]:
+    """Return ``(median, max(1.4826 * MAD, floor))``: a centre and spread outliers cannot bend."""
+    median = float(np.median(values))
+    mad = float(np.median(np.abs(values - median)))
+    return median, max(_MAD_TO_SIGMA * mad, floor)
+
+
 def robust_z(values: FloatArray, *, floor: float) -> FloatArray:
     """Return ``(values - median) / max(1.4826 * MAD, floor)``, z-scores outliers cannot bend."""
-    median = np.median(values)
-    mad = float(np.median(np.abs(values - median)))
-    scale = max(_MAD_TO_SIGMA * mad, floor)
+    median, scale = robust_location_scale(values, floor=floor)
     return np.asarray((values - median) / scale, dtype=np.float64)
 
 
@@ -219,13 +238,18 @@ def score_updates(
         cosines, counts = consensus_cosines(units)
     else:
         cosines, counts = zeros, False
+    weight = 0.0
     if n < MIN_UPDATES:
         norm_z, cons_z = zeros, zeros
     else:
         tiny = np.finfo(np.float64).tiny
         log_norms = np.log(np.maximum(norms, tiny))
         norm_z = robust_z(log_norms, floor=_MAD_TO_SIGMA * LOG_MAD_FLOOR)
-        cons_z = robust_z(cosines, floor=1.0 / math.sqrt(d)) if counts else zeros
+        cons_z = zeros
+        if counts:
+            centre, scale = robust_location_scale(cosines, floor=1.0 / math.sqrt(d))
+            cons_z = (cosines - centre) / scale
+            weight = 2.0 * max(centre, 0.0) / scale
     return {
         node: AnomalyScore(
             norm=float(norms[k]),
@@ -233,6 +257,7 @@ def score_updates(
             consensus=float(cosines[k]),
             consensus_z=float(cons_z[k]),
             direction_counts=bool(counts and n >= MIN_UPDATES),
+            direction_weight=weight,
         )
         for k, node in enumerate(ids)
     }
@@ -260,26 +285,29 @@ def flag_outliers(
 class DirectionEvidence:
     """Each client's direction z-scores accumulated across rounds (module docstring).
 
-    State is two numbers per node id, the clipped sum of its z-scores and the number of rounds
-    that counted; :meth:`to_json` and :meth:`from_json` carry it through a checkpoint.
+    State is two numbers per node id, the weighted sum ``sum_t w_t z_t`` of its clipped
+    z-scores and the sum ``sum_t w_t^2`` of the squared weights of the rounds that counted;
+    :meth:`to_json` and :meth:`from_json` carry it through a checkpoint. (Checkpoints written
+    before the weights held ``[sum, rounds]``: the same state with every ``w_t = 1``.)
     """
 
     def __init__(self) -> None:
         self._sums: dict[int, float] = {}
-        self._counts: dict[int, int] = {}
+        self._weights: dict[int, float] = {}
 
     def add(self, scores: Mapping[int, AnomalyScore]) -> None:
         """Add one round's direction z-scores of the updates whose direction counted."""
         for node, score in scores.items():
-            if score.direction_counts:
+            weight = score.direction_weight
+            if score.direction_counts and weight > 0 and math.isfinite(weight):
                 z = min(max(score.consensus_z, -EVIDENCE_CAP), EVIDENCE_CAP)
-                self._sums[node] = self._sums.get(node, 0.0) + z
-                self._counts[node] = self._counts.get(node, 0) + 1
+                self._sums[node] = self._sums.get(node, 0.0) + weight * z
+                self._weights[node] = self._weights.get(node, 0.0) + weight * weight
 
     def combined(self, node: int) -> float:
-        """Return Stouffer's ``Z`` of ``node`` (0 for a node with no counted round)."""
-        count = self._counts.get(node, 0)
-        return self._sums[node] / math.sqrt(count) if count else 0.0
+        """Return the weighted Stouffer ``Z`` of ``node`` (0 for a node with no counted round)."""
+        weights = self._weights.get(node, 0.0)
+        return self._sums[node] / math.sqrt(weights) if weights > 0 else 0.0
 
     def flagged(self, nodes: Iterable[int], *, threshold: float = EVIDENCE_Z) -> list[int]:
         """Return the sorted ``nodes`` whose ``Z`` is below ``-threshold``."""
@@ -288,26 +316,26 @@ class DirectionEvidence:
         return sorted(node for node in set(nodes) if self.combined(node) < -threshold)
 
     def to_json(self) -> dict[str, list[float]]:
-        """Return ``{"<node>": [sum, rounds]}``."""
-        return {str(n): [self._sums[n], float(self._counts[n])] for n in self._counts}
+        """Return ``{"<node>": [weighted sum, sum of squared weights]}``."""
+        return {str(n): [self._sums[n], self._weights[n]] for n in self._weights}
 
     @classmethod
     def from_json(cls, data: Mapping[str, object]) -> DirectionEvidence:
         """Rebuild from :meth:`to_json`'s output.
 
         Raises:
-            AnomalyError: An entry is not ``[finite sum, whole number of rounds >= 1]``.
+            AnomalyError: An entry is not ``[finite sum, finite weight > 0]``.
 
         """
         evidence = cls()
         for key, entry in data.items():
             if not (isinstance(entry, list | tuple) and len(entry) == 2):
-                raise AnomalyError(f"direction evidence of node {key} is not [sum, rounds]")
-            total, rounds = entry
+                raise AnomalyError(f"direction evidence of node {key} is not [sum, weight]")
+            total, weight = entry
             if type(total) not in (int, float) or not math.isfinite(total):
                 raise AnomalyError(f"direction evidence of node {key} has a non-finite sum")
-            if type(rounds) not in (int, float) or rounds < 1 or not float(rounds).is_integer():
-                raise AnomalyError(f"direction evidence of node {key} has a bad round count")
+            if type(weight) not in (int, float) or not (math.isfinite(weight) and weight > 0):
+                raise AnomalyError(f"direction evidence of node {key} has a bad weight")
             evidence._sums[int(key)] = float(total)
-            evidence._counts[int(key)] = int(rounds)
+            evidence._weights[int(key)] = float(weight)
         return evidence

@@ -259,9 +259,11 @@ class FedveilStrategy(Strategy):
             self.outcome.scores = score_updates(deltas, reference=reference)
             self.evidence.add(self.outcome.scores)
             if log.isEnabledFor(logging.DEBUG):
+                weight = next(iter(self.outcome.scores.values())).direction_weight
                 log.debug(
-                    "round %d: direction z %s",
+                    "round %d: direction weight %.2f, z %s",
                     server_round,
+                    weight,
                     {n: round(sc.consensus_z, 2) for n, sc in self.outcome.scores.items()},
                 )
             flagged = set(flag_outliers(self.outcome.scores))

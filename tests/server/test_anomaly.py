@@ -285,8 +285,13 @@ def test_root_set_reference_and_evidence_catch_sign_flips_at_the_default_privacy
 # ------------------------------------------------------------------- accumulated evidence
 
 
-def _scores(z: dict[int, float], counts: bool = True) -> dict[int, AnomalyScore]:
-    return {n: AnomalyScore(1.0, 0.0, 0.0, v, direction_counts=counts) for n, v in z.items()}
+def _scores(
+    z: dict[int, float], counts: bool = True, weight: float = 1.0
+) -> dict[int, AnomalyScore]:
+    return {
+        n: AnomalyScore(1.0, 0.0, 0.0, v, direction_counts=counts, direction_weight=weight)
+        for n, v in z.items()
+    }
 
 
 def test_evidence_keeps_a_client_that_reversed_while_there_was_signal() -> None:
@@ -319,6 +324,50 @@ def test_one_extreme_round_is_capped_and_rounds_without_direction_do_not_count()
     assert evidence.flagged([1, 2, 3]) == []
 
 
+def test_rounds_that_see_more_weigh_more() -> None:
+    # Client 1 reversed its update in a round that could see it (weight 5), then sent noise in
+    # four rounds that could see little (weight 0.5). Unweighted, the noise would dilute the
+    # evidence to (-6 + 4) / sqrt(5) = -0.9; weighted it stays (-30 + 2) / sqrt(26).
+    evidence = DirectionEvidence()
+    evidence.add(_scores({1: -6.0, 2: 0.3}, weight=5.0))
+    for _ in range(4):
+        evidence.add(_scores({1: 1.0, 2: -1.0}, weight=0.5))
+    evidence.add(_scores({1: 6.0, 2: 6.0}, weight=0.0))
+
+    assert evidence.combined(1) == pytest.approx(-28.0 / np.sqrt(26.0))
+    assert evidence.combined(2) == pytest.approx((1.5 - 2.0) / np.sqrt(26.0))
+    assert evidence.flagged([1, 2]) == [1]
+
+
+def test_the_round_weight_is_the_z_of_a_reversed_median_update(default_round: np.ndarray) -> None:
+    rng = np.random.default_rng(3)
+    reference = rng.normal(size=default_round.shape[1])
+    signal = 0.05 * np.linalg.norm(default_round[0]) * reference / np.linalg.norm(reference)
+    updates = {i: default_round[i] + signal for i in range(NUM_CLIENTS)}
+    scores = score_updates(updates, reference=reference)
+    cosines = np.array([s.consensus for s in scores.values()])
+    middle = int(np.argsort(cosines)[NUM_CLIENTS // 2])
+
+    reversed_middle = score_updates(updates | {middle: -updates[middle]}, reference=reference)
+
+    weights = {s.direction_weight for s in scores.values()}
+    assert len(weights) == 1 and weights.pop() > 3.0
+    # Reversing one update moves the median a little, so the two agree to ~10 %.
+    assert reversed_middle[middle].consensus_z == pytest.approx(
+        -scores[middle].direction_weight, rel=0.15
+    )
+
+
+def test_a_round_of_pure_noise_has_no_direction_weight(default_round: np.ndarray) -> None:
+    scores = score_updates({i: default_round[i] for i in range(NUM_CLIENTS)})
+    assert all(s.direction_weight == 0.0 and not s.direction_counts for s in scores.values())
+
+
+def test_evidence_from_before_the_weights_loads_as_unit_weights() -> None:
+    evidence = DirectionEvidence.from_json({"4": [-9.0, 3]})
+    assert evidence.combined(4) == pytest.approx(-9.0 / np.sqrt(3.0))
+
+
 def test_evidence_round_trips_through_json() -> None:
     evidence = DirectionEvidence()
     evidence.add(_scores({5: -2.0, 9: 1.5}))
@@ -338,7 +387,8 @@ def test_evidence_round_trips_through_json() -> None:
         {"1": "x"},
         {"1": [float("nan"), 1.0]},
         {"1": [1.0, 0.0]},
-        {"1": [1.0, 1.5]},
+        {"1": [1.0, -2.0]},
+        {"1": [1.0, float("inf")]},
         {"1": [True, 1.0]},
     ],
 )
