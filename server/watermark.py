@@ -308,9 +308,10 @@ def embed_watermark(
     ``max_steps`` steps, stopping as soon as the trigger accuracy reaches ``target_accuracy``
     (checked before each step, so an already watermarked model is left untouched). WAFFLE uses
     the trigger set alone; with ``clean`` (images ``(m, C, H, W)``, labels ``(m,)``: the
-    server's root set, never client data) each step adds the clean examples' cross-entropy, so
-    the steps that teach the triggers are also held to the main task (the usual remedy for
-    WAFFLE's accuracy cost). Deterministic.
+    server's root set, never client data) each step adds the clean examples' cross-entropy and
+    the KL divergence of the model's outputs on them from its outputs before the embedding, so
+    the steps that teach the triggers are held both to the main task and to the function the
+    clients trained (either alone cost more on one of digits and MNIST). Deterministic.
 
     Raises:
         WatermarkError: Out-of-domain ``max_steps``, ``target_accuracy`` or ``lr``.
@@ -325,13 +326,16 @@ def embed_watermark(
     was_training = model.training
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
     accuracy = trigger_accuracy(model, trigger)
+    anchor = None if clean is None or accuracy >= target_accuracy else _log_probs(model, clean[0])
     steps = 0
     while accuracy < target_accuracy and steps < max_steps:
         model.train()
         optimizer.zero_grad(set_to_none=True)
         loss = nn.functional.cross_entropy(model(trigger.images), trigger.labels)
-        if clean is not None:
-            loss = loss + nn.functional.cross_entropy(model(clean[0]), clean[1])
+        if clean is not None and anchor is not None:
+            outputs = nn.functional.log_softmax(model(clean[0]), dim=1)
+            drift = nn.functional.kl_div(outputs, anchor, log_target=True, reduction="batchmean")
+            loss = loss + nn.functional.nll_loss(outputs, clean[1]) + drift
         torch.autograd.backward(loss)
         optimizer.step()
         steps += 1
@@ -340,6 +344,16 @@ def embed_watermark(
     model.zero_grad(set_to_none=True)
     log.debug("watermark: %d embedding steps, trigger accuracy %.3f", steps, accuracy)
     return accuracy
+
+
+@torch.no_grad()
+def _log_probs(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    was_training = model.training
+    model.eval()
+    try:
+        return nn.functional.log_softmax(model(images), dim=1)
+    finally:
+        model.train(was_training)
 
 
 def binomial_p_value(correct: int, total: int, chance: float) -> float:

@@ -282,6 +282,37 @@ def test_clean_root_examples_hold_the_main_task_while_embedding() -> None:
     assert accuracy[True] > accuracy[False]
 
 
+def test_clean_examples_hold_the_outputs_from_before_the_embedding() -> None:
+    # Besides their labels, the clean examples anchor the function the clients trained: on
+    # them the embedded model's outputs stay close to the pre-embedding ones. Measured: KL
+    # drift 0.36 without clean examples, 0.07 with their cross-entropy alone, 0.03 with the
+    # anchor as well, so the bound below fails if the anchor is dropped.
+    data = load_data("digits", "", 0, 0.2)
+    root, _ = split_held_out(len(data.test), 100, 0)
+    images, labels = data.tensors(data.test, root)
+    x, y = data.tensors(data.train)
+    trigger = TriggerSet.from_key(KEY, (1, 8, 8), 10)
+    trained = create_model("mlp", 10, seed=0)
+    fine_tune(trained, x, y, 8, 0.1)
+    with torch.no_grad():
+        before = torch.log_softmax(trained(images), dim=1)
+    drift = {}
+    for held in (False, True):
+        model = create_model("mlp", 10, seed=0)
+        load_state(model, state_of(trained))
+        reached = embed_watermark(
+            model, trigger, max_steps=300, clean=(images, labels) if held else None
+        )
+        assert reached >= TARGET_ACCURACY
+        with torch.no_grad():
+            after = torch.log_softmax(model(images), dim=1)
+        drift[held] = float(
+            nn.functional.kl_div(after, before, log_target=True, reduction="batchmean")
+        )
+
+    assert drift[True] < 0.15 * drift[False], drift
+
+
 def _verdict_after(
     model: nn.Module, state: dict[str, np.ndarray], trigger: TriggerSet, classes: int, name: str
 ) -> float:
