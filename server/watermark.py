@@ -44,7 +44,10 @@ digits are worth more than they cost). The anchor alone did make the MNIST mark 
 remove: after the lr-0.05 fine-tune it was detected in 5 of 10 attacks (trigger accuracy
 0.09-0.54), against none of 14 attacks on five models embedded with the root labels'
 cross-entropy. Shrinking each embedding back along its path to the least step that still reaches
-the target halved the per-round cost but left the mark as easy to remove (0.13-0.17).
+the target halved the per-round cost but left the mark as easy to remove (0.13-0.17). With the
+cross-entropy weighted 0.25 next to the anchor: digits +0.67 points over 4 seeds, MNIST -0.4 on
+one, and the lr-0.05 fine-tune still removed it in 5 attacks of 5: so far any weight on the root
+labels keeps it removable, and the anchor alone is the lead.
 
 That removal is a known limit, not a bad draw: with the cross-entropy alone, over fine-tuning seeds
 0-4 the same model kept trigger accuracy 0.13-0.20 (p >= 2e-3), the thief losing 0.7-5.3 points.
