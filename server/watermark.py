@@ -88,7 +88,7 @@ import os
 import secrets
 import stat
 import struct
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -292,14 +292,21 @@ def trigger_accuracy(model: nn.Module, trigger: TriggerSet) -> float:
     return _correct(model, trigger) / len(trigger)
 
 
-@torch.no_grad()
-def _correct(model: nn.Module, trigger: TriggerSet) -> int:
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Run ``model`` in eval mode and restore its previous mode after."""
     was_training = model.training
     model.eval()
     try:
-        return int((model(trigger.images).argmax(dim=1) == trigger.labels).sum())
+        yield model
     finally:
         model.train(was_training)
+
+
+@torch.no_grad()
+def _correct(model: nn.Module, trigger: TriggerSet) -> int:
+    with _eval_mode(model):
+        return int((model(trigger.images).argmax(dim=1) == trigger.labels).sum())
 
 
 def embed_watermark(
@@ -357,12 +364,8 @@ def embed_watermark(
 
 @torch.no_grad()
 def _log_probs(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    was_training = model.training
-    model.eval()
-    try:
+    with _eval_mode(model):
         return nn.functional.log_softmax(model(images), dim=1)
-    finally:
-        model.train(was_training)
 
 
 def binomial_p_value(correct: int, total: int, chance: float) -> float:

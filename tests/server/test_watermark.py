@@ -6,6 +6,7 @@ import json
 import os
 import stat
 import struct
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -260,55 +261,72 @@ def test_embedding_stops_at_the_target_and_within_the_step_budget() -> None:
     assert all(np.array_equal(settled[k], v) for k, v in state_of(model).items())
 
 
-def test_clean_root_examples_hold_the_main_task_while_embedding() -> None:
-    # Embedding into a trained model in one go is the hard case (it costs most accuracy):
-    # with the server's clean root examples mixed into every step, it costs less.
+@dataclass(frozen=True)
+class RootEmbeddings:
+    """A trained digits MLP, its root set, and the model embedded into without and with it."""
+
+    trained: nn.Module
+    root: tuple[torch.Tensor, torch.Tensor]
+    rest: tuple[torch.Tensor, torch.Tensor]
+    embedded: dict[bool, nn.Module]
+    reached: dict[bool, float]
+
+
+@pytest.fixture(scope="module")
+def root_embeddings() -> RootEmbeddings:
+    # Embedding into a trained model in one go is the hard case (it costs most accuracy).
     data = load_data("digits", "", 0, 0.2)
     root, rest = split_held_out(len(data.test), 100, 0)
     x, y = data.tensors(data.train)
-    x_rest, y_rest = data.tensors(data.test, rest)
     trigger = TriggerSet.from_key(KEY, (1, 8, 8), 10)
     trained = create_model("mlp", 10, seed=0)
     fine_tune(trained, x, y, 8, 0.1)
-    accuracy = {}
+    clean = data.tensors(data.test, root)
+    embedded, reached = {}, {}
     for mixed in (False, True):
         model = create_model("mlp", 10, seed=0)
         load_state(model, state_of(trained))
-        clean = data.tensors(data.test, root) if mixed else None
-        reached = embed_watermark(model, trigger, max_steps=300, clean=clean)
-        assert reached >= TARGET_ACCURACY
-        accuracy[mixed] = _accuracy(model, x_rest, y_rest)
+        reached[mixed] = embed_watermark(
+            model, trigger, max_steps=300, clean=clean if mixed else None
+        )
+        embedded[mixed] = model
+    return RootEmbeddings(trained, clean, data.tensors(data.test, rest), embedded, reached)
+
+
+def test_clean_root_examples_hold_the_main_task_while_embedding(
+    root_embeddings: RootEmbeddings,
+) -> None:
+    # With the server's clean root examples mixed into every step, embedding costs less.
+    assert all(r >= TARGET_ACCURACY for r in root_embeddings.reached.values())
+    accuracy = {
+        mixed: _accuracy(model, *root_embeddings.rest)
+        for mixed, model in root_embeddings.embedded.items()
+    }
 
     assert accuracy[True] > accuracy[False]
 
 
-def test_clean_examples_hold_the_outputs_from_before_the_embedding() -> None:
+def test_clean_examples_hold_the_outputs_from_before_the_embedding(
+    root_embeddings: RootEmbeddings,
+) -> None:
     # Besides their labels, the clean examples anchor the function the clients trained: on
     # them the embedded model's outputs stay close to the pre-embedding ones. Measured: KL
     # drift 0.36 without clean examples, 0.07 with their cross-entropy alone, 0.03 with the
     # anchor as well, so the bound below fails if the anchor is dropped.
-    data = load_data("digits", "", 0, 0.2)
-    root, _ = split_held_out(len(data.test), 100, 0)
-    images, labels = data.tensors(data.test, root)
-    x, y = data.tensors(data.train)
-    trigger = TriggerSet.from_key(KEY, (1, 8, 8), 10)
-    trained = create_model("mlp", 10, seed=0)
-    fine_tune(trained, x, y, 8, 0.1)
+    images = root_embeddings.root[0]
     with torch.no_grad():
-        before = torch.log_softmax(trained(images), dim=1)
-    drift = {}
-    for held in (False, True):
-        model = create_model("mlp", 10, seed=0)
-        load_state(model, state_of(trained))
-        reached = embed_watermark(
-            model, trigger, max_steps=300, clean=(images, labels) if held else None
-        )
-        assert reached >= TARGET_ACCURACY
-        with torch.no_grad():
-            after = torch.log_softmax(model(images), dim=1)
-        drift[held] = float(
-            nn.functional.kl_div(after, before, log_target=True, reduction="batchmean")
-        )
+        before = torch.log_softmax(root_embeddings.trained(images), dim=1)
+        drift = {
+            held: float(
+                nn.functional.kl_div(
+                    torch.log_softmax(model(images), dim=1),
+                    before,
+                    log_target=True,
+                    reduction="batchmean",
+                )
+            )
+            for held, model in root_embeddings.embedded.items()
+        }
 
     assert drift[True] < 0.15 * drift[False], drift
 
