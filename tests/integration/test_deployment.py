@@ -281,13 +281,34 @@ def test_server_killed_after_round_two_resumes_with_continuous_privacy(
     assert not (federation.keep / "pids.json").exists()
 
 
-def _running_clientapp(federation: Federation, name: str) -> bool:
+def _training_unanswered(federation: Federation, name: str, partition: int) -> bool:
+    """Whether a node's ClientApp is training the next round and has not replied yet.
+
+    Only a ClientApp started after the last round was recorded can be training the next one (an
+    earlier one may still be exiting after its reply; the server sends a round only after it
+    records the one before), and a client charges a round to its own ledger before replying, so
+    a round it has not charged is one it has not answered.
+    """
+    metrics = federation.run / "metrics.jsonl"
     pid, start = federation.pids().get(name, (0, 0))
-    for member, _ in process_tree(pid, start) if pid else []:
+    if not pid or not metrics.exists():
+        return False
+    ticks = os.sysconf("SC_CLK_TCK")
+    recorded_at = (  # the last row's write, in the clock of /proc/<pid>/stat start times
+        time.clock_gettime(time.CLOCK_BOOTTIME) - (time.time() - metrics.stat().st_mtime)
+    ) * ticks
+    started_since = False
+    for member, member_start in process_tree(pid, start):
         with contextlib.suppress(OSError):
-            if b"flwr-clientapp" in Path(f"/proc/{member}/cmdline").read_bytes():
-                return True
-    return False
+            if (
+                member_start > recorded_at
+                and b"flwr-clientapp" in Path(f"/proc/{member}/cmdline").read_bytes()
+            ):
+                started_since = True
+    in_progress = len(federation.rows()) + 1
+    return (
+        started_since and in_progress not in _client_states(federation.run, 3)[partition]["rounds"]
+    )
 
 
 def test_supernode_killed_mid_round_is_restarted_and_its_epsilon_continues(
@@ -303,10 +324,12 @@ def test_supernode_killed_mid_round_is_restarted_and_its_epsilon_continues(
         "--config",
         "quick",
         "--set",
-        "round-timeout=300",
+        "round-timeout=120",
     )
     federation.until("round 1", lambda: len(federation.rows()) >= 1, 600)
-    federation.until("node 2 training", lambda: _running_clientapp(federation, "supernode-2"), 300)
+    federation.until(
+        "node 2 training", lambda: _training_unanswered(federation, "supernode-2", 2), 300
+    )
     killed_in = len(federation.rows()) + 1
     before = _client_states(federation.run, 3)[2]
     old_pid = federation.pids()["supernode-2"]
