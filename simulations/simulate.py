@@ -19,6 +19,7 @@ from server.aggregation import build_aggregator
 from server.app import build_server_app
 from server.federation import FederationResult, sample_size
 from server.planning import check_budget_allows_a_round, expected_rounds, plan_client
+from server.root_set import split_held_out
 from server.rundir import RoundRecord, RunDirectory, RunDirError, new_run_id
 from simulations.progress import RoundProgress, privacy_table, summary_table
 
@@ -26,8 +27,9 @@ log = logging.getLogger(__name__)
 
 
 def check_inputs(config: FedveilConfig) -> None:
-    """Load the data and make the split once, so bad input fails before anything starts."""
-    load_data(config.dataset, config.data_dir, config.seed, config.test_fraction)
+    """Load the data and make the splits once, so bad input fails before anything starts."""
+    data = load_data(config.dataset, config.data_dir, config.seed, config.test_fraction)
+    split_held_out(len(data.test), config.robust_root_examples, config.seed)
     spec = PartitionSpec(
         config.partitioning, config.sim_clients, config.seed, config.dirichlet_alpha
     )

@@ -25,6 +25,7 @@ from tests.conftest import REPO
         (["dataset=mnist"], "data-dir"),
         (["codec.bits=12"], "codec.bits"),
         (["faults.tamper=0.6", "faults.replay=0.6"], "faults"),
+        (["robust.root-examples=100000"], "robust.root-examples"),
         (["seed"], "KEY=VALUE"),
     ],
 )
