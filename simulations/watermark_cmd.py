@@ -52,6 +52,8 @@ def cmd_watermark_verify(args: argparse.Namespace) -> int:
         return EXIT_ERROR
     state = "detected" if verdict.detected else "not detected"
     print(
-        f"trigger accuracy {verdict.accuracy:.4f}  p-value {verdict.p_value:.3g}  watermark {state}"
+        f"trigger accuracy {verdict.accuracy:.4f} ({verdict.correct}/{verdict.total})  "
+        f"binomial p {verdict.binomial_p:.3g}  score p {verdict.score_p:.3g}  "
+        f"p-value {verdict.p_value:.3g}  watermark {state}"
     )
     return EXIT_DETECTED if verdict.detected else EXIT_NOT_DETECTED
