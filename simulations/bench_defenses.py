@@ -105,7 +105,7 @@ class WatermarkCost:
 
 @dataclass(frozen=True)
 class WatermarkRow:
-    """Trigger accuracy and p-value of the watermarked model after one transformation."""
+    """Trigger accuracy and joint p-value (``WatermarkVerdict.p_value``) after one transform."""
 
     dataset: str
     transform: str
@@ -370,8 +370,8 @@ def cost_table(rows: list[WatermarkCost]) -> Table:
 
 def watermark_table(rows: list[WatermarkRow]) -> Table:
     """Render the watermark results."""
-    table = Table(title="Watermark: main accuracy, trigger accuracy, p-value")
-    for col in ("data", "model", "main accuracy", "trigger accuracy", "p-value", "detected"):
+    table = Table(title="Watermark: main accuracy, trigger accuracy, joint p-value")
+    for col in ("data", "model", "main accuracy", "trigger accuracy", "joint p", "detected"):
         table.add_column(col, justify="right")
     for r in rows:
         table.add_row(
