@@ -56,8 +56,10 @@ remove: after the lr-0.05 fine-tune it was detected in 5 of 10 attacks (trigger 
 cross-entropy. Shrinking each embedding back along its path to the least step that still reaches
 the target halved the per-round cost but left the mark as easy to remove (0.13-0.17). With the
 cross-entropy weighted 0.25 next to the anchor: digits +0.67 points over 4 seeds, MNIST -0.4 on
-one, and the lr-0.05 fine-tune still removed it in 5 attacks of 5: so far any weight on the root
-labels keeps it removable, and the anchor alone is the lead.
+one, and the lr-0.05 fine-tune still removed it in 5 attacks of 5 (binomial count). Judged by
+the joint p-value, the anchor alone does no better than both terms: two MNIST runs, ten lr-0.05
+fine-tuning seeds each, detected in 10 of 20 (cost -0.2 and +1.0 points), the same share as
+with both terms.
 
 That removal is a known limit, not a bad draw: with the cross-entropy alone, over fine-tuning seeds
 0-4 the same model kept trigger accuracy 0.13-0.20 (p >= 2e-3), the thief losing 0.7-5.3 points.
