@@ -24,7 +24,7 @@ def add_watermark_parser(sub: Any) -> None:
     wm_sub = wm.add_subparsers(dest="watermark_command", required=True)
     verify = wm_sub.add_parser(
         "verify",
-        help="trigger-set accuracy and binomial p-value; exit 0 detected, 1 not, 2 error",
+        help="trigger-set accuracy and p-values; exit 0 detected, 1 not, 2 error",
     )
     verify.add_argument("model", type=Path, metavar="MODEL", help="a model.safetensors file")
     verify.add_argument("--key", type=Path, required=True, help="the run's watermark.key")
@@ -32,7 +32,7 @@ def add_watermark_parser(sub: Any) -> None:
         "--threshold",
         type=float,
         default=DETECTION_P,
-        help=f"largest p-value that counts as detected (default {DETECTION_P:g})",
+        help=f"largest joint p-value that counts as detected (default {DETECTION_P:g})",
     )
 
 
