@@ -134,11 +134,14 @@ def _contract(run: Path) -> None:
     assert done.returncode == 0, done.stdout
 
 
+def _client_state(run: Path, partition: int) -> dict[str, Any]:
+    doc = json.loads((run / "client-state" / f"partition-{partition}" / "privacy.json").read_text())
+    assert isinstance(doc, dict)
+    return doc
+
+
 def _client_states(run: Path, nodes: int) -> list[dict[str, Any]]:
-    return [
-        json.loads((run / "client-state" / f"partition-{i}" / "privacy.json").read_text())
-        for i in range(nodes)
-    ]
+    return [_client_state(run, i) for i in range(nodes)]
 
 
 def _no_process_left(fed: Federation, recorded: dict[str, tuple[int, int]]) -> None:
@@ -306,9 +309,7 @@ def _training_unanswered(federation: Federation, name: str, partition: int) -> b
             ):
                 started_since = True
     in_progress = len(federation.rows()) + 1
-    return (
-        started_since and in_progress not in _client_states(federation.run, 3)[partition]["rounds"]
-    )
+    return started_since and in_progress not in _client_state(federation.run, partition)["rounds"]
 
 
 def test_supernode_killed_mid_round_is_restarted_and_its_epsilon_continues(
