@@ -46,6 +46,7 @@ from server.root_set import split_held_out
 from server.watermark import (
     KEY_FILE,
     TriggerSet,
+    WatermarkVerdict,
     add_gaussian_noise,
     fine_tune,
     load_state,
@@ -63,11 +64,11 @@ VARIANTS: dict[str, dict[str, Any]] = {name: {"aggregation": name} for name in A
 """Rows of the robustness table: each aggregator, and FedAvg of the updates not flagged."""
 ATTACKS = ("sign-flip", "scale")
 FINE_TUNE_LRS = (0.01, 0.02, 0.05)
-FINE_TUNE_SEEDS = 10
-"""Fine-tuning attacks per learning rate; their batch order differs (``fine_tune``'s seed)."""
 """Learning rates of the clean fine-tuning attack (plain SGD, batch 32, 2,000 training examples):
 on MNIST the first raises the marked model's accuracy, the last lowers it, and the middle one
 shows where between them the watermark gives way."""
+FINE_TUNE_SEEDS = 10
+"""Fine-tuning attacks per learning rate; their batch order differs (``fine_tune``'s seed)."""
 ROOT_EXAMPLES = 100
 """Server-held clean examples in every run (``robust.root-examples``)."""
 
@@ -119,8 +120,25 @@ class WatermarkRow:
     trigger_accuracy: float
     p_value: float
     detected: bool
-    attacks: int = 1
-    detections: int = 0
+    attacks: int
+    detections: int
+
+
+def _watermark_row(
+    dataset: str, transform: str, accuracies: list[float], verdicts: list[WatermarkVerdict]
+) -> WatermarkRow:
+    """Summarise the attacks of one transform (one or more) as a row."""
+    detections = sum(v.detected for v in verdicts)
+    return WatermarkRow(
+        dataset,
+        transform,
+        float(np.mean(accuracies)),
+        min(v.accuracy for v in verdicts),
+        max(v.p_value for v in verdicts),
+        detections == len(verdicts),
+        len(verdicts),
+        detections,
+    )
 
 
 def base_settings(dataset: str, data_dir: str, quick: bool, rounds: int | None) -> dict[str, Any]:
@@ -297,28 +315,22 @@ def watermark(
     }
     rows = []
     load_state(model, load_safetensors(plain / "model.safetensors", shapes))
-    verdict = verify_watermark(model, trigger)
     rows.append(
-        WatermarkRow(
+        _watermark_row(
             dataset,
             "no watermark (control)",
-            evaluator.evaluate(model).accuracy,
-            verdict.accuracy,
-            verdict.p_value,
-            verdict.detected,
+            [evaluator.evaluate(model).accuracy],
+            [verify_watermark(model, trigger)],
         )
     )
     for label, transform in transforms.items():
         load_state(model, transform(trained))
-        verdict = verify_watermark(model, trigger)
         rows.append(
-            WatermarkRow(
+            _watermark_row(
                 dataset,
                 label,
-                evaluator.evaluate(model).accuracy,
-                verdict.accuracy,
-                verdict.p_value,
-                verdict.detected,
+                [evaluator.evaluate(model).accuracy],
+                [verify_watermark(model, trigger)],
             )
         )
     for lr in FINE_TUNE_LRS:
@@ -328,19 +340,7 @@ def watermark(
             fine_tune(model, images, labels, epochs=3, lr=lr, seed=seed)
             accuracies.append(evaluator.evaluate(model).accuracy)
             verdicts.append(verify_watermark(model, trigger))
-        detections = sum(v.detected for v in verdicts)
-        rows.append(
-            WatermarkRow(
-                dataset,
-                f"fine-tune 3 epochs, lr {lr}",
-                float(np.mean(accuracies)),
-                min(v.accuracy for v in verdicts),
-                max(v.p_value for v in verdicts),
-                detections == FINE_TUNE_SEEDS,
-                FINE_TUNE_SEEDS,
-                detections,
-            )
-        )
+        rows.append(_watermark_row(dataset, f"fine-tune 3 epochs, lr {lr}", accuracies, verdicts))
     return rows
 
 
