@@ -136,3 +136,37 @@ def test_random_mask_updates_are_opened_by_a_server_that_was_not_told_the_mask(
         assert row["rejected"] == [] and len(row["clients"]) == 3
         # 20 % of the coordinates at 4 bits and a 16-byte seed: about a tenth of dense float32.
         assert row["bytes_sealed"] < row["bytes_dense"] / 8
+
+
+def test_a_watermarked_run_embeds_every_round_and_its_model_verifies(tmp_path: Path) -> None:
+    """The round loop embeds after each aggregation; the released model carries the mark."""
+    from server.watermark import KEY_FILE, TARGET_ACCURACY, generate_key, write_key
+
+    out = tmp_path / "marked"
+    done = _simulate(
+        out,
+        "sim.clients=3",
+        "num-server-rounds=2",
+        "watermark.enabled=true",
+        "robust.root-examples=50",
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    key = out / KEY_FILE
+    assert key.stat().st_mode & 0o777 == 0o600
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rows] == [1, 2]
+    assert all(r["watermark_accuracy"] >= TARGET_ACCURACY for r in rows)
+
+    other = tmp_path / "other.key"
+    write_key(other, generate_key())
+    verify = [sys.executable, "-m", "simulations.cli", "watermark", "verify"]
+    model = str(out / "model.safetensors")
+    for key_file, status in ((key, 0), (other, 1)):
+        done = subprocess.run(
+            [*verify, model, "--key", str(key_file)],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            check=False,
+        )
+        assert done.returncode == status, done.stdout + done.stderr
