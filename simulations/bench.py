@@ -67,12 +67,12 @@ from flwr.app import ConfigRecord, Context, Message
 from flwr.clientapp import ClientApp
 
 from common.config import ConfigError, FedveilConfig, load_toml, parse_assignment
+from simulations.processes import pss_bytes, rss_bytes, subtree
 
 VARIANTS = ("plain", "fedveil")
 MODES = ("hooks", "functorch", "ew", "ghost")
 STEP_MODELS = (("mlp", (1, 8, 8)), ("cnn", (1, 28, 28)))
 TRACE_RECORD = "fedveil-bench-trace"
-PAGE = os.sysconf("SC_PAGE_SIZE")
 
 QUICK = {"dataset": "digits", "sim.clients": 10, "num-server-rounds": 3}
 FULL = {"dataset": "digits", "sim.clients": 10, "num-server-rounds": 6}
@@ -86,55 +86,6 @@ class BenchError(RuntimeError):
 
 
 # ----------------------------------------------------------------------------- process memory
-
-
-def _children(pid: int) -> list[int]:
-    kids: list[int] = []
-    try:
-        tasks = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return kids
-    for task in tasks:
-        try:
-            with open(f"/proc/{pid}/task/{task}/children") as fh:
-                kids.extend(int(k) for k in fh.read().split())
-        except OSError:
-            continue
-    return kids
-
-
-def process_tree(root: int) -> list[int]:
-    """Return ``root`` and every descendant, from ``/proc/<pid>/task/*/children``."""
-    seen: list[int] = []
-    stack = [root]
-    while stack:
-        pid = stack.pop()
-        if pid in seen:
-            continue
-        seen.append(pid)
-        stack.extend(_children(pid))
-    return seen
-
-
-def rss_bytes(pid: int) -> int:
-    """Resident set size of one process from ``/proc/<pid>/statm`` (0 if it is gone)."""
-    try:
-        with open(f"/proc/{pid}/statm") as fh:
-            return int(fh.read().split()[1]) * PAGE
-    except (OSError, IndexError, ValueError):
-        return 0
-
-
-def pss_bytes(pid: int) -> int:
-    """Proportional set size from ``/proc/<pid>/smaps_rollup`` (0 if unreadable)."""
-    try:
-        with open(f"/proc/{pid}/smaps_rollup") as fh:
-            for line in fh:
-                if line.startswith("Pss:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError):
-        pass
-    return 0
 
 
 class TreeSampler:
@@ -157,7 +108,7 @@ class TreeSampler:
 
     def sample(self) -> None:
         """Take one sample of the tree."""
-        pids = process_tree(self.root)
+        pids = subtree(self.root)
         self.peak_rss = max(self.peak_rss, sum(rss_bytes(p) for p in pids))
         self.peak_pss = max(self.peak_pss, sum(pss_bytes(p) for p in pids))
         self.peak_processes = max(self.peak_processes, len(pids))

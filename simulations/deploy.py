@@ -65,6 +65,14 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from common.config import ConfigError, ConfigValue, FedveilConfig
+from simulations.processes import (
+    cmdline,
+    descendants,
+    live_processes,
+    peak_rss_kib,
+    process_tree,
+    start_time,
+)
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -371,101 +379,10 @@ def footprint_summary(samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 # ------------------------------------------------------------------------------ processes
 
 
-@dataclass(frozen=True)
-class ProcStat:
-    """The fields of ``/proc/<pid>/stat`` that identify a process and its place in the tree."""
-
-    ppid: int
-    pgrp: int
-    start: int
-    state: str
-
-    @property
-    def live(self) -> bool:
-        """Whether the process runs (a zombie has exited)."""
-        return self.state not in ("Z", "X")
-
-
-def proc_stat(pid: int) -> ProcStat | None:
-    """Return a process's ``ProcStat`` from ``/proc``, ``None`` if there is no such process."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = raw[raw.rindex(")") + 2 :].split()
-    return ProcStat(int(fields[1]), int(fields[2]), int(fields[19]), fields[0])
-
-
-def start_time(pid: int) -> int | None:
-    """Return a live, non-zombie process's start time (clock ticks since boot)."""
-    stat = proc_stat(pid)
-    return stat.start if stat is not None and stat.live else None
-
-
-def _live_processes() -> dict[int, ProcStat]:
-    table = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            stat = proc_stat(int(entry.name))
-            if stat is not None and stat.live:
-                table[int(entry.name)] = stat
-    return table
-
-
-def descendants(pid: int, procs: Mapping[int, ProcStat] | None = None) -> list[tuple[int, int]]:
-    """Return ``(pid, start time)`` of every live descendant of ``pid``, parents first."""
-    children: dict[int, list[tuple[int, int]]] = {}
-    for child, stat in (_live_processes() if procs is None else procs).items():
-        children.setdefault(stat.ppid, []).append((child, stat.start))
-    found: list[tuple[int, int]] = []
-    queue = [pid]
-    while queue:
-        for entry in children.get(queue.pop(0), []):
-            found.append(entry)
-            queue.append(entry[0])
-    return found
-
-
-def process_tree(leader: int, start: int) -> list[tuple[int, int]]:
-    """Return a session leader's process, its descendants and its group's members.
-
-    Group members count only if they started no earlier than the leader, so a process whose
-    pid happens to equal a vanished leader's is never included; a leader whose pid now belongs
-    to another process (another start time) contributes nothing but its old group.
-    """
-    tree: dict[int, int] = {}
-    if start_time(leader) == start:
-        tree[leader] = start
-        tree.update(descendants(leader))
-    for pid, stat in _live_processes().items():
-        if stat.pgrp == leader and pid != leader and stat.start >= start:
-            tree.setdefault(pid, stat.start)
-            tree.update(descendants(pid))
-    return list(tree.items())
-
-
 def _signal_if_same(pid: int, start: int, sig: int) -> None:
     if start_time(pid) == start:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, sig)
-
-
-def peak_rss_kib(pid: int) -> int | None:
-    """Return a process's peak resident set size so far (``VmHWM``, KiB)."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except OSError:
-        return ""
 
 
 @dataclass
@@ -642,7 +559,7 @@ class FootprintMonitor(threading.Thread):
 
     def _sample(self) -> None:
         seen: set[tuple[int, int]] = set()
-        procs = _live_processes()  # one scan of /proc per sample: this runs beside training
+        procs = live_processes()  # one scan of /proc per sample: this runs beside training
         for name, managed in list(self.table.procs.items()):
             if not name.startswith("supernode-"):
                 continue
@@ -650,7 +567,7 @@ class FootprintMonitor(threading.Thread):
                 rss = peak_rss_kib(pid)
                 if rss is None:
                     continue
-                command = _cmdline(pid)
+                command = cmdline(pid)
                 if "flwr-clientapp" in command:
                     key = (pid, start)
                     seen.add(key)

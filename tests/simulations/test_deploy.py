@@ -41,17 +41,16 @@ from simulations.deploy import (
     free_ports,
     node_config_arg,
     parse_run_id,
-    process_tree,
     run_flat,
     run_status,
     staged_pyproject,
-    start_time,
     stop_order,
     stop_tree,
     superlink_command,
     supernode_command,
     toml_lines,
 )
+from simulations.processes import process_tree, start_time
 
 BIN = Path("/venv/bin")
 DEFAULTS = FedveilConfig.from_flat({})
