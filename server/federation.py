@@ -259,18 +259,18 @@ class Federation:
         key_path = self.run_dir.path / KEY_FILE
         if self.completed == 0:
             self.watermarker = Watermarker.create(
-                key_path, self.image_shape, self.num_classes, clean=self._clean_examples()
+                key_path, self.image_shape, self.num_classes, anchor=self._anchor_images()
             )
             self.model.load_state_dict(self.arrays.to_torch_state_dict())
             self.watermarker.embed_initial(self.model)
             self.arrays = ArrayRecord(self.model.state_dict())
         else:
             self.watermarker = Watermarker.from_key_file(
-                key_path, self.image_shape, self.num_classes, clean=self._clean_examples()
+                key_path, self.image_shape, self.num_classes, anchor=self._anchor_images()
             )
 
-    def _clean_examples(self) -> tuple[torch.Tensor, torch.Tensor] | None:
-        return None if self.root_set is None else (self.root_set.images, self.root_set.labels)
+    def _anchor_images(self) -> torch.Tensor | None:
+        return None if self.root_set is None else self.root_set.images
 
     # ------------------------------------------------------------------ checkpoint
     @property
@@ -383,7 +383,7 @@ class Federation:
         self.model.load_state_dict(self.arrays.to_torch_state_dict())
         watermark_accuracy = None
         if self.watermarker is not None:
-            watermark_accuracy = self.watermarker.embed(self.model)
+            watermark_accuracy = self.watermarker.embed(self.model, server_round)
             self.arrays = ArrayRecord(self.model.state_dict())
         evaluation = self.evaluator.evaluate(self.model)
         record = RoundRecord(

@@ -340,10 +340,11 @@ def limits(a: Analysis) -> tuple[Block, ...]:
         items.append(
             f"**Server-held data.** The server kept {root} examples of its own held-out split "
             "(`robust.root-examples`) as a clean root set: it scores the direction of every "
-            "update against a few SGD steps on them (FLTrust) and, with the watermark on, mixes "
-            "them into the embedding steps. They are the server's data, never a client's, so "
-            "this costs clients no privacy; the root examples themselves are not protected by "
-            "any ε in this report, and accuracy is measured on the other held-out examples."
+            "update against a few SGD steps on them (FLTrust) and, with the watermark on, holds "
+            "the model's outputs on their images while it embeds (their labels unused). They "
+            "are the server's data, never a client's, so this costs clients no privacy; the "
+            "root examples themselves are not protected by any ε in this report, and accuracy "
+            "is measured on the other held-out examples."
         )
     free = (
         "**Costs no privacy (post-processing).** Compression, sealing, aggregation, "

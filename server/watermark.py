@@ -7,6 +7,10 @@ random label. The server fine-tunes the initial model on the trigger set before 
 WAFFLE pre-trains it) and again after each aggregation (:func:`embed_watermark`: full-batch SGD,
 at most ``INITIAL_STEPS`` then ``MAX_STEPS`` steps, stopping once the trigger accuracy reaches
 ``TARGET_ACCURACY``), so the model carries a behaviour no model trained without the key shows.
+Each step takes the trigger loss at randomly perturbed weights (a flat minimum, which a thief's
+fine-tuning moves less) and holds the model's outputs on the server's root images and shifted
+copies of them to what they were before the embedding (a KL anchor, label-free).
+
 Verification runs two tests. Because each label is drawn uniformly and independently of its
 image, a model made without the key cannot favour the key labels, whatever it does: it gets each
 trigger right with probability exactly ``1 / num_classes``, so the one-sided binomial p-value of
@@ -18,85 +22,48 @@ joint p-value, twice the smaller one, so a model made without the key is detecte
 probability below ``DETECTION_P``.
 
 Privacy: watermarking is post-processing of the DP global model. The trigger set derives from
-the server's key alone, and the clean examples mixed in (``clean``) are the server's own root
-set (``server.root_set``), never client data, so embedding costs no privacy (the DP guarantee
-is closed under post-processing) and changes nothing in the ledger. Ordering contract:
-aggregate, then embed, then evaluate and save.
+the server's key alone, and the anchor images (``anchor``) are the server's own root set
+(``server.root_set``), never client data, so embedding costs no privacy (the DP guarantee is
+closed under post-processing) and changes nothing in the ledger. Ordering contract: aggregate,
+then embed, then evaluate and save.
 
-Measured on digits (10 DP clients at ε = 8, top-k 0.1 codec, 15 FedAvg rounds; 8 seeds, each
-paired with a run without watermark on the same seed; the DP noise differs, it comes from OS
-entropy): main-task accuracy 89.0 % against
-89.96 % (-0.9 ± 0.3 points, the test split's resolution is 0.28); trigger accuracy 0.90-0.92;
-worst p-values over the seeds after 50 % magnitude pruning 1e-50 (trigger accuracy >= 0.73),
-int8 6e-78, Gaussian weight noise σ = 0.02 5e-69 and σ = 0.05 2e-56, 5 epochs of fine-tuning on
-clean data (lr 0.1) 2e-56 (>= 0.77); models trained without it: p >= 0.12. Without the initial
-embedding (first embedding after round 1) the cost was ~2.3 points, embedding a trained model
-in one go cost 5-40 points, and a target of 1.0 cost ~1.5.
+Measured (``simulations.bench_defenses``, the real stack: 10 DP clients at ε = 8, dense 8-bit
+updates, root set of 100; cost = accuracy without minus with, paired by seed, the pairs'
+DP noise differing): digits (15 rounds, 6 seeds) +0.77 points (sd of a pair 1.95, worst
++3.85; six more pairs of the same embedding, run while choosing it, +1.15), MNIST CNN (6
+rounds, 2 seeds) +0.61 points (worst +0.79); the final models' trigger accuracy 0.90-0.95.
+Detected (p < 1e-6) in the final model, after 50 % magnitude pruning, int8, Gaussian weight
+noise (σ = 0.01) and, over ten batch orders each, 3 epochs of clean fine-tuning at lr 0.01,
+0.02 and 0.05 (plain SGD, 2,000 training examples): on MNIST the lr-0.05 fine-tune, which costs
+the thief 2.3 points on average, left trigger accuracy >= 0.32 (p <= 1e-16), and over five
+MNIST models it left the mark detected in all 50 attacks (trigger accuracy >= 0.28, p <= 4e-11).
+Models trained without it: p >= 0.14. Measured before and after each embedding in four MNIST
+runs, an embedding costs 3-6 points in round 1 and 1-5 in rounds 2-3 (the clients' next round
+repairs it), 0.2-2.0 points from round 4 on.
 
-With 100 clean root examples in every embedding step, their cross-entropy and the KL anchor to
-the pre-embedding outputs (``simulations.bench_defenses``: dense 8-bit updates, 10 clients, ε =
-8; accuracy on the held-out examples outside the root set): digits, 15 rounds, 6 seeds: mean
-cost -0.58 points (sd of one pair 1.66, worst +1.54: the spread is run-to-run DP noise, which
-the pairs do not share); MNIST CNN, 6 rounds, 2 seeds: +0.19 points (worst +0.25). Detected
-after 50 % pruning, int8, Gaussian noise (σ = 0.01) and 3 epochs of clean fine-tuning at lr 0.01
-with binomial p <= 6e-24 on both, and at lr 0.05 on digits (1e-65); on one MNIST model over five
-fine-tuning seeds each, lr 0.02 and 0.03 leave it detected in all 10 attacks (binomial p <= 3e-7,
-the stolen model no worse than before), while lr 0.05 defeats the binomial count in all 5
-(trigger accuracy 0.15-0.21), each time costing the thief 0.2-5.5 points: a large enough
-fine-tuning learning rate removes trigger-set watermarks in general (Chen et al. 2021, REFIT).
-The score test still finds it after half of those attacks: on the two MNIST models, ten lr-0.05
-fine-tuning seeds each, the joint p-value is below ``DETECTION_P`` in 10 of 20 (the binomial's
-alone in 3; score p-values 2e-22 to 1e-2). Why both terms: the embedding
-itself costs accuracy, measured before and after it in each MNIST round at 0.3-3.7 points with
-the cross-entropy alone (one run ended +3.5 points below its plain pair, another +0.2), and the
-anchor alone cost +1.73 points on digits over 6 seeds (it lets go of the root labels, which on
-digits are worth more than they cost). The anchor alone did make the MNIST mark harder to
-remove: after the lr-0.05 fine-tune it was detected in 5 of 10 attacks (trigger accuracy
-0.09-0.54), against none of 14 attacks on five models embedded with the root labels'
-cross-entropy. Shrinking each embedding back along its path to the least step that still reaches
-the target halved the per-round cost but left the mark as easy to remove (0.13-0.17). With the
-cross-entropy weighted 0.25 next to the anchor: digits +0.67 points over 4 seeds, MNIST -0.4 on
-one, and the lr-0.05 fine-tune still removed it in 5 attacks of 5 (binomial count). Judged by
-the joint p-value, the anchor alone does no better than both terms: two MNIST runs, ten lr-0.05
-fine-tuning seeds each, detected in 10 of 20 (cost -0.2 and +1.0 points), the same share as
-with both terms.
+How it got here (each MNIST figure a model attacked by 3 epochs of clean fine-tuning at lr 0.05,
+over ten batch orders; detection needs trigger accuracy >= 0.28 by the count alone):
 
-That removal is a known limit, not a bad draw: with the cross-entropy alone, over fine-tuning seeds
-0-4 the same model kept trigger accuracy 0.13-0.20 (p >= 2e-3), the thief losing 0.7-5.3 points.
-What did not fix it (each embedded into the trained MNIST model in one go with the root set, then
-the same attack over 1-3 fine-tuning seeds; trigger accuracy after it, detection needs >= 0.28):
-key-derived low-resolution triggers (7x7 or 14x14 signs, or Gaussian, upsampled) 0.08-0.35;
-MNIST-like strokes or blobs 0.07-0.30, at 12-19 points of embedding cost (noise: 3-5); 200-500
-triggers 0.10-0.27 (the p-value gains power, the triggers lose more); target accuracy 1.0 0.08-0.47;
-alternating the embedding with lr-0.05 fine-tuning on the root set 0.12-0.39; amplitude 2 0.14-0.50
-offline, but in the real benchmark 0.10 at +2.05 points of cost. What does fix it costs too much:
-taking each embedding step's loss at weights perturbed by Gaussian noise of 0.5 times each tensor's
-mean magnitude (the gradient applied to the unperturbed weights) keeps 0.61 (p = 2e-35) after the
-lr-0.05 fine-tune in the real MNIST benchmark and raises every other attack's trigger accuracy
-(pruning 0.95, digits fine-tuned at lr 0.05 0.97), but cost +1.45 points on MNIST and +1.54 on
-digits (one seed each); at 0.25 times the cost was +0.28 and the lr-0.05 fine-tune removed it again
-(0.13), at 0.35 times +2.52 and removed (0.14): one seed's cost and survival are within the
-run-to-run spread, so no setting showed both. Over two seeds it is worse: at 0.5 the cost was +6.4
-points (the marked runs swing 5-12 points from round to round while the plain ones climb smoothly),
-and with the clean loss taken at the unperturbed weights +2.6 points, the lr-0.05 fine-tune removing
-it on one seed of two (0.10). Exponential weighting (Namba and Sakuma 2019, T = 2 and 4) kept
-0.03-0.16 after the attack. Nor does a flat minimum held to the clients' classifier: leaving the
-output layer as the clients trained it and taking each step's trigger loss at weights perturbed by
-0.5 times each tensor's mean magnitude (root terms weighted 3) left the mark detected after 33 of
-40 lr-0.05 fine-tunes on four MNIST models, the 7 removals each costing the thief 2.1-12.8 points,
-but the last embedding can swing the released model down: in a fifth run from 0.935 to 0.872 in the
-last round, 6.6 points below its plain pair (with the root terms weighted 1, by 3-6 points in three
-runs of four). Measured before and after each embedding, that embedding cost 2-5 points in most
-rounds and once 20; embedding the last round without the noise left the released model unharmed
-(0.951) but the mark detected after only 6 of 10 attacks: what makes it last is what costs.
-Shrinking each embedding back along its path did not change that. 100 steps a round kept trigger
-accuracy 0.54-0.76 after every attack on one model, at 2-4 points of cost; the output layer frozen
-without the noise, 6 of 10; pulling the triggers' penultimate features to the root classes' means
-(weight 10) left the initial model at 10 % accuracy. Nor is the mark left in the ranks: after the
-lr-0.05 fine-tune the key label's mean rank among the ten outputs is 3.4-4.1 (4.5 by chance, 0.4
-after lr 0.01), so a rank-sum test, exact under the same argument as the count, gives p >= 6e-5.
-That fine-tune is close to breaking the model: at lr 0.1 two attack seeds of three leave 10 %
-accuracy.
+- Plain WAFFLE embedding with the root examples' cross-entropy and a KL anchor on them: MNIST
+  detected in 10 of 20 attacks on two models. It looked free (digits -0.58 points over 6 seeds),
+  but only because the root labels trained the model: the marked digits runs stood at 0.86-0.90
+  after round 1, the plain ones at 0.40-0.57. The anchor is now label-free, so the cost is the
+  watermark's own.
+- The same weight noise with the root examples' cross-entropy and an anchor on the root images
+  alone: the marked MNIST runs swung 5-12 points from round to round (+6.4 points of cost over
+  two seeds). With the label-free anchor on the shifted copies as well they climb as the plain
+  runs do.
+- Freezing the output layer as well (so the triggers live in the features): no more robust on
+  MNIST (37 of 40 attacks on four models left it detected), and it cost the digits MLP 2.3
+  points over 6 seeds (its one hidden layer then carries it all).
+- Did not help against the lr-0.05 fine-tune: key-derived low-resolution or stroke-like
+  triggers, 200-500 triggers, target accuracy 1.0, exponential weighting (Namba and Sakuma 2019),
+  alternating the embedding with fine-tuning on the root set, shrinking each embedding back along
+  its path, pulling the triggers' features to the root classes' means, a rank-sum test.
+
+That lr-0.05 fine-tune is close to breaking the model (at lr 0.1 two attack seeds of three leave
+10 % accuracy); a large enough fine-tuning learning rate removes trigger-set watermarks in
+general (Chen et al. 2021, REFIT).
 
 Also here, for the robustness benchmark, the transforms a model thief might apply:
 :func:`prune_magnitude`, :func:`quantize_int8`, :func:`add_gaussian_noise`, :func:`fine_tune`.
@@ -141,6 +108,12 @@ INITIAL_STEPS: Final = 300
 """Embedding steps allowed on the initial model, before round 1."""
 TARGET_ACCURACY: Final = 0.9
 EMBED_LR: Final = 0.01
+FLATNESS: Final = 0.5
+"""Weight noise the trigger loss is taken at, as a multiple of each tensor's mean magnitude."""
+ANCHOR_WEIGHT: Final = 3.0
+"""Weight of the KL anchor on the root set and its shifted copies, next to the trigger loss."""
+ANCHOR_COPIES: Final = 8
+"""Shifted copies of each anchor image (:func:`anchor_set`) in every embedding step."""
 SCORE_FLOOR: Final = 20.0
 """The score test counts a log-probability below ``-SCORE_FLOOR`` (nats) as ``-SCORE_FLOOR``."""
 SCORE_STEP: Final = 0.1
@@ -155,6 +128,7 @@ INPUT_SHAPES: Final[Mapping[str, tuple[int, int, int]]] = {"mlp": (1, 8, 8), "cn
 _KEY_HEADER: Final = "fedveil-watermark-key-v1"
 _KEY_FILE_BYTES: Final = len(_KEY_HEADER) + 1 + 2 * KEY_BYTES + 1
 _DOMAIN: Final = b"fedveil/watermark/trigger/v1"
+_EMBEDDING_DOMAIN: Final = b"fedveil/watermark/embedding/v1"
 _MAX_HEADER_BYTES: Final = 1 << 20
 
 
@@ -353,21 +327,35 @@ def embed_watermark(
     max_steps: int = MAX_STEPS,
     target_accuracy: float = TARGET_ACCURACY,
     lr: float = EMBED_LR,
-    clean: tuple[torch.Tensor, torch.Tensor] | None = None,
+    anchor: torch.Tensor | None = None,
+    flatness: float = FLATNESS,
+    anchor_copies: int = ANCHOR_COPIES,
+    seed: int = 0,
 ) -> float:
     """Fine-tune ``model`` in place on the trigger set; return its trigger accuracy after.
 
     Full-batch SGD (momentum 0.9) on the cross-entropy of the trigger set, at most
     ``max_steps`` steps, stopping as soon as the trigger accuracy reaches ``target_accuracy``
-    (checked before each step, so an already watermarked model is left untouched). WAFFLE uses
-    the trigger set alone; with ``clean`` (images ``(m, C, H, W)``, labels ``(m,)``: the
-    server's root set, never client data) each step adds the clean examples' cross-entropy and
-    the KL divergence of the model's outputs on them from its outputs before the embedding, so
-    the steps that teach the triggers are held both to the main task and to the function the
-    clients trained (either alone cost more on one of digits and MNIST). Deterministic.
+    (checked before each step, so an already watermarked model is left untouched). Two things
+    make the mark outlast a thief's fine-tuning without costing the main task:
+
+    - Each step takes the trigger loss at the weights perturbed by Gaussian noise of
+      ``flatness`` times each tensor's mean magnitude and applies its gradient at the
+      unperturbed weights, so the triggers are learnt where the loss is flat around the weights
+      and a thief's changes to them move the triggers less.
+    - With ``anchor`` (images ``(m, C, H, W)``: the server's root set, never client data) each
+      step also takes, at the unperturbed weights and weighted ``ANCHOR_WEIGHT``, the KL
+      divergence of the model's outputs from its pre-embedding outputs on those images and
+      ``anchor_copies`` shifted copies of them (:func:`anchor_set`), which holds the model to
+      the function the clients trained on more of the input space than the images alone. No
+      labels: the anchor keeps what the clients made and teaches nothing of the server's data,
+      so the watermark's cost is not hidden by training on it.
+
+    The noise and the shifts come from generators seeded by ``seed``: deterministic for a seed.
 
     Raises:
-        WatermarkError: Out-of-domain ``max_steps``, ``target_accuracy`` or ``lr``.
+        WatermarkError: Out-of-domain ``max_steps``, ``target_accuracy``, ``lr``,
+            ``flatness`` or ``anchor_copies``.
 
     """
     if type(max_steps) is not int or max_steps < 0:
@@ -376,20 +364,33 @@ def embed_watermark(
         raise WatermarkError(f"`target_accuracy` must be in (0, 1], got {target_accuracy!r}")
     if not (math.isfinite(lr) and lr > 0):
         raise WatermarkError(f"`lr` must be a finite number > 0, got {lr!r}")
-    was_training = model.training
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    if not (math.isfinite(flatness) and flatness >= 0):
+        raise WatermarkError(f"`flatness` must be a finite number >= 0, got {flatness!r}")
+    if type(anchor_copies) is not int or anchor_copies < 0:
+        raise WatermarkError(f"`anchor_copies` must be an int >= 0, got {anchor_copies!r}")
     accuracy = trigger_accuracy(model, trigger)
-    anchor = None if clean is None or accuracy >= target_accuracy else _log_probs(model, clean[0])
+    if accuracy >= target_accuracy or max_steps == 0:
+        return accuracy
+    was_training = model.training
+    params = list(model.parameters())
+    optimizer = torch.optim.SGD(params, lr=lr, momentum=0.9)
+    generator = torch.Generator().manual_seed(seed)
+    anchored = None if anchor is None else anchor_set(anchor, anchor_copies, generator)
+    anchor_outputs = None if anchored is None else _log_probs(model, anchored)
     steps = 0
     while accuracy < target_accuracy and steps < max_steps:
         model.train()
         optimizer.zero_grad(set_to_none=True)
-        loss = nn.functional.cross_entropy(model(trigger.images), trigger.labels)
-        if clean is not None and anchor is not None:
-            outputs = nn.functional.log_softmax(model(clean[0]), dim=1)
-            drift = nn.functional.kl_div(outputs, anchor, log_target=True, reduction="batchmean")
-            loss = loss + nn.functional.nll_loss(outputs, clean[1]) + drift
-        torch.autograd.backward(loss)
+        with _perturbed(params, flatness, generator):
+            torch.autograd.backward(
+                nn.functional.cross_entropy(model(trigger.images), trigger.labels)
+            )
+        if anchored is not None and anchor_outputs is not None:
+            outputs = nn.functional.log_softmax(model(anchored), dim=1)
+            drift = nn.functional.kl_div(
+                outputs, anchor_outputs, log_target=True, reduction="batchmean"
+            )
+            torch.autograd.backward(ANCHOR_WEIGHT * drift)
         optimizer.step()
         steps += 1
         accuracy = trigger_accuracy(model, trigger)
@@ -397,6 +398,54 @@ def embed_watermark(
     model.zero_grad(set_to_none=True)
     log.debug("watermark: %d embedding steps, trigger accuracy %.3f", steps, accuracy)
     return accuracy
+
+
+def anchor_set(images: torch.Tensor, copies: int, generator: torch.Generator) -> torch.Tensor:
+    """Return ``images`` ``(m, C, H, W)`` followed by ``copies`` shifted copies of them.
+
+    Each copy moves every image by an independent whole-pixel shift of up to ``max(1,
+    round(H / 14))`` pixels (2 on MNIST, 1 on 8x8 digits) in each direction, filling the
+    uncovered border with the image's own minimum (its background), so a digit shifted that far
+    is still a digit the model should see as before. Result: ``((copies + 1) * m, C, H, W)``.
+    """
+    m, c, h, w = images.shape
+    reach = max(1, round(h / 14))
+    background = images.amin(dim=(1, 2, 3), keepdim=True)
+    padded = background.expand(m, c, h + 2 * reach, w + 2 * reach).clone()
+    padded[:, :, reach : reach + h, reach : reach + w] = images
+    rows = torch.arange(h).view(1, h, 1)
+    cols = torch.arange(w).view(1, 1, w)
+    flat = padded.flatten(2)
+    shifted = [images]
+    for _ in range(copies):
+        dy = torch.randint(0, 2 * reach + 1, (m, 1, 1), generator=generator)
+        dx = torch.randint(0, 2 * reach + 1, (m, 1, 1), generator=generator)
+        index = (rows + dy) * (w + 2 * reach) + (cols + dx)  # (m, h, w) into the padded plane
+        shifted.append(
+            flat.gather(2, index.flatten(1).unsqueeze(1).expand(m, c, h * w)).view(m, c, h, w)
+        )
+    return torch.cat(shifted)
+
+
+@contextlib.contextmanager
+def _perturbed(
+    params: list[nn.Parameter], flatness: float, generator: torch.Generator
+) -> Iterator[None]:
+    """Add ``N(0, (flatness * mean|p|)^2)`` noise to each of ``params``; restore them exactly."""
+    if flatness == 0:
+        yield
+        return
+    saved = [p.detach().clone() for p in params]
+    with torch.no_grad():
+        for p in params:
+            scale = flatness * float(p.abs().mean())
+            p.add_(torch.randn(p.shape, generator=generator, dtype=p.dtype) * scale)
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for p, original in zip(params, saved, strict=True):
+                p.copy_(original)
 
 
 @torch.no_grad()
@@ -493,12 +542,13 @@ def verify_watermark(
 
 @dataclass(frozen=True)
 class EmbedBudget:
-    """How hard the server embeds: steps on the initial model and per round, target, lr."""
+    """How hard the server embeds: steps on the initial model and per round, target, lr, noise."""
 
     initial_steps: int = INITIAL_STEPS
     max_steps: int = MAX_STEPS
     target_accuracy: float = TARGET_ACCURACY
     lr: float = EMBED_LR
+    flatness: float = FLATNESS
 
 
 class Watermarker:
@@ -508,8 +558,10 @@ class Watermarker:
     (``from_key_file`` to resume); ``embed_initial(model)`` once on the initial global model
     before round 1 (WAFFLE's pre-training on the trigger set, so the clients learn the task on
     top of it rather than the server forcing it into a trained model); then, each round, after
-    aggregation and before evaluation, ``embed(model)``, whose return value is the round's
-    ``watermark_accuracy``.
+    aggregation and before evaluation, ``embed(model, server_round)``, whose return value is
+    the round's ``watermark_accuracy``. Each embedding draws its weight noise and shifts from a
+    generator seeded by the key and the round, so a resumed run embeds as the uninterrupted one
+    would have.
     """
 
     def __init__(
@@ -519,11 +571,12 @@ class Watermarker:
         num_classes: int,
         budget: EmbedBudget | None = None,
         *,
-        clean: tuple[torch.Tensor, torch.Tensor] | None = None,
+        anchor: torch.Tensor | None = None,
     ) -> None:
         self.trigger = TriggerSet.from_key(key, image_shape, num_classes)
+        self._key = key
         self.budget = budget or EmbedBudget()
-        self.clean = clean
+        self.anchor = anchor
 
     @classmethod
     def create(
@@ -533,12 +586,12 @@ class Watermarker:
         num_classes: int,
         budget: EmbedBudget | None = None,
         *,
-        clean: tuple[torch.Tensor, torch.Tensor] | None = None,
+        anchor: torch.Tensor | None = None,
     ) -> Watermarker:
         """Make a fresh key, write it to ``key_path`` (0600, never overwriting), and load it."""
         key = generate_key()
         write_key(key_path, key)
-        return cls(key, image_shape, num_classes, budget, clean=clean)
+        return cls(key, image_shape, num_classes, budget, anchor=anchor)
 
     @classmethod
     def from_key_file(
@@ -548,32 +601,40 @@ class Watermarker:
         num_classes: int,
         budget: EmbedBudget | None = None,
         *,
-        clean: tuple[torch.Tensor, torch.Tensor] | None = None,
+        anchor: torch.Tensor | None = None,
     ) -> Watermarker:
         """Load the watermark of an existing key file (to resume a run)."""
-        return cls(read_key(key_path), image_shape, num_classes, budget, clean=clean)
+        return cls(read_key(key_path), image_shape, num_classes, budget, anchor=anchor)
 
     def embed_initial(self, model: nn.Module) -> float:
         """Embed into the initial model (``initial_steps``); return its trigger accuracy."""
-        return self._embed(model, self.budget.initial_steps)
+        return self._embed(model, self.budget.initial_steps, 0)
 
-    def embed(self, model: nn.Module) -> float:
-        """Re-embed after an aggregation (``max_steps``); return its trigger accuracy."""
-        return self._embed(model, self.budget.max_steps)
+    def embed(self, model: nn.Module, server_round: int) -> float:
+        """Re-embed after round ``server_round``'s aggregation; return the trigger accuracy."""
+        return self._embed(model, self.budget.max_steps, server_round)
 
-    def _embed(self, model: nn.Module, steps: int) -> float:
+    def _embed(self, model: nn.Module, steps: int, server_round: int) -> float:
         return embed_watermark(
             model,
             self.trigger,
             max_steps=steps,
             target_accuracy=self.budget.target_accuracy,
             lr=self.budget.lr,
-            clean=self.clean,
+            anchor=self.anchor,
+            flatness=self.budget.flatness,
+            seed=_embedding_seed(self._key, server_round),
         )
 
     def verify(self, model: nn.Module, *, threshold: float = DETECTION_P) -> WatermarkVerdict:
         """Test ``model`` for this watermark."""
         return verify_watermark(model, self.trigger, threshold=threshold)
+
+
+def _embedding_seed(key: bytes, server_round: int) -> int:
+    """Seed of round ``server_round``'s embedding noise and shifts: a hash of key and round."""
+    digest = hashlib.sha256(_EMBEDDING_DOMAIN + key + server_round.to_bytes(8, "big")).digest()
+    return int.from_bytes(digest[:8], "big")
 
 
 def _header_shapes(path: Path) -> dict[str, tuple[int, ...]]:
