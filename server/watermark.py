@@ -46,7 +46,7 @@ over ten batch orders; detection needs trigger accuracy >= 0.28 by the count alo
 
 - Plain WAFFLE embedding with the root examples' cross-entropy and a KL anchor on them: MNIST
   detected in 10 of 20 attacks on two models. It looked free (digits -0.58 points over 6 seeds),
-  but only because the root labels trained the model: the marked digits runs stood at 0.86-0.90
+  but only because the root labels trained the model: the marked digits runs stood at 0.81-0.90
   after round 1, the plain ones at 0.40-0.57. The anchor is now label-free, so the cost is the
   watermark's own.
 - The same weight noise with the root examples' cross-entropy and an anchor on the root images
