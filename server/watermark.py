@@ -375,8 +375,10 @@ def embed_watermark(
     params = list(model.parameters())
     optimizer = torch.optim.SGD(params, lr=lr, momentum=0.9)
     generator = torch.Generator().manual_seed(seed)
-    anchored = None if anchor is None else anchor_set(anchor, anchor_copies, generator)
-    anchor_outputs = None if anchored is None else _log_probs(model, anchored)
+    held = None
+    if anchor is not None:
+        anchored = anchor_set(anchor, anchor_copies, generator)
+        held = anchored, _log_probs(model, anchored)  # the images and their outputs to keep
     steps = 0
     while accuracy < target_accuracy and steps < max_steps:
         model.train()
@@ -385,11 +387,9 @@ def embed_watermark(
             torch.autograd.backward(
                 nn.functional.cross_entropy(model(trigger.images), trigger.labels)
             )
-        if anchored is not None and anchor_outputs is not None:
-            outputs = nn.functional.log_softmax(model(anchored), dim=1)
-            drift = nn.functional.kl_div(
-                outputs, anchor_outputs, log_target=True, reduction="batchmean"
-            )
+        if held is not None:
+            outputs = nn.functional.log_softmax(model(held[0]), dim=1)
+            drift = nn.functional.kl_div(outputs, held[1], log_target=True, reduction="batchmean")
             torch.autograd.backward(ANCHOR_WEIGHT * drift)
         optimizer.step()
         steps += 1

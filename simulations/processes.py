@@ -79,14 +79,15 @@ def process_tree(leader: int, start: int) -> list[tuple[int, int]]:
     pid happens to equal a vanished leader's is never included; a leader whose pid now belongs
     to another process (another start time) contributes nothing but its old group.
     """
+    procs = live_processes()  # one scan of /proc serves the leader and every group member
     tree: dict[int, int] = {}
-    if start_time(leader) == start:
+    if leader in procs and procs[leader].start == start:
         tree[leader] = start
-        tree.update(descendants(leader))
-    for pid, stat in live_processes().items():
+        tree.update(descendants(leader, procs))
+    for pid, stat in procs.items():
         if stat.pgrp == leader and pid != leader and stat.start >= start:
             tree.setdefault(pid, stat.start)
-            tree.update(descendants(pid))
+            tree.update(descendants(pid, procs))
     return list(tree.items())
 
 
