@@ -9,8 +9,6 @@ import numpy as np
 import torch
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 
-from client.attacks import UPDATE_ATTACKS, attacker_ids, flip_labels, poison_weights
-from client.faults import SimulatedDrop, inject_fault
 from client.privacy_state import ClientPrivacyState
 from client.sealed_reply import aggregator_key, remember_sealed, seal_trained_model
 from client.state_store import NodeState
@@ -24,6 +22,8 @@ from common.envelope import DPFacts
 from common.models import create_model, model_for
 from common.partition import PartitionSpec, cached_partitions
 from common.sealing import SealContext
+from simulations.adversary.attacks import UPDATE_ATTACKS, attacker_ids, flip_labels, poison_weights
+from simulations.adversary.faults import SimulatedDrop, inject_fault
 
 log = logging.getLogger(__name__)
 

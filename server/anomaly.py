@@ -38,7 +38,7 @@ clients, 2 attackers, dense updates, over 15 FedAvg rounds x 4 draws:
   within noise from round 8.
 * the same, in the full stack (``server.root_set`` reference, ``robust.root-examples = 100``)
   with the accumulated evidence below: sign-flip recall 1.00 in all 15 rounds, honest flags
-  0.00 (``simulations.bench_defenses``).
+  0.00 (``benchmarks.defenses``).
 
 **Accumulated evidence** (:class:`DirectionEvidence`) carries what one round saw into the rounds
 that see nothing: per client, the weighted Stouffer combination ``Z = sum_t w_t z_t /

@@ -40,10 +40,10 @@ from server.anomaly import (
     flag_outliers,
     score_updates,
 )
-from server.fault_plan import plan_faults
 from server.opening import UpdateOpener
 from server.rundir import Rejection
 from server.sampling import BudgetAwareSampler
+from simulations.adversary.fault_plan import plan_faults
 
 log = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ the server's key alone, and the anchor images (``anchor``) are the server's own 
 closed under post-processing) and changes nothing in the ledger. Ordering contract: aggregate,
 then embed, then evaluate and save.
 
-Measured (``simulations.bench_defenses``, the real stack: 10 DP clients at ε = 8, dense 8-bit
+Measured (``benchmarks.defenses``, the real stack: 10 DP clients at ε = 8, dense 8-bit
 updates, root set of 100; cost = accuracy without minus with, paired by seed, the pairs'
 DP noise differing): digits (15 rounds, 6 seeds) +0.77 points (sd of a pair 1.95, worst
 +3.85; six more pairs of the same embedding, run while choosing it, +1.15), MNIST CNN (6

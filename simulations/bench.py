@@ -67,7 +67,7 @@ from flwr.app import ConfigRecord, Context, Message
 from flwr.clientapp import ClientApp
 
 from common.config import ConfigError, FedveilConfig, load_toml, parse_assignment
-from simulations.processes import pss_bytes, rss_bytes, subtree
+from deployment.processes import pss_bytes, rss_bytes, subtree
 
 VARIANTS = ("plain", "fedveil")
 MODES = ("hooks", "functorch", "ew", "ghost")

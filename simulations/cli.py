@@ -20,7 +20,7 @@ from common.config import KEYS, ConfigError, FedveilConfig, load_toml, parse_ass
 from simulations.watermark_cmd import add_watermark_parser, cmd_watermark_verify
 
 if TYPE_CHECKING:
-    from simulations.deploy import RunOutcome
+    from deployment.federation import RunOutcome
 
 EXIT_USAGE = 2
 PRESETS = ("quick", "default", "scale")
@@ -153,7 +153,7 @@ def _add_keys_parser(sub: Any) -> None:
 
 def _finish(run_path: Path, stopped_reason: str | None, console: Console) -> None:
     """Write the run's report, say why it stopped early if it did, print the run directory."""
-    from server.report import write_report
+    from report.write import write_report
 
     report = write_report(run_path)
     if stopped_reason:
@@ -174,7 +174,7 @@ def cmd_simulate(args: argparse.Namespace, console: Console) -> int:
 
 def cmd_report(args: argparse.Namespace, console: Console) -> int:
     """Run ``fedveil report RUN_DIR``."""
-    from server.report import write_report
+    from report.write import write_report
 
     print(write_report(args.run_dir).html)
     return 0
@@ -224,7 +224,7 @@ def cmd_federation_up(args: argparse.Namespace, console: Console) -> int:
     config = resolve_config(args.config, assignments)
 
     def up() -> tuple[Path, RunOutcome]:
-        from simulations.deploy import federation_up
+        from deployment.federation import federation_up
 
         return federation_up(
             config,
@@ -245,7 +245,7 @@ def resume_deployment(run_dir: Path, console: Console, *, verbose: bool = False)
     run_path = run_dir.resolve()
 
     def resume() -> tuple[Path, RunOutcome]:
-        from simulations.deploy import federation_resume
+        from deployment.federation import federation_resume
 
         return run_path, federation_resume(run_path, console=console, verbose=verbose)
 
@@ -255,7 +255,7 @@ def resume_deployment(run_dir: Path, console: Console, *, verbose: bool = False)
 def _deployment(start: Callable[[], tuple[Path, RunOutcome]], console: Console) -> int:
     """Run a deployment; user-fixable errors become one line and exit 2, failures exit 1."""
     from common.crypto.certificates import CertificateError
-    from simulations import deploy
+    from deployment import federation as deploy
 
     try:
         run_path, outcome = start()
@@ -301,8 +301,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from client.privacy_state import PrivacyStateError
     from common.data import DataError
     from common.partition import PartitionError
+    from report.write import ReportError
     from server.checkpoint import CheckpointError
-    from server.report import ReportError
     from server.rundir import RunDirError
 
     raw = list(sys.argv[1:] if argv is None else argv)

@@ -22,8 +22,8 @@ import pytest
 
 from common.crypto.certificates import create_node_key
 from common.weights import load_safetensors
-from simulations.deploy import ProcessTable, free_ports
-from simulations.processes import process_tree, start_time
+from deployment.federation import ProcessTable, free_ports
+from deployment.processes import process_tree, start_time
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow

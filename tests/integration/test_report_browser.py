@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from server.report import ReportFiles, write_report
-from tests.server.test_report import build_docs
+from report.write import ReportFiles, write_report
+from tests.report.test_report import build_docs
 
 pytestmark = [
     pytest.mark.slow,

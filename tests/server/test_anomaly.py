@@ -25,7 +25,6 @@ import pytest
 import torch
 
 from client import trainer
-from client.attacks import poison_update
 from client.trainer import DPSGDSettings, train_dp_sgd
 from common.accounting import calibrate_noise_multiplier, sample_rate, steps_per_round
 from common.data import load_data
@@ -42,6 +41,7 @@ from server.anomaly import (
     score_updates,
 )
 from server.root_set import RootSet, split_held_out
+from simulations.adversary.attacks import poison_update
 
 NUM_CLIENTS = 10
 ATTACKERS = 2  # 20 %

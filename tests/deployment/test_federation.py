@@ -1,4 +1,4 @@
-"""Unit tests of ``simulations.deploy`` and the ``federation``/``keys`` commands (no Flower run).
+"""Unit tests of ``deployment.federation`` and the ``federation``/``keys`` commands (no Flower run).
 
 Command lines are checked with Flower 1.39's own argument parsers and config readers, so a flag
 or a format that Flower would not accept fails here rather than in a deployment.
@@ -26,8 +26,7 @@ from flwr.supernode.cli.flower_supernode import _parse_args_run_supernode
 from rich.console import Console
 
 from common.config import KEYS, FedveilConfig
-from simulations.cli import main
-from simulations.deploy import (
+from deployment.federation import (
     DEPLOY_KEYS,
     DeployError,
     DeploymentRecord,
@@ -50,7 +49,8 @@ from simulations.deploy import (
     supernode_command,
     toml_lines,
 )
-from simulations.processes import process_tree, start_time
+from deployment.processes import process_tree, start_time
+from simulations.cli import main
 
 BIN = Path("/venv/bin")
 DEFAULTS = FedveilConfig.from_flat({})
@@ -119,7 +119,7 @@ def test_staged_pyproject_is_a_valid_flower_app_with_every_key() -> None:
     assert valid, errors
     app = doc["tool"]["flwr"]["app"]
     assert app["components"] == {
-        "serverapp": "simulations.deploy:server_app",
+        "serverapp": "deployment.federation:server_app",
         "clientapp": "client.app:app",
     }
     assert set(flatten_dict(app["config"])) == set(KEYS) | set(DEPLOY_KEYS)
@@ -319,7 +319,7 @@ def test_staged_app_builds_a_small_fab_with_only_what_the_apps_run(tmp_path: Pat
     fab = build_fab_from_disk(federation.layout.app)
 
     names = zipfile.ZipFile(io.BytesIO(fab)).namelist()
-    assert "client/app.py" in names and "simulations/deploy.py" in names
+    assert "client/app.py" in names and "deployment/federation.py" in names
     assert "common/crypto/certificates.py" in names
     assert not any(n.startswith(("tests/", "runs/", ".venv/")) for n in names)
     assert not any("__pycache__" in n for n in names)

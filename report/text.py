@@ -13,8 +13,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from server import plots
-from server.report_load import Analysis, ClientLedger
+from report import plots
+from report.load import Analysis, ClientLedger
 
 # Settings named in the report's closing paragraph, when config.json has them.
 ABOUT_KEYS = (

@@ -18,7 +18,7 @@ from PIL import Image
 
 from common.accounting import HistoryEntry, epsilon_from_history
 from common.weights import save_safetensors
-from server.report import ReportError, ReportFiles, write_report
+from report.write import ReportError, ReportFiles, write_report
 
 # Opacus warns when the optimal RDP order lies at an end of its list: tightness, not us.
 pytestmark = pytest.mark.filterwarnings("ignore:Optimal order is the (largest|smallest) alpha")

@@ -10,8 +10,7 @@ from typing import Any
 
 import pytest
 
-from common.models import create_model
-from simulations.bench_codec import (
+from benchmarks.codec import (
     CNN_SIZE,
     DENSE,
     LARGE_SIZE,
@@ -27,6 +26,7 @@ from simulations.bench_codec import (
     summarize_metrics,
     verdict,
 )
+from common.models import create_model
 from tests.conftest import REPO
 
 
@@ -118,7 +118,7 @@ def test_quick_benchmark_reports_every_setting_sanely(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
 
     done = subprocess.run(
-        [sys.executable, "-m", "simulations.bench_codec", "--quick", "--json", str(out)],
+        [sys.executable, "-m", "benchmarks.codec", "--quick", "--json", str(out)],
         capture_output=True,
         text=True,
         timeout=900,

@@ -65,7 +65,7 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from common.config import ConfigError, ConfigValue, FedveilConfig
-from simulations.processes import (
+from deployment.processes import (
     cmdline,
     descendants,
     live_processes,
@@ -86,10 +86,10 @@ DEPLOYMENT_VERSION: Final = 1
 RUN_DIR_KEY: Final = "run-dir"
 RESUME_KEY: Final = "resume"
 DEPLOY_KEYS: Final[dict[str, ConfigValue]] = {RUN_DIR_KEY: "", RESUME_KEY: False}
-SERVER_COMPONENT: Final = "simulations.deploy:server_app"
+SERVER_COMPONENT: Final = "deployment.federation:server_app"
 CLIENT_COMPONENT: Final = "client.app:app"
 APP_PACKAGES: Final = ("common", "client", "server")
-APP_MODULES: Final = ("simulations/__init__.py", "simulations/deploy.py")
+APP_MODULES: Final = ("deployment/__init__.py", "deployment/federation.py")
 MAX_NODE_RESTARTS: Final = 3
 RESTART_DELAY: Final = 5.0
 ACTIVATION_PATIENCE: Final = 120.0

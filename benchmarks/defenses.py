@@ -1,6 +1,6 @@
 """Defenses benchmark: robust aggregation under Byzantine clients, and watermark robustness.
 
-``python -m simulations.bench_defenses [--data-dir DIR] [--datasets digits,mnist] [--quick]``
+``python -m benchmarks.defenses [--data-dir DIR] [--datasets digits,mnist] [--quick]``
 runs, side by side on each data set and on the real stack (Flower's simulation engine, DP-SGD,
 sealing): clean FedAvg; FedAvg under 20 % attackers; every robust aggregator under the same
 attackers, for sign-flip and scale; and prints final accuracy and the precision and recall of
@@ -35,7 +35,6 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from client.attacks import attacker_ids
 from common.config import FedveilConfig
 from common.data import load_data
 from common.models import create_model, model_for
@@ -55,6 +54,7 @@ from server.watermark import (
     read_key,
     verify_watermark,
 )
+from simulations.adversary.attacks import attacker_ids
 from simulations.simulate import read_metrics, simulate
 
 AGGREGATORS = ("fedavg", "median", "trimmed-mean", "krum", "multikrum")
@@ -401,7 +401,7 @@ def watermark_table(rows: list[WatermarkRow]) -> Table:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark; print the tables; optionally write them as JSON."""
-    parser = argparse.ArgumentParser(prog="python -m simulations.bench_defenses")
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.defenses")
     parser.add_argument("--data-dir", default="../shared/data")
     parser.add_argument("--datasets", default="digits,mnist")
     parser.add_argument("--quick", action="store_true", help="few rounds (a smoke test)")

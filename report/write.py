@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common.weights import write_atomic
-from server.report_load import ReportError, analyse
-from server.report_render import PLOTS_DIR, render_html, render_markdown
-from server.report_text import figures, sections
+from report.load import ReportError, analyse
+from report.render import PLOTS_DIR, render_html, render_markdown
+from report.text import figures, sections
 
 __all__ = ["ReportError", "ReportFiles", "write_report"]
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from simulations.bench_defenses import FlagCounts, flag_counts, flag_scores
+from benchmarks.defenses import FlagCounts, flag_counts, flag_scores
 
 
 def _run(tmp_path: Path, rounds: list[dict[str, list[int]]]) -> Path:

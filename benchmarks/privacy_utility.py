@@ -1,4 +1,4 @@
-"""``python -m simulations.bench_privacy_utility``: final accuracy at ε = 1, 3, 8 and without DP.
+"""``python -m benchmarks.privacy_utility``: final accuracy at ε = 1, 3, 8 and without DP.
 
 MNIST (``--data-dir``), 20 clients, IID and Dirichlet(α = 0.5) splits. Each private cell is one
 fedveil run (``simulations.simulate.simulate``: DP-SGD calibrated so every client ends at the

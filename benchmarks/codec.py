@@ -1,4 +1,4 @@
-"""``python -m simulations.bench_codec``: what the update codec saves and what sealing costs.
+"""``python -m benchmarks.codec``: what the update codec saves and what sealing costs.
 
 One command, one process, two tables on stdout (and the same numbers as JSON with ``--json``):
 
@@ -688,7 +688,7 @@ def environment() -> dict[str, Any]:
 def build_parser() -> argparse.ArgumentParser:
     """Return the benchmark's argument parser."""
     parser = argparse.ArgumentParser(
-        prog="python -m simulations.bench_codec",
+        prog="python -m benchmarks.codec",
         description="Uplink bytes, accuracy and sealing cost of dense float32 vs codec settings.",
     )
     parser.add_argument(
@@ -779,7 +779,7 @@ def run(args: argparse.Namespace, runs_dir: Path) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point: ``python -m simulations.bench_codec [options]``; 0 on success."""
+    """Entry point: ``python -m benchmarks.codec [options]``; 0 on success."""
     from common.config import ConfigError
     from common.data import DataError
     from server.rundir import RunDirError

@@ -2,7 +2,7 @@
 
 Figures are built on ``matplotlib.figure.Figure`` directly: no pyplot, no global backend, no
 window, so drawing works on a headless server and never touches another caller's figures.
-Every function takes plain data and returns the PNG file's bytes; ``server.report_text`` decides
+Every function takes plain data and returns the PNG file's bytes; ``report.text`` decides
 what to draw and writes the files.
 """
 

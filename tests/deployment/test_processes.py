@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-from simulations.processes import rss_bytes, subtree
+from deployment.processes import rss_bytes, subtree
 
 
 def test_subtree_finds_a_child_and_its_memory() -> None:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from client.attacks import (
+from simulations.adversary.attacks import (
     ATTACKS,
     GAUSSIAN_NORM_RATIO,
     SCALE_FACTOR,

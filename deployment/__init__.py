@@ -1,0 +1,1 @@
+"""Local deployments of real Flower processes: `fedveil federation up`, supervision, footprint."""

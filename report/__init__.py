@@ -1,0 +1,1 @@
+"""Offline reporting: a run directory to report.html, report.md and plots."""

@@ -1,0 +1,1 @@
+"""The simulated adversary: attacks and fault injection, composed from outside the apps."""
