@@ -237,6 +237,34 @@ def _parse_literal(text: str) -> Any:
         return str(text)
 
 
+CLIENT_KEYS: tuple[str, ...] = (
+    "num-server-rounds",
+    "seed",
+    "dataset",
+    "data-dir",
+    "partitioning",
+    "dirichlet-alpha",
+    "test-fraction",
+    "model",
+    "local-epochs",
+    "batch-size",
+    "lr",
+    "momentum",
+    "dp.target-epsilon",
+    "dp.delta",
+    "dp.max-grad-norm",
+    "dp.noise-multiplier",
+    "dp.accountant",
+    "dp.budget",
+    "client-state-dir",
+    "codec.topk",
+    "codec.bits",
+    "codec.error-feedback",
+    "codec.mask",
+)
+"""The run-config keys a train request carries to clients (``FedveilConfig.to_client_flat``)."""
+
+
 @dataclass(frozen=True)
 class FedveilConfig:
     """Every run knob, validated. Field names are the snake_case forms of the config keys."""
@@ -335,6 +363,14 @@ class FedveilConfig:
     def to_flat(self) -> dict[str, ConfigValue]:
         """Return the flat dotted-key form, every key present (for ``config.json`` and messages)."""
         return {key: getattr(self, spec.field) for key, spec in KEYS.items()}
+
+    def to_client_flat(self) -> dict[str, ConfigValue]:
+        """Return only the keys a client needs (``CLIENT_KEYS``): what a train request carries.
+
+        Server-only keys (key paths, aggregation, watermark, attacks, faults, run directory)
+        never leave the server.
+        """
+        return {key: getattr(self, KEYS[key].field) for key in CLIENT_KEYS}
 
     def replace(self, **changes: Any) -> FedveilConfig:
         """Return a copy with some fields changed, validated again."""
