@@ -21,7 +21,8 @@ import numpy.typing as npt
 from flwr.app import Array, ArrayRecord, Context
 
 from client.privacy_state import STATE_KEY, ClientPrivacyState, PrivacyStateError
-from common.weights import WeightsError, load_safetensors, save_safetensors, write_atomic
+from common.files import write_atomic
+from common.weights import WeightsError, load_safetensors, save_safetensors
 
 PRIVACY_FILE = "privacy.json"
 RESIDUAL_FILE = "residual.safetensors"

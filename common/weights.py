@@ -6,13 +6,13 @@ of the flat vector a client's update is encoded as.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
+
+from common.files import write_atomic
 
 NamedArrays = dict[str, npt.NDArray[np.float32]]
 
@@ -42,28 +42,6 @@ def unflatten(
         out[name] = vector[offset : offset + n].reshape(shape)
         offset += n
     return out
-
-
-def write_atomic(path: Path, data: bytes, *, mode: int = 0o644, durable: bool = True) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the new one, never half.
-
-    ``durable`` flushes the data to the disk (``fsync``) before the rename, so the new file also
-    survives a power loss; without it a crash of the machine (not of the process) may leave the
-    old file or an empty one. Only state that is cheap to lose may skip it.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            if durable:
-                os.fsync(fh.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_safetensors(

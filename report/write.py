@@ -19,7 +19,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from common.weights import write_atomic
+from common.files import write_atomic
 from report.load import ReportError, analyse
 from report.render import PLOTS_DIR, render_html, render_markdown
 from report.text import figures, sections

@@ -25,7 +25,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from common.weights import WeightsError, load_safetensors, save_safetensors, write_atomic
+from common.files import write_atomic
+from common.weights import WeightsError, load_safetensors, save_safetensors
 
 CHECKPOINT_VERSION = 1
 STATE_FILE = "state.json"

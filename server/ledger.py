@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from common.accounting import HistoryEntry, epsilon_from_history
-from common.weights import write_atomic
+from common.files import write_atomic
 from server.planning import ClientPlan
 
 # Relative tolerance between the ε a client reports and the ledger's own computation.

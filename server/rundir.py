@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from common.weights import save_safetensors, write_atomic
+from common.files import write_atomic
+from common.weights import save_safetensors
 
 
 class RunDirError(ValueError):

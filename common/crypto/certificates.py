@@ -23,10 +23,8 @@ line naming the file and what is wrong with it; no key material is ever in a mes
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import ipaddress
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +35,8 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from common.files import SECRET_MODE, write_new
 
 __all__ = [
     "CA_CERT_FILE",
@@ -113,29 +113,13 @@ def _show(path: Path) -> str:
 
 
 def _write_new(path: Path, data: bytes, mode: int) -> None:
-    """Write ``path`` atomically with ``mode`` from the first byte; never replace a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
-    flags = os.O_CREAT | os.O_EXCL | os.O_WRONLY | getattr(os, "O_CLOEXEC", 0)
-    fd = os.open(tmp, flags, mode)
+    """Create ``path`` with ``mode`` from the first byte; never replace a file."""
     try:
-        try:
-            os.fchmod(fd, mode)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        try:
-            os.link(tmp, path)  # atomic, and fails if `path` exists: never overwrites
-        except FileExistsError:
-            raise CertificateError(
-                f"{_show(path)} exists already; refusing to overwrite it (move it away first)"
-            ) from None
-    finally:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
+        write_new(path, data, mode=mode)
+    except FileExistsError:
+        raise CertificateError(
+            f"{_show(path)} exists already; refusing to overwrite it (move it away first)"
+        ) from None
 
 
 def _refuse_existing(paths: Sequence[Path]) -> None:
@@ -274,8 +258,8 @@ def create_tls_files(
         .sign(ca_key, hashes.SHA256())
     )
 
-    _write_new(files.ca_key, _private_pem(ca_key), 0o600)
-    _write_new(files.server_key, _private_pem(server_key), 0o600)
+    _write_new(files.ca_key, _private_pem(ca_key), SECRET_MODE)
+    _write_new(files.server_key, _private_pem(server_key), SECRET_MODE)
     _write_new(files.ca_cert, ca_cert.public_bytes(serialization.Encoding.PEM), 0o644)
     _write_new(files.server_cert, server_cert.public_bytes(serialization.Encoding.PEM), 0o644)
     return files
@@ -420,7 +404,7 @@ def create_node_key(directory: Path, *, comment: str = "fedveil-supernode") -> N
     public = key.public_key().public_bytes(
         serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
     )
-    _write_new(files.private_key, private, 0o600)
+    _write_new(files.private_key, private, SECRET_MODE)
     _write_new(files.public_key, public + b" " + comment.encode() + b"\n", 0o644)
     return files
 

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import os
-import stat
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +19,6 @@ from common.weights import (
     load_safetensors,
     save_safetensors,
     unflatten,
-    write_atomic,
 )
 
 names = st.text(st.characters(min_codepoint=33, max_codepoint=126), min_size=1, max_size=12)
@@ -211,45 +209,7 @@ def test_unreadable_path_names_it(tmp_path: Path, kind: str) -> None:
     assert str(path) in str(info.value)
 
 
-# ----------------------------------------------------------------------------- write_atomic
-
-
-def test_write_atomic_writes_and_leaves_no_temp_files(tmp_path: Path) -> None:
-    path = tmp_path / "sub" / "dir" / "state.json"
-
-    write_atomic(path, b"first")
-    write_atomic(path, b"second")
-
-    assert path.read_bytes() == b"second"
-    assert os.listdir(path.parent) == ["state.json"]
-
-
-@pytest.mark.parametrize("mode", [0o600, 0o644])
-def test_write_atomic_sets_the_mode(tmp_path: Path, mode: int) -> None:
-    path = tmp_path / "watermark.key"
-
-    write_atomic(path, b"secret", mode=mode)
-
-    assert stat.S_IMODE(path.stat().st_mode) == mode
-
-
-@pytest.mark.parametrize("failing", ["replace", "fsync", "chmod"])
-def test_failed_write_keeps_the_old_file_and_cleans_up(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failing: str
-) -> None:
-    path = tmp_path / "checkpoint.bin"
-    path.write_bytes(b"old content")
-
-    def boom(*args: object, **kwargs: object) -> None:
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(os, failing, boom)
-    with pytest.raises(OSError, match="No space left"):
-        write_atomic(path, b"new content that never lands")
-    monkeypatch.undo()
-
-    assert path.read_bytes() == b"old content"
-    assert os.listdir(tmp_path) == ["checkpoint.bin"]
+# ----------------------------------------------------------------------------- saving
 
 
 def test_failed_write_of_a_new_file_leaves_nothing(
@@ -264,15 +224,6 @@ def test_failed_write_of_a_new_file_leaves_nothing(
     with pytest.raises(KeyboardInterrupt):
         save_safetensors(path, {"w": np.zeros(3, np.float32)})
     monkeypatch.undo()
-
-    assert os.listdir(tmp_path) == []
-
-
-def test_write_atomic_refuses_non_bytes_and_cleans_up(tmp_path: Path) -> None:
-    path = tmp_path / "x.bin"
-
-    with pytest.raises(TypeError):
-        write_atomic(path, "text, not bytes")  # type: ignore[arg-type]
 
     assert os.listdir(tmp_path) == []
 
