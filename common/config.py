@@ -339,11 +339,6 @@ class FedveilConfig:
         return config
 
     def _check_consistency(self) -> None:
-        if self.dataset in ("mnist", "fashion-mnist", "femnist") and not self.data_dir:
-            raise ConfigError(
-                f"config key `data-dir` is required for dataset `{self.dataset}`; "
-                f"point it at a folder holding the files, e.g. --set data-dir=../shared/data"
-            )
         if self.faults_tamper + self.faults_replay + self.faults_misroute + self.faults_drop > 1:
             raise ConfigError(
                 "config keys `faults.tamper` + `faults.replay` + `faults.misroute` + `faults.drop` "

@@ -1,6 +1,7 @@
 """Data sets: the embedded default (scikit-learn's digits) and MNIST, Fashion-MNIST, FEMNIST.
 
-The last three are read from a local folder (``data-dir``).
+The last three are read from a local folder (``data-dir``) when one is given, else loaded with
+``flwr-datasets`` from the Hugging Face Hub (``HUB_DATASETS``; needs a network connection).
 
 Every data set comes as a ``FederatedData``: a training pool that clients partition among
 themselves and a fixed test split that only the server uses for central evaluation, so no client
@@ -18,6 +19,7 @@ import zlib
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -136,7 +138,7 @@ def _find_idx(folder: Path, stem: str) -> Path:
             return candidate
     raise DataError(
         f"{folder / stem}[.gz] not found; point `data-dir` at a folder holding "
-        f"the IDX files (e.g. ../shared/data)"
+        f"the IDX files (README.md, section Data, says where to get them)"
     )
 
 
@@ -193,21 +195,78 @@ def load_femnist_data(data_dir: Path) -> FederatedData:
     return _finish("femnist", sets[0], sets[1], 62, 255.0)
 
 
+HUB_DATASETS = {
+    "mnist": "ylecun/mnist",
+    "fashion-mnist": "zalando-datasets/fashion_mnist",
+    "femnist": "flwrlabs/femnist",
+}
+"""Hugging Face Hub names of the file data sets, loaded when no ``data-dir`` is given."""
+
+
+def hub_images(split: Any, image_column: str, label_column: str) -> ImageSet:
+    """Turn a Hugging Face ``Dataset`` split of grayscale images into an ``ImageSet``."""
+    images = np.stack([np.asarray(img.convert("L"), dtype=np.uint8) for img in split[image_column]])
+    labels = np.asarray(split[label_column], dtype=np.int64)
+    if images.ndim != 3 or images.shape[0] != labels.shape[0]:
+        raise DataError(f"hub split has images {images.shape} and labels {labels.shape}")
+    return ImageSet(images[:, None], labels)
+
+
+def _dark_background(images: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
+    # LEAF's FEMNIST draws dark ink on white; every model here expects MNIST's ink on black.
+    return (255 - images).astype(np.uint8) if float(np.median(images)) > 127 else images
+
+
+def femnist_from_hub_split(split: Any, seed: int, test_fraction: float) -> FederatedData:
+    """FEMNIST from the hub's single split: a seeded test share of each writer's examples."""
+    pool = hub_images(split, "image", "character")
+    writers = np.asarray(split["writer_id"]).astype(np.str_)
+    rng = np.random.default_rng(seed)
+    is_test = rng.random(len(pool)) < test_fraction
+    images = _dark_background(np.asarray(pool.images, dtype=np.uint8))
+    train = ImageSet(images[~is_test], pool.labels[~is_test], writers[~is_test])
+    test = ImageSet(images[is_test], pool.labels[is_test], writers[is_test])
+    return _finish("femnist", train, test, 62, 255.0)
+
+
+def load_hub_data(name: str, seed: int, test_fraction: float) -> FederatedData:
+    """Load a file data set from the Hugging Face Hub through ``flwr-datasets``."""
+    try:
+        from flwr_datasets import FederatedDataset
+
+        fds = FederatedDataset(dataset=HUB_DATASETS[name], partitioners={"train": 1})
+        train = fds.load_split("train")
+        if name == "femnist":
+            return femnist_from_hub_split(train, seed, test_fraction)
+        test = fds.load_split("test")
+    except (ImportError, OSError, ValueError, ConnectionError) as exc:
+        raise DataError(
+            f"cannot load {name} from the Hugging Face Hub ({type(exc).__name__}); on a machine "
+            f"without network, set `data-dir` to a folder holding its files (README.md, Data)"
+        ) from None
+    return _finish(
+        name, hub_images(train, "image", "label"), hub_images(test, "image", "label"), 10, 255.0
+    )
+
+
 @lru_cache(maxsize=4)
 def load_data(name: str, data_dir: str, seed: int, test_fraction: float) -> FederatedData:
     """Load a data set by its config name, once per process.
 
-    ``seed`` and ``test_fraction`` matter only for ``digits``, which has no official test split.
+    ``seed`` and ``test_fraction`` matter only for ``digits`` and the hub's FEMNIST, which have
+    no official test split. Without ``data_dir`` the file data sets come from the hub.
     """
     if name == "digits":
         return load_digits_data(seed, test_fraction)
+    if name not in HUB_DATASETS:
+        raise DataError(f"unknown dataset {name!r}; use digits, mnist, fashion-mnist or femnist")
+    if not data_dir:
+        return load_hub_data(name, seed, test_fraction)
     folder = Path(data_dir).expanduser()
     if not folder.is_dir():
         raise DataError(
             f"data-dir {folder} is not a folder; point `data-dir` at the folder holding {name}"
         )
-    if name in ("mnist", "fashion-mnist"):
-        return load_idx_data(name, folder)
     if name == "femnist":
         return load_femnist_data(folder)
-    raise DataError(f"unknown dataset {name!r}; use digits, mnist, fashion-mnist or femnist")
+    return load_idx_data(name, folder)

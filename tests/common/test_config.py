@@ -284,18 +284,17 @@ def test_unknown_key_is_refused_even_beside_valid_ones() -> None:
 
 
 @pytest.mark.parametrize("dataset", ["mnist", "fashion-mnist", "femnist"])
-def test_file_datasets_need_a_data_dir(dataset: str) -> None:
-    message = refused({"dataset": dataset})
+def test_file_datasets_without_a_data_dir_load_from_the_hub(dataset: str) -> None:
+    config = FedveilConfig.from_flat({"dataset": dataset})
 
-    assert_one_line_naming(message, "data-dir")
-    assert dataset in message
+    assert (config.dataset, config.data_dir) == (dataset, "")
 
 
 @pytest.mark.parametrize("dataset", ["mnist", "fashion-mnist", "femnist"])
 def test_file_datasets_accept_a_data_dir(dataset: str) -> None:
-    config = FedveilConfig.from_flat({"dataset": dataset, "data-dir": "../shared/data"})
+    config = FedveilConfig.from_flat({"dataset": dataset, "data-dir": "data/public"})
 
-    assert (config.dataset, config.data_dir) == (dataset, "../shared/data")
+    assert (config.dataset, config.data_dir) == (dataset, "data/public")
 
 
 @pytest.mark.parametrize("dataset", ["digits", "mnist", "fashion-mnist"])
@@ -401,8 +400,8 @@ def test_replace_validates_again() -> None:
 
     with pytest.raises(ConfigError, match=re.escape("`dp.delta`")):
         config.replace(dp_delta=0.0)
-    with pytest.raises(ConfigError, match=re.escape("`data-dir`")):
-        config.replace(dataset="mnist")
+    with pytest.raises(ConfigError, match=re.escape("`partitioning`")):
+        config.replace(partitioning="by-writer")
 
 
 # ------------------------------------------------------------------------------ parse_assignment

@@ -4,6 +4,7 @@ import gzip
 import struct
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -18,6 +19,8 @@ from common.data import (
     DataError,
     FederatedData,
     ImageSet,
+    femnist_from_hub_split,
+    hub_images,
     load_data,
     load_digits_data,
     read_idx,
@@ -375,58 +378,141 @@ def test_femnist_missing_file_names_it(tmp_path: Path) -> None:
         load_data("femnist", str(tmp_path), 0, 0.2)
 
 
-# ------------------------------------------------------------------------ real shared data
+# ------------------------------------------------------- public layouts, built as fixtures
 
 
-def test_real_mnist(shared_data: Path) -> None:
-    data = load_data("mnist", str(shared_data), 0, 0.2)
+def write_idx_set(folder: Path, rng: np.random.Generator, train: int, test: int) -> Path:
+    """Write an MNIST-layout folder (gzip IDX, the official file names) of random digits."""
+    folder.mkdir(parents=True)
+    for split, n in (("train", train), ("t10k", test)):
+        images = rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
+        labels = np.arange(n, dtype=np.uint8) % 10
+        write_idx(folder / f"{split}-images-idx3-ubyte.gz", images, compress=True)
+        write_idx(folder / f"{split}-labels-idx1-ubyte.gz", labels, compress=True)
+    return folder
 
-    assert data.train.images.shape == (60000, 1, 28, 28)
-    assert data.test.images.shape == (10000, 1, 28, 28)
+
+@pytest.fixture(scope="module")
+def public_layout(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data folder laid out as a user downloads MNIST, Fashion-MNIST and FEMNIST (LEAF)."""
+    root = tmp_path_factory.mktemp("data")
+    rng = np.random.default_rng(7)
+    write_idx_set(root / "mnist", rng, train=60, test=20)
+    write_idx_set(root / "fashion-mnist", rng, train=40, test=10)
+    (root / "femnist").mkdir()
+    writers_train = np.array([f"f{i % 5:04d}" for i in range(50)])
+    writers_test = np.array([f"f{i % 7:04d}" for i in range(21)])
+    ink = np.full((50, 28, 28), 255, np.uint8)
+    ink[:, 10:18, 12:16] = 0  # dark strokes on white, LEAF's convention
+    np.savez(
+        root / "femnist" / FEMNIST_FILE,
+        x_train=ink,
+        y_train=(np.arange(50) % 62).astype(np.uint8),
+        writer_train=writers_train,
+        x_test=ink[:21],
+        y_test=(np.arange(21) % 62).astype(np.uint8),
+        writer_test=writers_test,
+    )
+    return root
+
+
+def test_mnist_layout_loads_official_splits(public_layout: Path) -> None:
+    data = load_data("mnist", str(public_layout), 0, 0.2)
+
+    assert data.train.images.shape == (60, 1, 28, 28)
+    assert data.test.images.shape == (20, 1, 28, 28)
     assert data.train.images.dtype == np.uint8
     assert set(np.unique(data.train.labels).tolist()) == set(range(10))
-    assert set(np.unique(data.test.labels).tolist()) == set(range(10))
-    # The canonical statistics, as ../shared/data/README.md states them.
-    assert data.mean == pytest.approx(0.1307, abs=5e-4)
-    assert data.std == pytest.approx(0.3081, abs=5e-4)
+    scaled = data.train.images.astype(np.float64) / 255.0
+    assert data.mean == pytest.approx(float(scaled.mean()), rel=1e-6)
+    assert data.std == pytest.approx(float(scaled.std()), rel=1e-5)
 
 
-def test_real_mnist_tensors_are_standardised(shared_data: Path) -> None:
-    data = load_data("mnist", str(shared_data), 0, 0.2)
-    sample = np.arange(0, 60000, 7, dtype=np.int64)
+def test_mnist_tensors_are_standardised(public_layout: Path) -> None:
+    data = load_data("mnist", str(public_layout), 0, 0.2)
+    sample = np.arange(0, 60, 3, dtype=np.int64)
 
     x, y = data.tensors(data.train, sample)
+    x_all, _ = data.tensors(data.train)
 
     assert x.shape == (len(sample), 1, 28, 28)
-    assert abs(float(x.mean())) < 0.01
-    assert abs(float(x.std()) - 1) < 0.01
+    assert abs(float(x_all.mean())) < 1e-4
+    assert abs(float(x_all.std()) - 1) < 1e-2
     assert torch.equal(y, torch.from_numpy(data.train.labels[sample]))
 
 
-def test_real_fashion_mnist(shared_data: Path) -> None:
-    data = load_data("fashion-mnist", str(shared_data), 0, 0.2)
-    mnist = load_data("mnist", str(shared_data), 0, 0.2)
+def test_fashion_mnist_reads_its_own_folder(public_layout: Path) -> None:
+    data = load_data("fashion-mnist", str(public_layout), 0, 0.2)
 
-    assert data.train.images.shape == (60000, 1, 28, 28)
-    assert data.test.images.shape == (10000, 1, 28, 28)
-    assert set(np.unique(data.train.labels).tolist()) == set(range(10))
-    assert not np.array_equal(data.test.images[:10], mnist.test.images[:10])
+    assert data.train.images.shape == (40, 1, 28, 28)
+    assert data.test.images.shape == (10, 1, 28, 28)
 
 
-def test_real_femnist(shared_data: Path) -> None:
-    data = load_data("femnist", str(shared_data), 0, 0.2)
+def test_femnist_layout_keeps_writers_and_inverts_ink(public_layout: Path) -> None:
+    data = load_data("femnist", str(public_layout), 0, 0.2)
 
-    assert data.train.images.shape == (14640, 1, 28, 28)
-    assert data.test.images.shape == (4170, 1, 28, 28)
+    assert data.train.images.shape == (50, 1, 28, 28)
+    assert data.test.images.shape == (21, 1, 28, 28)
     assert data.num_classes == 62
-    assert int(data.train.labels.min()) >= 0 and int(data.train.labels.max()) < 62
-    assert int(data.test.labels.min()) >= 0 and int(data.test.labels.max()) < 62
     assert data.train.writers is not None and data.test.writers is not None
-    train_writers, test_writers = set(data.train.writers), set(data.test.writers)
-    assert (len(train_writers), len(test_writers)) == (105, 190)
-    assert train_writers <= test_writers
+    assert (len(set(data.train.writers)), len(set(data.test.writers))) == (5, 7)
     # After inversion the background is black, as in MNIST: most pixels are dark.
-    assert float(np.median(data.train.images[:200])) < 20
+    assert float(np.median(data.train.images)) == 0.0
+
+
+# ------------------------------------------------------------------ Hugging Face Hub copies
+
+
+def hub_split(images: np.ndarray, **columns: Any) -> Any:
+    """A Hugging Face ``Dataset`` shaped like the hub's copies (PIL images in a column)."""
+    from datasets import Dataset
+    from PIL import Image
+
+    return Dataset.from_dict({"image": [Image.fromarray(x) for x in images], **columns})
+
+
+def test_hub_images_become_an_imageset() -> None:
+    images = np.random.default_rng(0).integers(0, 256, size=(6, 28, 28), dtype=np.uint8)
+    split = hub_split(images, label=[3, 1, 4, 1, 5, 9])
+
+    pool = hub_images(split, "image", "label")
+
+    assert pool.images.shape == (6, 1, 28, 28)
+    assert np.array_equal(pool.images[:, 0], images)
+    assert pool.labels.tolist() == [3, 1, 4, 1, 5, 9]
+
+
+def test_hub_femnist_splits_by_seed_and_inverts() -> None:
+    images = np.full((200, 28, 28), 255, np.uint8)
+    split = hub_split(
+        images, character=[i % 62 for i in range(200)], writer_id=[f"w{i % 4}" for i in range(200)]
+    )
+
+    first = femnist_from_hub_split(split, seed=1, test_fraction=0.25)
+    again = femnist_from_hub_split(split, seed=1, test_fraction=0.25)
+
+    assert len(first.train) + len(first.test) == 200
+    assert 20 < len(first.test) < 80
+    assert np.array_equal(first.test.labels, again.test.labels)
+    assert float(first.train.images.max()) == 0.0  # white background turned black
+    assert first.train.writers is not None and set(first.train.writers) <= {"w0", "w1", "w2", "w3"}
+
+
+def test_without_data_dir_and_offline_the_error_names_data_dir(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import flwr_datasets
+
+    def offline(**_: Any) -> None:
+        raise ConnectionError("no route to huggingface.co")
+
+    monkeypatch.setattr(flwr_datasets, "FederatedDataset", offline)
+    load_data.cache_clear()
+
+    with pytest.raises(DataError) as err:
+        load_data("mnist", "", 0, 0.2)
+
+    assert "`data-dir`" in str(err.value) and "\n" not in str(err.value)
 
 
 def test_imageset_length() -> None:
