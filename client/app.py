@@ -1,8 +1,10 @@
-"""fedveil's Flower ClientApp: train with DP-SGD and reply with the update and its DP facts.
+"""fedveil's Flower ClientApp: train with DP-SGD and reply with the sealed update and DP facts.
 
-Thin by design: it reads the request, hands the work to ``client.training_round`` and builds the
-reply. The run configuration arrives with every request (the server owns it), so the same app
-runs unchanged under ``fedveil simulate``, ``flwr run`` and a real SuperNode.
+Thin by design: each handler hands the request to ``client.training_round`` and wraps the reply.
+The run configuration arrives with every request (the server owns it), so the same app runs
+unchanged under ``fedveil simulate``, ``flwr run`` and a real SuperNode. ``app`` has no mods and
+no path that misbehaves on request; a simulation may build its own ``ClientApp`` around the
+handlers ``train`` and ``query``.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ app = ClientApp()
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    """Train on the local partition and reply with the new weights and DP facts."""
+    """Train on the local partition and reply with the sealed update and DP facts."""
     return Message(content=run_training_round(msg, context), reply_to=msg)
 
 

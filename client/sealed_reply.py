@@ -2,13 +2,14 @@
 
 delta = local - global (flattened in ``state_dict`` order) + error-feedback residual, encoded by
 ``common.codec`` and sealed with ``common.envelope`` to the aggregator's key for this run, round
-and node. The residual and the last sealed update stay in the node's state across rounds
+and node. The error-feedback residual stays in the node's state across rounds
 (``client.state_store``).
 """
 
 from __future__ import annotations
 
 import secrets
+from collections.abc import Mapping
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context
@@ -19,8 +20,6 @@ from common.codec import CodecParams, ErrorFeedback, encode_update
 from common.envelope import DPFacts, seal_client_update
 from common.sealing import SealContext, fingerprint
 from common.weights import flatten
-
-LAST_SEALED_KEY = "fedveil.last-sealed"
 
 
 class AggregatorKeyMismatch(ValueError):  # noqa: N818 (a refusal, named for what it protects)
@@ -42,7 +41,7 @@ def aggregator_key(request: ConfigRecord, context: Context) -> bytes:
 
 
 def seal_trained_model(
-    local: dict[str, np.ndarray],
+    local: Mapping[str, np.ndarray],
     global_arrays: ArrayRecord,
     *,
     facts: DPFacts,
@@ -78,13 +77,3 @@ def seal_trained_model(
         context=seal_context,
     )
     return sealed
-
-
-def remember_sealed(context: Context, sealed: bytes) -> bytes | None:
-    """Keep this round's sealed update; return the previous one (for replay fault injection)."""
-    previous = context.state.config_records.get(LAST_SEALED_KEY)
-    context.state[LAST_SEALED_KEY] = ConfigRecord({"sealed": sealed})
-    if previous is None:
-        return None
-    value = previous.get("sealed")
-    return value if isinstance(value, bytes) else None

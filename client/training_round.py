@@ -1,20 +1,41 @@
-"""One train request, start to finish: budget check, DP-SGD, accounting, reply records."""
+"""One train request as public steps with one job each; ``run_training_round`` composes them.
+
+1. ``read_request``: the round, the run config (``common.config.CLIENT_KEYS`` suffice), the
+   global model, and the aggregator's key, checked against a pinned fingerprint first.
+2. ``load_local_data``: this node's partition (node config ``partition-id``/``num-partitions``).
+3. ``check_budget``: the round's ``(σ, q, steps)`` and ε after it; a round past the budget, or
+   one already trained before a restart, ends here with the reply that says so.
+4. ``train_locally``: DP-SGD from the global model.
+5. ``record_round``: charge the round to the node's privacy state, durably.
+6. ``seal_reply``: ``local - global``, error feedback, compression, sealed to this node's
+   context (``common.sealing.SealContext``: run, round, ``context.node_id``).
+
+Ordering contract: nothing is spent before step 3 says yes, and step 5 runs before step 6, so
+a crash after training never forgets a round. Every step is post-processing-safe to compose:
+what happens between 5 and 6 acts on an output that is already charged.
+"""
 
 from __future__ import annotations
 
 import logging
-import secrets
+from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 import torch
-from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
 from client.privacy_state import ClientPrivacyState
-from client.sealed_reply import aggregator_key, remember_sealed, seal_trained_model
+from client.sealed_reply import aggregator_key, seal_trained_model
 from client.state_store import NodeState
 from client.trainer import DPSGDSettings, train_dp_sgd
 from common import protocol
-from common.accounting import calibrate_noise_multiplier, sample_rate, steps_per_round
+from common.accounting import (
+    HistoryEntry,
+    calibrate_noise_multiplier,
+    sample_rate,
+    steps_per_round,
+)
 from common.codec import CodecParams
 from common.config import FedveilConfig
 from common.data import FederatedData, load_data
@@ -22,10 +43,46 @@ from common.envelope import DPFacts
 from common.models import create_model, model_for
 from common.partition import PartitionSpec, cached_partitions
 from common.sealing import SealContext
-from simulations.adversary.attacks import UPDATE_ATTACKS, attacker_ids, flip_labels, poison_weights
-from simulations.adversary.faults import SimulatedDrop, inject_fault
 
 log = logging.getLogger(__name__)
+
+Weights = dict[str, npt.NDArray[np.float32]]
+
+
+@dataclass(frozen=True)
+class TrainRequest:
+    """What a train request asks of this node, read and checked (``read_request``)."""
+
+    config: FedveilConfig
+    server_round: int
+    run_id: int
+    run_tag: str
+    public_key: bytes
+    global_arrays: ArrayRecord
+    assigned_noise: float | None
+
+
+@dataclass(frozen=True)
+class LocalData:
+    """A node's training examples ``(n, C, H, W)`` float32 and labels ``(n,)`` int64."""
+
+    partition_id: int
+    num_partitions: int
+    images: torch.Tensor
+    labels: torch.Tensor
+    num_classes: int
+    image_shape: tuple[int, int, int]
+
+
+@dataclass(frozen=True)
+class RoundBudget:
+    """The go-ahead to train one round: its history entry and the ε it brings the node to."""
+
+    client_id: int
+    node_state: NodeState
+    state: ClientPrivacyState
+    entry: HistoryEntry
+    epsilon_after: float
 
 
 def partition_of(context: Context) -> tuple[int, int]:
@@ -68,20 +125,22 @@ def planned_noise_multiplier(config: FedveilConfig, num_examples: int) -> float:
     )
 
 
-def answer_plan_query(msg: Message, context: Context) -> RecordDict:
-    """Return the DP facts the server needs to plan: q and steps per round (no data)."""
-    config = FedveilConfig.from_flat(
+def _config_of(msg: Message) -> FedveilConfig:
+    return FedveilConfig.from_flat(
         protocol.run_config_of(msg.content.config_records[protocol.CONFIG])
     )
-    partition_id, num_partitions = partition_of(context)
-    data = load_data(config.dataset, config.data_dir, config.seed, config.test_fraction)
-    _, labels = local_tensors(data, config, partition_id, num_partitions)
-    n = int(labels.shape[0])
+
+
+def answer_plan_query(msg: Message, context: Context) -> RecordDict:
+    """Return the DP facts the server needs to plan: q and steps per round (no data)."""
+    config = _config_of(msg)
+    data = load_local_data(config, context)
+    n = int(data.labels.shape[0])
     return RecordDict(
         {
             protocol.METRICS: MetricRecord(
                 {
-                    protocol.CLIENT_ID: float(partition_id),
+                    protocol.CLIENT_ID: float(data.partition_id),
                     protocol.SAMPLE_RATE: sample_rate(n, config.batch_size),
                     protocol.STEPS: float(
                         steps_per_round(n, config.batch_size, config.local_epochs)
@@ -92,7 +151,7 @@ def answer_plan_query(msg: Message, context: Context) -> RecordDict:
     )
 
 
-def _assigned_sigma(msg: Message) -> float | None:
+def _assigned_noise(msg: Message) -> float | None:
     record = msg.content.config_records.get(protocol.DP)
     value = None if record is None else record.get(protocol.ASSIGNED_NOISE)
     if value is None:
@@ -100,6 +159,38 @@ def _assigned_sigma(msg: Message) -> float | None:
     if type(value) is not float or not value > 0:
         raise ValueError(f"the server assigned an invalid noise multiplier {value!r}")
     return value
+
+
+def read_request(msg: Message, context: Context) -> TrainRequest:
+    """Read a train request; refuse it if the aggregator's key is not the pinned one.
+
+    The key is checked here, before any privacy is spent on a round nobody should read.
+    """
+    request = msg.content.config_records[protocol.CONFIG]
+    server_round = request.get(protocol.SERVER_ROUND)
+    if type(server_round) is not int or server_round < 1:
+        raise ValueError(f"the request's `{protocol.SERVER_ROUND}` is {server_round!r}, not >= 1")
+    run_id = int(msg.metadata.run_id)
+    public_key = aggregator_key(msg.content.config_records[protocol.SEAL], context)
+    return TrainRequest(
+        config=_config_of(msg),
+        server_round=server_round,
+        run_id=run_id,
+        run_tag=str(request.get(protocol.RUN_TAG, run_id)),
+        public_key=public_key,
+        global_arrays=msg.content.array_records[protocol.ARRAYS],
+        assigned_noise=_assigned_noise(msg),
+    )
+
+
+def load_local_data(config: FedveilConfig, context: Context) -> LocalData:
+    """Load this node's partition of the training pool."""
+    partition_id, num_partitions = partition_of(context)
+    data = load_data(config.dataset, config.data_dir, config.seed, config.test_fraction)
+    images, labels = local_tensors(data, config, partition_id, num_partitions)
+    return LocalData(
+        partition_id, num_partitions, images, labels, data.num_classes, data.image_shape
+    )
 
 
 def _reply(
@@ -116,133 +207,124 @@ def _reply(
     return content
 
 
-def run_training_round(msg: Message, context: Context) -> RecordDict:
-    """Handle one train request and return the reply's content."""
-    request = msg.content.config_records[protocol.CONFIG]
-    config = FedveilConfig.from_flat(protocol.run_config_of(request))
-    server_round = int(request[protocol.SERVER_ROUND])  # type: ignore[arg-type]
-    run_id = int(msg.metadata.run_id)
-    run_tag = str(request.get(protocol.RUN_TAG, run_id))
-    seal_request = msg.content.config_records[protocol.SEAL]
-    # Check the aggregator's key before spending any privacy on a round nobody should read.
-    public_key = aggregator_key(seal_request, context)
-    if seal_request.get(protocol.FAULT) == "drop":
-        raise SimulatedDrop(f"node dropped out of round {server_round} (fault injection)")
-    partition_id, num_partitions = partition_of(context)
-    data = load_data(config.dataset, config.data_dir, config.seed, config.test_fraction)
-    images, labels = local_tensors(data, config, partition_id, num_partitions)
-    # A simulated Byzantine client trains, accounts and seals like any other; only its data
-    # (label-flip) or its update (the others) is malicious.
-    attacker = config.attack_fraction > 0 and partition_id in attacker_ids(
-        num_partitions, config.attack_fraction, config.seed
-    )
-    if attacker and config.attack_kind == "label-flip":
-        labels = flip_labels(labels, data.num_classes)
-    n = int(labels.shape[0])
+def _facts(client_id: int, entry: HistoryEntry, epsilon: float) -> dict[str, float]:
+    return {
+        protocol.WEIGHT: 1.0,
+        protocol.CLIENT_ID: float(client_id),
+        protocol.NOISE_MULTIPLIER: entry[0],
+        protocol.SAMPLE_RATE: entry[1],
+        protocol.STEPS: float(entry[2]),
+        protocol.EPSILON: epsilon,
+    }
 
-    node_state = NodeState.for_node(context, config.client_state_dir, partition_id)
+
+def check_budget(
+    request: TrainRequest, data: LocalData, context: Context
+) -> RoundBudget | RecordDict:
+    """Return the go-ahead for this round, or the reply that declines it.
+
+    Declined: the round would take ε past ``dp.budget`` (``refused``), or this node trained it
+    before a restart lost the reply (``already-trained``, with that round's DP facts).
+    """
+    config = request.config
+    n = int(data.labels.shape[0])
+    node_state = NodeState.for_node(context, config.client_state_dir, data.partition_id)
     # The server's plan assigns σ; without one (an unplanned node) the client calibrates its
     # own. Either way the client's own accountant and budget check below have the last word.
-    assigned = _assigned_sigma(msg)
-    state = node_state.load_privacy(run_tag) or ClientPrivacyState(
-        run_tag=run_tag, noise_multiplier=assigned or planned_noise_multiplier(config, n)
+    state = node_state.load_privacy(request.run_tag) or ClientPrivacyState(
+        run_tag=request.run_tag,
+        noise_multiplier=request.assigned_noise or planned_noise_multiplier(config, n),
     )
-    sigma = assigned or state.noise_multiplier
-    if server_round in state.rounds:
-        done = state.history[state.rounds.index(server_round)]
-        spent = state.epsilon(delta=config.dp_delta, accountant=config.dp_accountant)
+    spent = state.epsilon(delta=config.dp_delta, accountant=config.dp_accountant)
+    if request.server_round in state.rounds:
+        done = state.history[state.rounds.index(request.server_round)]
         return _reply(
             protocol.STATUS_ALREADY_TRAINED,
-            f"round {server_round} was already trained before a restart; not training it twice",
-            {
-                protocol.WEIGHT: 1.0,
-                protocol.CLIENT_ID: float(partition_id),
-                protocol.NOISE_MULTIPLIER: done[0],
-                protocol.SAMPLE_RATE: done[1],
-                protocol.STEPS: float(done[2]),
-                protocol.EPSILON: spent,
-            },
+            f"round {request.server_round} was already trained before a restart; "
+            f"not training it twice",
+            _facts(data.partition_id, done, spent),
             None,
         )
-    entry = (
-        sigma,
+    entry: HistoryEntry = (
+        request.assigned_noise or state.noise_multiplier,
         sample_rate(n, config.batch_size),
         steps_per_round(n, config.batch_size, config.local_epochs),
     )
     after = state.epsilon_after(entry, delta=config.dp_delta, accountant=config.dp_accountant)
-    facts: dict[str, float] = {
-        protocol.WEIGHT: 1.0,
-        protocol.CLIENT_ID: float(partition_id),
-        protocol.NOISE_MULTIPLIER: sigma,
-        protocol.SAMPLE_RATE: entry[1],
-        protocol.STEPS: float(entry[2]),
-    }
     if after > config.dp_budget:
-        spent = state.epsilon(delta=config.dp_delta, accountant=config.dp_accountant)
         reason = (
-            f"refused: round {server_round} would take ε from {spent:.3f} to {after:.3f}, "
-            f"past the budget {config.dp_budget}"
+            f"refused: round {request.server_round} would take ε from {spent:.3f} to "
+            f"{after:.3f}, past the budget {config.dp_budget}"
         )
-        log.info("client %d %s", partition_id, reason)
+        log.info("client %d %s", data.partition_id, reason)
         node_state.save_privacy(state)
-        return _reply(protocol.STATUS_REFUSED, reason, {**facts, protocol.EPSILON: spent}, None)
+        return _reply(
+            protocol.STATUS_REFUSED, reason, _facts(data.partition_id, entry, spent), None
+        )
+    return RoundBudget(data.partition_id, node_state, state, entry, after)
 
+
+def train_locally(request: TrainRequest, data: LocalData, budget: RoundBudget) -> Weights:
+    """Train the global model on ``data`` with DP-SGD; return the local weights by name."""
+    config = request.config
     model = create_model(model_for(config.model, data.image_shape), data.num_classes, seed=0)
-    model.load_state_dict(msg.content.array_records[protocol.ARRAYS].to_torch_state_dict())
+    model.load_state_dict(request.global_arrays.to_torch_state_dict())
     train_dp_sgd(
         model,
-        images,
-        labels,
+        data.images,
+        data.labels,
         DPSGDSettings(
             local_epochs=config.local_epochs,
             batch_size=config.batch_size,
             lr=config.lr,
             momentum=config.momentum,
-            noise_multiplier=sigma,
+            noise_multiplier=budget.entry[0],
             max_grad_norm=config.dp_max_grad_norm,
         ),
     )
-    # Charged before anything is sent: a crash after training must not forget this round.
-    state.record(server_round, entry)
-    node_state.save_privacy(state)
-    local = {k: v.detach().numpy() for k, v in model.state_dict().items()}
-    if attacker and config.attack_kind in UPDATE_ATTACKS:
-        global_weights = msg.content.array_records[protocol.ARRAYS]
-        local = poison_weights(
-            config.attack_kind,
-            local,
-            {k: v.numpy() for k, v in global_weights.items()},
-            np.random.default_rng(secrets.randbits(128)),
-        )
+    return {
+        k: v.detach().numpy().astype(np.float32, copy=False) for k, v in model.state_dict().items()
+    }
 
-    def seal_as(node_id: int) -> bytes:
-        return seal_trained_model(
-            local,
-            msg.content.array_records[protocol.ARRAYS],
-            facts=DPFacts(sigma, entry[1], entry[2], after),
-            config_params=CodecParams(
-                topk=config.codec_topk, bits=config.codec_bits, mask=config.codec_mask
-            ),
-            error_feedback=config.codec_error_feedback and node_id == context.node_id,
-            public_key=public_key,
-            seal_context=SealContext(run_id, server_round, node_id),
-            node_state=node_state,
-        )
 
-    sealed = seal_as(int(context.node_id))
-    previous = remember_sealed(context, sealed)
-    fault = str(seal_request.get(protocol.FAULT, ""))
-    if fault:
-        sealed = inject_fault(
-            fault,
-            sealed,
-            previous=previous,
-            seal_as=seal_as,
-            target=int(seal_request.get(protocol.FAULT_TARGET, 0)),  # type: ignore[arg-type]
-        )
+def record_round(request: TrainRequest, budget: RoundBudget) -> None:
+    """Charge the trained round to the privacy state, in memory and on disk."""
+    budget.state.record(request.server_round, budget.entry)
+    budget.node_state.save_privacy(budget.state)
+
+
+def seal_reply(
+    request: TrainRequest, budget: RoundBudget, local: Weights, context: Context
+) -> RecordDict:
+    """Return the ``trained`` reply: ``local - global`` sealed for this node's context."""
+    config = request.config
+    sealed = seal_trained_model(
+        local,
+        request.global_arrays,
+        facts=DPFacts(*budget.entry, budget.epsilon_after),
+        config_params=CodecParams(
+            topk=config.codec_topk, bits=config.codec_bits, mask=config.codec_mask
+        ),
+        error_feedback=config.codec_error_feedback,
+        public_key=request.public_key,
+        seal_context=SealContext(request.run_id, request.server_round, int(context.node_id)),
+        node_state=budget.node_state,
+    )
     return _reply(
         protocol.STATUS_TRAINED,
         "",
-        {**facts, protocol.EPSILON: after},
+        _facts(budget.client_id, budget.entry, budget.epsilon_after),
         ConfigRecord({protocol.SEALED: sealed}),
     )
+
+
+def run_training_round(msg: Message, context: Context) -> RecordDict:
+    """Handle one train request and return the reply's content (steps 1-6 in order)."""
+    request = read_request(msg, context)
+    data = load_local_data(request.config, context)
+    budget = check_budget(request, data, context)
+    if not isinstance(budget, RoundBudget):
+        return budget
+    local = train_locally(request, data, budget)
+    record_round(request, budget)
+    return seal_reply(request, budget, local, context)

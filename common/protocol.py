@@ -2,13 +2,13 @@
 
 Request ``RecordDict``:
     ``arrays``  ArrayRecord, the global model (``state_dict`` names, float32).
-    ``config``  ConfigRecord, every run-config key (flat, dotted) plus ``server-round`` and
-                ``run-tag`` (fedveil's run id, stable across a resume).
-    ``seal``    ConfigRecord, ``public-key``: the aggregator's raw X25519 key (32 bytes); and,
-                only under fault injection, ``fault`` (``tamper``/``replay``/``misroute``)
-                with ``fault-target`` (the node id a misrouted update claims).
-
+    ``config``  ConfigRecord, the run-config keys a client needs (flat, dotted;
+                ``common.config.CLIENT_KEYS``, missing ones take their defaults) plus
+                ``server-round`` and ``run-tag`` (fedveil's run id, stable across a resume).
+    ``seal``    ConfigRecord, ``public-key``: the aggregator's raw X25519 key (32 bytes).
     ``dp``      ConfigRecord, ``noise-multiplier``: the σ the server's plan assigns this client.
+
+A client reads these records and no others; a record it does not know changes nothing.
 
 Query (planning) request: ``config`` only. Reply: ``metrics`` with ``client-id``,
 ``dp-sample-rate`` and ``dp-steps`` (steps per round).
@@ -41,8 +41,6 @@ SERVER_ROUND = "server-round"
 RUN_TAG = "run-tag"
 SEAL = "seal"
 PUBLIC_KEY = "public-key"
-FAULT = "fault"
-FAULT_TARGET = "fault-target"
 SEALED = "sealed"
 UPDATE = "update"
 PINNED_FINGERPRINT = "aggregator-fingerprint"

@@ -2,9 +2,10 @@
 
 Attackers are real clients: they train with DP-SGD, account ε, compress, seal and send like any
 other; only the update they send (or the labels they train on) is malicious. Ordering contract
-in the training round: ``flip_labels`` before training (``label-flip``); after training,
-``delta = local - global``, ``poison_update(kind, delta, rng)``, then the usual error feedback,
-compression and sealing of ``global + poisoned`` (:func:`poison_weights` does the middle step).
+(``simulations.adversary.mod`` composes the client's public steps so): ``flip_labels`` before
+training (``label-flip``); after the round is charged, ``delta = local - global``,
+``poison_update(kind, delta, rng)``, then the usual error feedback, compression and sealing of
+``global + poisoned`` (:func:`poison_weights` does the middle step).
 
 ``attack.kind`` values (``ATTACKS``):
 
