@@ -35,6 +35,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from benchmarks.model_theft import add_gaussian_noise, fine_tune, prune_magnitude, quantize_int8
 from common.config import FedveilConfig
 from common.data import load_data
 from common.models import create_model, model_for
@@ -46,11 +47,7 @@ from server.watermark import (
     KEY_FILE,
     TriggerSet,
     WatermarkVerdict,
-    add_gaussian_noise,
-    fine_tune,
     load_state,
-    prune_magnitude,
-    quantize_int8,
     read_key,
     verify_watermark,
 )

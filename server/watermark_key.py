@@ -1,0 +1,98 @@
+"""The watermark's secret: a 32-byte key and its key file (``watermark.key``, mode 0600).
+
+The file is one ASCII line, ``fedveil-watermark-key-v1 <64 hex digits>``, created mode 0600 from
+its first byte and never over an existing file (``common.files.write_new``). Reading refuses a
+file that group or others can read. Anyone holding the key can regenerate the trigger set and
+so prove, or wash out, the watermark: it never leaves the server's run directory.
+Every refusal is a :class:`WatermarkError` whose message is one line naming the file.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import stat
+from pathlib import Path
+from typing import Final
+
+from common.files import SECRET_MODE, write_new
+
+KEY_FILE: Final = "watermark.key"
+KEY_BYTES: Final = 32
+
+_KEY_HEADER: Final = "fedveil-watermark-key-v1"
+_KEY_FILE_BYTES: Final = len(_KEY_HEADER) + 1 + 2 * KEY_BYTES + 1
+
+
+class WatermarkError(ValueError):
+    """A key file, model file or trigger request that cannot be used; one line names it."""
+
+
+def check_key(key: object) -> bytes:
+    """Return ``key`` if it is 32 bytes, else raise :class:`WatermarkError`."""
+    if not isinstance(key, bytes) or len(key) != KEY_BYTES:
+        raise WatermarkError(f"a watermark key is {KEY_BYTES} bytes")
+    return key
+
+
+def generate_key() -> bytes:
+    """Return a fresh 32-byte secret from the OS's CSPRNG."""
+    return secrets.token_bytes(KEY_BYTES)
+
+
+def write_key(path: Path, key: bytes) -> None:
+    """Write ``key`` to ``path`` with mode 0600, atomically, never replacing an existing file.
+
+    Readers see no file or the whole key (``common.files.write_new``).
+
+    Raises:
+        WatermarkError: ``key`` is not 32 bytes, or ``path`` exists already.
+        OSError: The directory cannot be written.
+
+    """
+    check_key(key)
+    path = Path(path)
+    data = f"{_KEY_HEADER} {key.hex()}\n".encode("ascii")
+    try:
+        write_new(path, data, mode=SECRET_MODE)
+    except FileExistsError:
+        raise WatermarkError(
+            f"{path}: a watermark key exists already; refusing to overwrite it"
+        ) from None
+
+
+def read_key(path: Path) -> bytes:
+    """Read a key written by :func:`write_key`.
+
+    Raises:
+        WatermarkError: One line naming the file: unreadable, not a regular file, readable by
+            group or others, or not a fedveil watermark key.
+
+    """
+    path = Path(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        raise WatermarkError(f"{path}: cannot read the watermark key ({exc.strerror})") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise WatermarkError(f"{path}: the watermark key is not a regular file")
+        if info.st_mode & 0o077:
+            raise WatermarkError(
+                f"{path}: the watermark key is readable by group or others (mode "
+                f"{stat.S_IMODE(info.st_mode):04o}); run `chmod 600 {path}`"
+            )
+        data = os.read(fd, _KEY_FILE_BYTES + 1)
+    except OSError as exc:
+        raise WatermarkError(f"{path}: cannot read the watermark key ({exc.strerror})") from None
+    finally:
+        os.close(fd)
+    try:
+        header, hex_key = data.decode("ascii").split()
+        key = bytes.fromhex(hex_key)
+    except (UnicodeDecodeError, ValueError):
+        header, key = "", b""
+    if header != _KEY_HEADER or len(key) != KEY_BYTES:
+        raise WatermarkError(f"{path}: not a fedveil watermark key file")
+    return key
