@@ -1,75 +1,61 @@
 """``python -m benchmarks.codec``: what the update codec saves and what sealing costs.
 
-One command, one process, two tables on stdout (and the same numbers as JSON with ``--json``):
+One command, two tables on stdout, and the same numbers as JSON stamped with date, commit and
+machine (``benchmarks/results/codec.json``, or ``codec-quick.json`` for trial runs, or ``--json``):
 
 1. Uplink and accuracy. Dense float32 and each codec setting (``SETTINGS``) run the same rounds
-   of the real stack (Flower's simulation engine, DP-SGD clients at the default ε target, sealed
-   updates) on digits and, when ``--data-dir`` holds it, MNIST (20 clients, Dirichlet 0.5, the
-   CNN). From each run's ``metrics.jsonl``: sealed bytes per update, the ratio of dense float32
-   bytes to sealed bytes, final accuracy, the mean steady-state round time (round 1 also starts
-   the simulation engine, so it is left out), and sealing's share of that round time.
-2. Microbenchmarks. Codec encode and decode MB/s of a float32 vector the size of the CNN and of a
-   4M vector for each setting; on each resulting payload, and on 1 MiB and 16 MiB dense payloads,
-   seal+open MB/s of the envelope (``seal_client_update`` + ``open_client_update``, which also
-   decodes and validates), of HPKE alone (``seal_update`` + ``open_update``), and of raw
-   AES-256-GCM encrypt+decrypt from ``cryptography``.
+   of ``fedveil simulate``'s real stack (Flower's simulation engine, DP-SGD clients at the
+   default ε target, sealed updates) on digits and, with ``--data-dir``, MNIST (20 clients,
+   Dirichlet 0.5, the CNN). From each run's ``metrics.jsonl``: sealed bytes per update, the
+   ratio of dense float32 bytes to sealed bytes, final accuracy, the mean steady-state round
+   time (round 1 also starts the simulation engine, so it is left out), and sealing's share.
+2. Microbenchmarks (``benchmarks.codec_micro``): codec, envelope, HPKE and AES-256-GCM MB/s.
 
 Sealing share of round time = median seal+open seconds of one update (measured here on that
 model's size and setting) x clients per round / mean steady-state round seconds. It is an upper
 bound: in a round the clients seal in parallel and only the opening is serial on the server.
-
-MB are 10**6 bytes; every time is the median of repeated ``time.perf_counter`` samples. The
-raw-AES reference is the only low-level crypto import outside ``common.sealing``: it measures
-the floor sealing is compared with and protects nothing.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import io
-import itertools
-import json
-import math
 import os
-import platform
-import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from rich.console import Console
 from rich.table import Table
 
-from common.codec import CodecParams, Float32Array, decode_update, encode_update
+from benchmarks.codec_micro import MicroRow, micro_table, microbench, update_seal_seconds
+from benchmarks.codec_results import (
+    RunResult,
+    RunSummary,
+    attach_costs,
+    summarize_metrics,
+    verdict,
+    verdict_lines,
+)
+from benchmarks.provenance import RESULTS_DIR, write_json
+from benchmarks.runs import BenchmarkError, run_simulation
+from common.codec import CodecParams
 from common.config import ConfigValue, FedveilConfig
-from common.envelope import DPFacts, open_client_update, seal_client_update
-from common.sealing import AggregatorKeyPair, CodecHeader, SealContext, open_update, seal_update
+from common.sealing import AggregatorKeyPair
 
-MB = 1e6
 CNN_SIZE = 26_010
 """Parameters of ``common.models.SmallCNN`` (the MNIST model); the test checks it."""
 LARGE_SIZE = 4 * 2**20
 """The 4M-coordinate vector: 16 MiB as dense float32."""
 RAW_SIZES = (2**20, 16 * 2**20)
 """Dense payload sizes (bytes) sealed beside the settings' payloads: 1 MiB and 16 MiB."""
-TARGET_RATIO = 100.0
-TARGET_LOSS_POINTS = 1.0
-TARGET_SEAL_SHARE = 0.01
-
-# What the facts inside a sealed update look like; their values do not change the cost.
-_FACTS = DPFacts(noise_multiplier=1.0, sample_rate=0.02, steps=100, epsilon=1.0)
-_CONTEXT = SealContext(run_id=1, server_round=1, node_id=1)
-
-
-class BenchError(RuntimeError):
-    """A benchmark run did not produce the numbers it needs."""
+DEFAULT_JSON = RESULTS_DIR / "codec.json"
+QUICK_JSON = RESULTS_DIR / "codec-quick.json"
+"""Trial runs (``--quick``, ``--micro-only``) write here by default, never over the results."""
 
 
 @dataclass(frozen=True)
@@ -127,44 +113,6 @@ class Scenario:
 
 
 @dataclass(frozen=True)
-class RunSummary:
-    """What one run's ``metrics.jsonl`` says about one setting."""
-
-    setting: str
-    rounds: int
-    parameters: int
-    bytes_per_update: float
-    ratio: float
-    final_accuracy: float
-    round_seconds: float
-    clients_per_round: float
-
-
-@dataclass(frozen=True)
-class RunResult:
-    """A run's summary with the sealing cost measured for its model size and setting."""
-
-    summary: RunSummary
-    accuracy_loss_points: float
-    seal_open_seconds: float
-    seal_share: float
-
-
-@dataclass(frozen=True)
-class MicroRow:
-    """Codec and sealing throughput on one vector (codec fields are ``None`` for raw rows)."""
-
-    label: str
-    size: int
-    payload_bytes: int
-    encode_mb_s: float | None
-    decode_mb_s: float | None
-    seal_open_mb_s: float
-    hpke_mb_s: float
-    aes_gcm_mb_s: float
-
-
-@dataclass(frozen=True)
 class Plan:
     """How much work one benchmark invocation does."""
 
@@ -175,229 +123,28 @@ class Plan:
     repeats: int
 
 
-# ------------------------------------------------------------------------------ run metrics
-
-
-def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """Return the rows of a ``metrics.jsonl`` file."""
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def summarize_metrics(setting: str, rows: Sequence[dict[str, Any]]) -> RunSummary:
-    """Reduce a run's metrics rows to bytes per update, ratio, final accuracy and round time.
-
-    Raises:
-        BenchError: no round finished, or no update was received.
-
-    """
-    if not rows:
-        raise BenchError(f"{setting}: the run finished no round")
-    updates = sum(len(r["clients"]) for r in rows)
-    sealed = sum(int(r["bytes_sealed"]) for r in rows)
-    dense = sum(int(r["bytes_dense"]) for r in rows)
-    if updates == 0 or sealed == 0:
-        raise BenchError(f"{setting}: the server received no update")
-    # Round 1 also starts the engine and the client processes: not the steady state.
-    steady = rows[1:] or rows
-    return RunSummary(
-        setting=setting,
-        rounds=len(rows),
-        parameters=dense // updates // 4,
-        bytes_per_update=sealed / updates,
-        ratio=dense / sealed,
-        final_accuracy=float(rows[-1]["accuracy"]),
-        round_seconds=statistics.fmean(float(r["seconds"]) for r in steady),
-        clients_per_round=updates / len(rows),
-    )
+# ----------------------------------------------------------------------------------- runs
 
 
 def run_setting(scenario: Scenario, setting: Setting, out: Path, *, verbose: bool) -> RunSummary:
-    """Run ``setting`` on ``scenario`` through ``fedveil simulate``'s engine; summarize it."""
-    from simulations.simulate import simulate
-
-    config = FedveilConfig.from_flat({**scenario.flat, **setting.overrides()})
-    console = Console(stderr=True) if verbose else Console(file=io.StringIO())
-    run_path, result = simulate(config, out, console, verbose=verbose)
-    if result.stopped_reason:
-        raise BenchError(f"{scenario.dataset}/{setting.name} stopped: {result.stopped_reason}")
-    return summarize_metrics(setting.name, read_metrics(run_path / "metrics.jsonl"))
-
-
-def accuracy_loss_points(summary: RunSummary, dense: RunSummary) -> float:
-    """Return how many accuracy points ``summary`` lost against dense float32 (negative: won)."""
-    return 100.0 * (dense.final_accuracy - summary.final_accuracy)
-
-
-def seal_share(seal_open_seconds: float, summary: RunSummary) -> float:
-    """Return seal+open seconds of a round's updates as a fraction of the mean round time."""
-    return seal_open_seconds * summary.clients_per_round / summary.round_seconds
-
-
-# --------------------------------------------------------------------------------- timing
-
-
-def median_seconds(action: Callable[[], object], repeats: int, min_sample: float = 0.02) -> float:
-    """Return the median seconds of one ``action()`` over ``repeats`` samples.
-
-    One warm-up call sizes each sample to at least ``min_sample`` seconds (many calls per sample
-    for fast actions), so the timer's resolution never dominates.
-    """
-    start = time.perf_counter()
-    action()
-    first = time.perf_counter() - start
-    inner = max(1, min(10_000, math.ceil(min_sample / max(first, 1e-9))))
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(inner):
-            action()
-        samples.append((time.perf_counter() - start) / inner)
-    return statistics.median(samples)
-
-
-def update_vector(size: int, rng: np.random.Generator) -> Float32Array:
-    """Return a dense float32 update-like vector: Gaussian, weight-update magnitudes."""
-    return (rng.standard_normal(size) * 1e-2).astype(np.float32)
-
-
-def incompressible_vector(nbytes: int, rng: np.random.Generator) -> Float32Array:
-    """Return finite float32 values with random bit patterns: zstd cannot shrink them much."""
-    bits = rng.integers(0, 0x7F80_0000, size=nbytes // 4, dtype=np.uint32)
-    bits |= rng.integers(0, 2, size=bits.size, dtype=np.uint32) << np.uint32(31)
-    return bits.view(np.float32)
-
-
-def seal_open_seconds(
-    payload: bytes, params: CodecParams, size: int, keypair: AggregatorKeyPair, repeats: int
-) -> float:
-    """Median seconds to seal one encoded update with its DP facts, then open and decode it."""
-
-    def round_trip() -> None:
-        sealed = seal_client_update(
-            payload,
-            facts=_FACTS,
-            params=params,
-            size=size,
-            public_key=keypair.public_bytes,
-            context=_CONTEXT,
-        )
-        open_client_update(sealed, keypair=keypair, expected=_CONTEXT, params=params, size=size)
-
-    return median_seconds(round_trip, repeats)
-
-
-def hpke_seconds(
-    payload: bytes, params: CodecParams, size: int, keypair: AggregatorKeyPair, repeats: int
-) -> float:
-    """Median seconds of HPKE alone: ``seal_update`` then ``open_update``, no decoding."""
-    header = CodecHeader(topk=params.topk, bits=params.bits, size=size)
-
-    def round_trip() -> None:
-        sealed = seal_update(
-            payload, public_key=keypair.public_bytes, context=_CONTEXT, codec=header
-        )
-        open_update(sealed, keypair=keypair, expected=_CONTEXT, max_payload=len(payload))
-
-    return median_seconds(round_trip, repeats)
-
-
-def aes_gcm_seconds(nbytes: int, repeats: int) -> float:
-    """Median seconds of raw AES-256-GCM encrypt then decrypt of ``nbytes`` random bytes."""
-    aead = AESGCM(AESGCM.generate_key(bit_length=256))
-    data = os.urandom(nbytes)
-    counter = itertools.count()
-
-    def round_trip() -> None:
-        nonce = next(counter).to_bytes(12, "big")  # never reused under one key
-        aead.decrypt(nonce, aead.encrypt(nonce, data, None), None)
-
-    return median_seconds(round_trip, repeats)
-
-
-# ------------------------------------------------------------------------------ microbench
-
-
-def _sealing_row(
-    label: str,
-    vector: Float32Array,
-    params: CodecParams,
-    keypair: AggregatorKeyPair,
-    repeats: int,
-    rng: np.random.Generator,
-    *,
-    with_codec: bool,
-) -> MicroRow:
-    size = vector.size
-    payload = encode_update(vector, params, rng).payload
-    encode_mb_s = decode_mb_s = None
-    if with_codec:
-        dense_bytes = 4 * size
-        encode_s = median_seconds(lambda: encode_update(vector, params, rng), repeats)
-        decode_s = median_seconds(lambda: decode_update(payload, size=size, params=params), repeats)
-        encode_mb_s, decode_mb_s = dense_bytes / encode_s / MB, dense_bytes / decode_s / MB
-    n = len(payload)
-    return MicroRow(
-        label=label,
-        size=size,
-        payload_bytes=n,
-        encode_mb_s=encode_mb_s,
-        decode_mb_s=decode_mb_s,
-        seal_open_mb_s=n / seal_open_seconds(payload, params, size, keypair, repeats) / MB,
-        hpke_mb_s=n / hpke_seconds(payload, params, size, keypair, repeats) / MB,
-        aes_gcm_mb_s=n / aes_gcm_seconds(n, repeats) / MB,
-    )
-
-
-def microbench(plan: Plan, keypair: AggregatorKeyPair, seed: int) -> list[MicroRow]:
-    """Codec rows (each setting x vector size), then raw dense payloads of ``plan.raw_sizes``."""
-    rng = np.random.default_rng(seed)
-    rows = []
-    for size in plan.micro_sizes:
-        vector = update_vector(size, rng)
-        for setting in SETTINGS:
-            rows.append(
-                _sealing_row(
-                    setting.name,
-                    vector,
-                    setting.params,
-                    keypair,
-                    plan.repeats,
-                    rng,
-                    with_codec=True,
-                )
-            )
-    for nbytes in plan.raw_sizes:
-        vector = incompressible_vector(nbytes, rng)
-        label = f"raw {nbytes / 2**20:g} MiB"
-        rows.append(
-            _sealing_row(label, vector, DENSE.params, keypair, plan.repeats, rng, with_codec=False)
-        )
-    return rows
-
-
-def update_seal_seconds(
-    setting: Setting, size: int, keypair: AggregatorKeyPair, repeats: int, seed: int
-) -> float:
-    """Median seal+open seconds of one update of ``size`` coordinates under ``setting``."""
-    rng = np.random.default_rng(seed)
-    payload = encode_update(update_vector(size, rng), setting.params, rng).payload
-    return seal_open_seconds(payload, setting.params, size, keypair, repeats)
+    """Run ``setting`` on ``scenario`` as ``fedveil simulate`` would; summarize its run."""
+    rows = run_simulation({**scenario.flat, **setting.overrides()}, out, verbose=verbose)
+    return summarize_metrics(setting.name, rows)
 
 
 # ------------------------------------------------------------------------------ scenarios
 
 
-def mnist_missing(data_dir: Path) -> str | None:
-    """Return why MNIST cannot be read from ``data_dir``, or ``None`` when it can."""
-    from common.data import DataError, load_data
+def check_mnist(data_dir: Path) -> None:
+    """Read MNIST from ``data_dir`` once, so a wrong folder fails before any run starts.
 
-    if not data_dir.is_dir():
-        return f"{data_dir} is not a folder"
-    try:
-        load_data("mnist", str(data_dir), 0, 0.2)
-    except DataError as exc:
-        return str(exc)
-    return None
+    Raises:
+        DataError: ``data_dir`` does not hold MNIST's IDX files (the message says what is wrong).
+
+    """
+    from common.data import load_data
+
+    load_data("mnist", str(data_dir), 0, 0.2)
 
 
 def user_overrides(assignments: Sequence[str]) -> dict[str, ConfigValue]:
@@ -433,12 +180,12 @@ def build_plan(args: argparse.Namespace) -> Plan:
     else:
         scenarios = [Scenario("digits", {"num-server-rounds": args.rounds_digits, **extra})]
         skipped = {}
-        data_dir = args.data_dir.resolve()
-        reason = mnist_missing(data_dir)
-        if reason is None:
-            scenarios.append(Scenario("mnist", {**mnist_keys(args, data_dir), **extra}))
+        if args.data_dir is None:
+            skipped["mnist"] = "no --data-dir given"
         else:
-            skipped["mnist"] = reason
+            data_dir = args.data_dir.expanduser().resolve()
+            check_mnist(data_dir)
+            scenarios.append(Scenario("mnist", {**mnist_keys(args, data_dir), **extra}))
         plan = Plan(tuple(scenarios), skipped, (CNN_SIZE, LARGE_SIZE), RAW_SIZES, args.repeats)
     for scenario in plan.scenarios:
         for setting in SETTINGS:
@@ -479,56 +226,11 @@ def run_scenario(
             f"{summary.bytes_per_update:,.0f} B/update, {time.perf_counter() - started:.0f} s"
         )
         summaries.append(summary)
-    dense = summaries[0]
-    results = []
-    for setting, summary in zip(SETTINGS, summaries, strict=True):
-        seconds = update_seal_seconds(setting, summary.parameters, keypair, plan.repeats, 0)
-        results.append(
-            RunResult(
-                summary=summary,
-                accuracy_loss_points=accuracy_loss_points(summary, dense),
-                seal_open_seconds=seconds,
-                seal_share=seal_share(seconds, summary),
-            )
-        )
-    return results
-
-
-# ------------------------------------------------------------------------------- verdict
-
-
-def verdict(results: Sequence[RunResult]) -> dict[str, Any]:
-    """Return the done-when check of one data set.
-
-    ``at_ratio``: of the settings with ``ratio >= TARGET_RATIO``, the one losing the fewest
-    accuracy points (``None`` when no setting compresses that much); the target is met when it
-    loses at most ``TARGET_LOSS_POINTS``. ``within_loss``: of the compressed settings losing at
-    most ``TARGET_LOSS_POINTS``, the one with the highest ratio (``None`` when none does).
-    """
-    compressed = [r for r in results if r.summary.setting != DENSE.name]
-    at_ratio = [r for r in compressed if r.summary.ratio >= TARGET_RATIO]
-    within = [r for r in compressed if r.accuracy_loss_points <= TARGET_LOSS_POINTS]
-    best_at_ratio = min(at_ratio, key=lambda r: r.accuracy_loss_points, default=None)
-    best_within = max(within, key=lambda r: r.summary.ratio, default=None)
-    max_share = max(r.seal_share for r in results)
-    return {
-        "at_ratio": _brief(best_at_ratio),
-        "within_loss": _brief(best_within),
-        "ratio_and_accuracy_met": best_at_ratio is not None
-        and best_at_ratio.accuracy_loss_points <= TARGET_LOSS_POINTS,
-        "max_seal_share": max_share,
-        "seal_share_met": max_share <= TARGET_SEAL_SHARE,
-    }
-
-
-def _brief(result: RunResult | None) -> dict[str, Any] | None:
-    if result is None:
-        return None
-    return {
-        "setting": result.summary.setting,
-        "ratio": result.summary.ratio,
-        "accuracy_loss_points": result.accuracy_loss_points,
-    }
+    seconds = [
+        update_seal_seconds(setting.params, summary.parameters, keypair, plan.repeats, 0)
+        for setting, summary in zip(SETTINGS, summaries, strict=True)
+    ]
+    return attach_costs(summaries, seconds)
 
 
 # ------------------------------------------------------------------------------- output
@@ -574,78 +276,24 @@ def accuracy_table(results: dict[str, list[RunResult]]) -> Table:
     return table
 
 
-def _mb_s(value: float | None) -> str:
-    return "-" if value is None else f"{value:,.1f}"
-
-
-def micro_table(rows: Sequence[MicroRow]) -> Table:
-    """Return table 2: codec MB/s and seal+open / HPKE / raw AES-256-GCM MB/s per payload."""
-    table = Table(title="microbenchmarks (MB/s = 10^6 bytes/s, medians)")
-    for name in (
-        "setting",
-        "coords",
-        "payload B",
-        "encode",
-        "decode",
-        "seal+open",
-        "HPKE only",
-        "AES-256-GCM",
-    ):
-        table.add_column(name, justify="left" if name == "setting" else "right")
-    size = rows[0].size if rows else 0
-    for row in rows:
-        if row.size != size:
-            table.add_section()
-            size = row.size
-        table.add_row(
-            row.label,
-            f"{row.size:,}",
-            f"{row.payload_bytes:,}",
-            _mb_s(row.encode_mb_s),
-            _mb_s(row.decode_mb_s),
-            _mb_s(row.seal_open_mb_s),
-            _mb_s(row.hpke_mb_s),
-            _mb_s(row.aes_gcm_mb_s),
-        )
-    return table
-
-
-def verdict_lines(verdicts: dict[str, dict[str, Any]]) -> list[str]:
-    """Return one line per data set on the done-when targets."""
-    lines = []
-    for dataset, v in verdicts.items():
-        at, within = v["at_ratio"], v["within_loss"]
-        parts = [
-            f"{dataset}: target (>= {TARGET_RATIO:g}x at <= {TARGET_LOSS_POINTS:g} point) "
-            + ("met" if v["ratio_and_accuracy_met"] else "not met"),
-            f"at >= {TARGET_RATIO:g}x: "
-            + (
-                "none"
-                if at is None
-                else f"{at['setting']} {at['ratio']:.1f}x, {at['accuracy_loss_points']:+.2f} pts"
-            ),
-            f"within {TARGET_LOSS_POINTS:g} point: "
-            + (
-                "none"
-                if within is None
-                else f"{within['setting']} {within['ratio']:.1f}x, "
-                f"{within['accuracy_loss_points']:+.2f} pts"
-            ),
-            f"seal+open <= {100 * v['max_seal_share']:.3f} % of round time "
-            f"({'within' if v['seal_share_met'] else 'above'} {100 * TARGET_SEAL_SHARE:g} %)",
-        ]
-        lines.append("; ".join(parts))
-    return lines
-
-
 def report_json(
     plan: Plan,
     results: dict[str, list[RunResult]],
     micro: Sequence[MicroRow],
-    environment: dict[str, Any],
+    load_before: Sequence[float],
 ) -> dict[str, Any]:
-    """Return every number of the tables as one JSON-ready object."""
+    """Return every number of the tables as one JSON-ready object (``write_json`` stamps it).
+
+    ``load_before`` is the load average when the runs started; the stamp holds it at the end.
+    """
     return {
+        "benchmark": "codec",
+        "plan": {
+            "datasets": {s.dataset: s.flat for s in plan.scenarios},
+            "micro_sizes": list(plan.micro_sizes),
+            "raw_sizes": list(plan.raw_sizes),
+            "repeats": plan.repeats,
+        },
         "settings": [dataclasses.asdict(s) for s in SETTINGS],
         "accuracy": {
             dataset: {
@@ -657,7 +305,7 @@ def report_json(
         },
         "skipped": plan.skipped,
         "micro": [dataclasses.asdict(row) for row in micro],
-        "environment": environment,
+        "load_average_before": list(load_before),
     }
 
 
@@ -666,19 +314,6 @@ def _result_extras(r: RunResult) -> dict[str, float]:
         "accuracy_loss_points": r.accuracy_loss_points,
         "seal_open_seconds": r.seal_open_seconds,
         "seal_share": r.seal_share,
-    }
-
-
-def environment() -> dict[str, Any]:
-    """Return what the timings depend on: CPUs, load, versions."""
-    import cryptography
-
-    return {
-        "cpus": os.cpu_count(),
-        "load_average": list(os.getloadavg()),
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "cryptography": cryptography.__version__,
     }
 
 
@@ -694,8 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--data-dir",
         type=Path,
-        default=Path("../shared/data"),
-        help="folder holding mnist/ (MNIST is skipped when absent)",
+        help="folder holding MNIST's IDX files, directly or in mnist/ (without it: digits only)",
     )
     parser.add_argument("--rounds-digits", type=_positive_int, default=15)
     parser.add_argument("--rounds-mnist", type=_positive_int, default=8)
@@ -725,7 +359,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="only the codec/seal/AES microbenchmarks (seconds; run them on a quiet machine)",
     )
-    parser.add_argument("--json", type=Path, help="also write every number to this JSON file")
+    parser.add_argument(
+        "--json",
+        type=Path,
+        help=f"where to write every number (default: {DEFAULT_JSON.name}, or "
+        f"{QUICK_JSON.name} with --quick or --micro-only, in benchmarks/results/)",
+    )
     parser.add_argument(
         "--keep-runs",
         type=Path,
@@ -751,7 +390,7 @@ def run(args: argparse.Namespace, runs_dir: Path) -> dict[str, Any]:
     """Run the whole benchmark, print both tables, and return the JSON report."""
     log = Console(stderr=True)
     plan = build_plan(args)
-    before = environment()
+    load_before = os.getloadavg()
     keypair = AggregatorKeyPair.generate()
     results = {
         scenario.dataset: run_scenario(
@@ -760,8 +399,11 @@ def run(args: argparse.Namespace, runs_dir: Path) -> dict[str, Any]:
         for scenario in plan.scenarios
     }
     log.print("microbenchmarks ...")
-    micro = microbench(plan, keypair, args.seed)
-    env = {**before, "load_average_after": list(os.getloadavg())}
+    named = [(s.name, s.params) for s in SETTINGS]
+    micro = microbench(
+        named, plan.micro_sizes, plan.raw_sizes, keypair, repeats=plan.repeats, seed=args.seed
+    )
+    load_after = os.getloadavg()
     out = _output_console()
     if results:
         out.print(accuracy_table(results))
@@ -771,11 +413,11 @@ def run(args: argparse.Namespace, runs_dir: Path) -> dict[str, Any]:
     for line in verdict_lines({d: verdict(r) for d, r in results.items()}):
         out.print(line, highlight=False, soft_wrap=True)
     out.print(
-        f"load average before/after: {env['load_average'][0]:.2f} / "
-        f"{env['load_average_after'][0]:.2f} on {env['cpus']} CPUs",
+        f"load average before/after: {load_before[0]:.2f} / {load_after[0]:.2f} "
+        f"on {os.cpu_count()} CPUs",
         highlight=False,
     )
-    return report_json(plan, results, micro, env)
+    return report_json(plan, results, micro, load_before)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -791,11 +433,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             with tempfile.TemporaryDirectory(prefix="bench-codec-") as tmp:
                 report = run(args, Path(tmp))
-    except (BenchError, ConfigError, DataError, RunDirError) as exc:
-        print(f"bench_codec: error: {exc}", file=sys.stderr)
+    except (BenchmarkError, ConfigError, DataError, RunDirError) as exc:
+        print(f"benchmarks.codec: error: {exc}", file=sys.stderr)
         return 2
-    if args.json is not None:
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    trial = args.quick or args.micro_only
+    path = args.json or (QUICK_JSON if trial else DEFAULT_JSON)
+    write_json(path, report)
+    print(path, file=sys.stderr)
     return 0
 
 

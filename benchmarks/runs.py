@@ -1,0 +1,76 @@
+"""One benchmark run: ``fedveil simulate``'s own path with config keys, then its run directory.
+
+Benchmarks compose public pieces and patch nothing: ``run_simulation`` builds the config from
+kebab-case keys (as ``--set`` does), calls ``simulations.simulate.simulate`` and returns the
+finished rounds of ``metrics.jsonl``; a run that finishes fewer rounds than asked for is an
+error (``BenchmarkError``), never a silently short row. Everything else a benchmark needs comes
+from the run directory's files.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from common.config import ConfigValue, FedveilConfig
+
+MODEL_FILE = "model.safetensors"
+CHECKPOINT_DIR = "checkpoint"
+
+
+class BenchmarkError(RuntimeError):
+    """A benchmark run did not produce the numbers it needs."""
+
+
+def read_rounds(run: Path) -> list[dict[str, Any]]:
+    """Return the rows of a run's ``metrics.jsonl`` (none when it finished no round)."""
+    from simulations.simulate import read_metrics
+
+    return read_metrics(run)
+
+
+def run_simulation(
+    flat: Mapping[str, ConfigValue], out: Path, *, verbose: bool = False
+) -> list[dict[str, Any]]:
+    """Run one simulation into ``out`` with the config keys ``flat``; return its rounds.
+
+    Raises:
+        BenchmarkError: the run finished fewer rounds than ``num-server-rounds``.
+
+    """
+    from simulations.simulate import simulate
+
+    config = FedveilConfig.from_flat(dict(flat))
+    console = Console(stderr=True) if verbose else Console(file=io.StringIO())
+    run_path, _ = simulate(config, out, console, verbose=verbose)
+    rows = read_rounds(run_path)
+    if len(rows) < config.num_server_rounds:
+        raise BenchmarkError(
+            f"{out.name}: finished {len(rows)} of {config.num_server_rounds} rounds"
+            " (privacy.json says why)"
+        )
+    return rows
+
+
+def node_partitions(run: Path) -> dict[int, int]:
+    """Map each node id of a finished simulated run to its partition id.
+
+    ``metrics.jsonl`` names nodes (random in a simulation) while attackers are chosen by
+    partition; the run directory's contract has no field pairing them yet, so this reads the
+    final checkpoint with the server's own reader, sized by the final model's tensor shapes.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    from server.checkpoint import CheckpointError, load_checkpoint
+
+    try:
+        with safe_open(str(run / MODEL_FILE), framework="np") as model:
+            shapes = {k: tuple(model.get_slice(k).get_shape()) for k in model.keys()}  # noqa: SIM118
+        checkpoint = load_checkpoint(run / CHECKPOINT_DIR, shapes)
+    except (OSError, SafetensorError, CheckpointError) as exc:
+        raise BenchmarkError(f"{run}: cannot pair nodes with partitions ({exc})") from None
+    return {node: int(client) for node, client in checkpoint.node_clients.items()}
