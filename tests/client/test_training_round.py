@@ -1,17 +1,21 @@
+"""One train round: the ClientApp end to end, and its public steps one at a time."""
+
 from __future__ import annotations
 
 from collections.abc import Callable
 
 import numpy as np
 import pytest
-from flwr.app import ArrayRecord, Message
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 
+from client import training_round as steps
 from client.app import app
 from client.privacy_state import STATE_KEY, ClientPrivacyState
 from common import protocol
 from common.accounting import epsilon_from_history
 from common.codec import CodecParams
-from common.config import FedveilConfig
+from common.config import CLIENT_KEYS, FedveilConfig
 from common.envelope import UpdateRejected, open_client_update
 from common.models import create_model
 from common.sealing import AggregatorKeyPair, SealContext, fingerprint
@@ -136,24 +140,6 @@ def test_pinned_fingerprint_mismatch_refuses_before_training(
     assert _status(app(train_request(CONFIG, _global(), 1), pinned)) == "trained"
 
 
-@pytest.mark.parametrize("fault", ["tamper", "replay", "misroute"])
-def test_injected_faults_are_rejected_with_their_reason(
-    fault: str, train_request: Callable[..., Message], aggregator: AggregatorKeyPair
-) -> None:
-    ctx = client_context(3, 4)
-    app(train_request(CONFIG, _global(), 1), ctx)
-    reply = app(
-        train_request(
-            CONFIG, _global(), 2, **{protocol.FAULT: fault, protocol.FAULT_TARGET: NODE_ID + 5}
-        ),
-        ctx,
-    )
-
-    with pytest.raises(UpdateRejected) as rejected:
-        _open(reply, aggregator, 2)
-    assert rejected.value.reason == fault
-
-
 def test_state_from_another_run_is_refused(train_request: Callable[..., Message]) -> None:
     ctx = client_context(0, 4)
     ctx.state[STATE_KEY] = ClientPrivacyState(run_tag="other", noise_multiplier=1.0).to_record()
@@ -167,3 +153,97 @@ def test_missing_partition_in_node_config_is_named(train_request: Callable[..., 
     ctx = Context(run_id=1, node_id=7, node_config={}, state=RecordDict(), run_config={})
     with pytest.raises(Exception, match="partition-id"):
         app(train_request(CONFIG, _global(), 1), ctx)
+
+
+def _client_keys_only(msg: Message, config: FedveilConfig, rnd: int) -> Message:
+    """Carry only ``CLIENT_KEYS`` in the config record, as the server sends a train request."""
+    msg.content[protocol.CONFIG] = protocol.config_record(config.to_client_flat(), rnd)
+    return msg
+
+
+def test_client_needs_only_the_client_keys(
+    train_request: Callable[..., Message], aggregator: AggregatorKeyPair
+) -> None:
+    config = CONFIG.replace(attack_fraction=1.0, aggregation="median")  # server-only keys
+    msg = _client_keys_only(train_request(config, _global(), 1), config, 1)
+
+    assert set(protocol.run_config_of(msg.content.config_records[protocol.CONFIG])) == set(
+        CLIENT_KEYS
+    )
+    reply = app(msg, client_context(1, 4))
+
+    assert _status(reply) == protocol.STATUS_TRAINED
+    _open(reply, aggregator, 1)
+
+
+def test_unknown_records_change_nothing(
+    train_request: Callable[..., Message], aggregator: AggregatorKeyPair
+) -> None:
+    msg = train_request(CONFIG, _global(), 1)
+    msg.content["something.else"] = ConfigRecord({"kind": "tamper", "target": NODE_ID + 1})
+
+    reply = app(msg, client_context(1, 4))
+
+    facts, _ = _open(reply, aggregator, 1)
+    assert facts.epsilon > 0
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.0, "1", None])
+def test_read_request_refuses_a_bad_round(
+    bad: object, train_request: Callable[..., Message]
+) -> None:
+    msg = train_request(CONFIG, _global(), 1)
+    record = msg.content.config_records[protocol.CONFIG]
+    if bad is None:
+        del record[protocol.SERVER_ROUND]
+    else:
+        record[protocol.SERVER_ROUND] = bad  # type: ignore[assignment]
+
+    with pytest.raises(ValueError, match=protocol.SERVER_ROUND):
+        steps.read_request(msg, client_context(0, 4))
+
+
+def test_read_request_reads_round_run_and_key(
+    train_request: Callable[..., Message], aggregator: AggregatorKeyPair
+) -> None:
+    request = steps.read_request(train_request(CONFIG, _global(), 3), client_context(0, 4))
+
+    assert (request.server_round, request.run_id, request.run_tag) == (3, RUN_ID, str(RUN_ID))
+    assert request.public_key == aggregator.public_bytes
+    assert request.assigned_noise is None
+    assert request.config == CONFIG
+
+
+def test_load_local_data_is_this_nodes_partition() -> None:
+    first = steps.load_local_data(CONFIG, client_context(0, 4))
+    second = steps.load_local_data(CONFIG, client_context(1, 4))
+
+    assert (first.partition_id, first.num_partitions, first.num_classes) == (0, 4, 10)
+    assert first.images.shape[0] == first.labels.shape[0] > 0
+    assert first.images.dtype == torch.float32
+    assert not torch.equal(first.labels, second.labels)
+
+
+def test_steps_compose_into_a_round_charged_before_it_is_sealed(
+    train_request: Callable[..., Message], aggregator: AggregatorKeyPair
+) -> None:
+    ctx = client_context(2, 4)
+    request = steps.read_request(train_request(CONFIG, _global(), 1), ctx)
+    data = steps.load_local_data(request.config, ctx)
+
+    budget = steps.check_budget(request, data, ctx)
+    assert isinstance(budget, steps.RoundBudget)
+    assert STATE_KEY not in ctx.state.config_records  # deciding spends nothing
+    local = steps.train_locally(request, data, budget)
+    assert set(local) == set(request.global_arrays)
+    steps.record_round(request, budget)
+    charged = ClientPrivacyState.from_record(ctx.state.config_records[STATE_KEY])
+    assert charged.rounds == [1]
+    content = steps.seal_reply(request, budget, local, ctx)
+
+    reply = Message(content=content, reply_to=train_request(CONFIG, _global(), 1))
+    facts, _ = _open(reply, aggregator, 1)
+    assert facts.epsilon == pytest.approx(budget.epsilon_after)
+    again = steps.check_budget(request, data, ctx)  # the same round asked again
+    assert isinstance(again, RecordDict)
+    assert str(again.config_records[protocol.STATUS]["status"]) == protocol.STATUS_ALREADY_TRAINED
