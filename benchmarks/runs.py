@@ -34,9 +34,15 @@ def read_rounds(run: Path) -> list[dict[str, Any]]:
 
 
 def run_simulation(
-    flat: Mapping[str, ConfigValue], out: Path, *, verbose: bool = False
+    flat: Mapping[str, ConfigValue],
+    out: Path,
+    console: Console | None = None,
+    *,
+    verbose: bool = False,
 ) -> list[dict[str, Any]]:
     """Run one simulation into ``out`` with the config keys ``flat``; return its rounds.
+
+    ``console`` shows the run's progress (default: stderr with ``verbose``, else nowhere).
 
     Raises:
         BenchmarkError: the run finished fewer rounds than ``num-server-rounds``.
@@ -45,7 +51,8 @@ def run_simulation(
     from simulations.simulate import simulate
 
     config = FedveilConfig.from_flat(dict(flat))
-    console = Console(stderr=True) if verbose else Console(file=io.StringIO())
+    if console is None:
+        console = Console(stderr=True) if verbose else Console(file=io.StringIO())
     run_path, _ = simulate(config, out, console, verbose=verbose)
     rows = read_rounds(run_path)
     if len(rows) < config.num_server_rounds:
