@@ -1,20 +1,19 @@
 """``python -m benchmarks.privacy_utility``: final accuracy at ε = 1, 3, 8 and without DP.
 
 MNIST (``--data-dir``), 20 clients, IID and Dirichlet(α = 0.5) splits. Each private cell is one
-fedveil run (``simulations.simulate.simulate``: DP-SGD calibrated so every client ends at the
+``fedveil simulate`` run (``benchmarks.runs``: DP-SGD calibrated so every client ends at the
 target ε, δ = 1e-5, codec, sealing, aggregation, ledger); the "no DP" cell is the plain-Flower
 baseline (``simulations.plain_flower``: Flower's FedAvg, plain SGD) on the same split, model,
 clients and rounds. Writes, in ``--out``:
 
-- ``results.jsonl``: one object per finished run (kept: a rerun skips cells already there);
+- ``results.jsonl``: one object per finished cell, stamped with date, commit and machine (kept:
+  a rerun skips cells already there);
 - ``privacy_utility.md``: the table, with Opacus's central MNIST figures beside it;
-- ``privacy_utility.png``: accuracy against ε per split (a matplotlib ``Figure``, no pyplot).
+- ``privacy_utility.png``: accuracy against ε per split (a matplotlib ``Figure``, no pyplot);
 
-The tuned settings (``TUNED``; ``--set KEY=VALUE`` overrides any key for every private run,
-``--plain-set`` for the baseline) were chosen to finish each run within about 10 minutes on a
-2-core machine. 15 rounds beat 6 in five of the six private cells on 2026-12-01 (ε = 3 and 8 by
-2.3-4.3 points; ε = 1 IID lost 0.8): at a fixed ε more rounds mean more noise per step, which the
-extra steps outweigh from ε = 3 up.
+and every cell of the table as one stamped JSON (``benchmarks/results/privacy_utility.json``
+unless ``--json``). ``TUNED`` holds the settings of every private run (``--set KEY=VALUE``
+overrides any key, ``--plain-set`` the baseline's).
 """
 
 from __future__ import annotations
@@ -30,6 +29,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from benchmarks.provenance import RESULTS_DIR, stamp, write_json
+from benchmarks.runs import BenchmarkError, run_simulation
 from common.config import ConfigError, FedveilConfig, parse_assignment
 
 EPSILONS = (1.0, 3.0, 8.0)
@@ -63,6 +64,7 @@ PLAIN: dict[str, Any] = {"lr": 0.02, "momentum": 0.9, "batch-size": 64}
 REFERENCE = ((1.16, 0.946), (2.91, 0.968), (6.86, 0.971))
 REFERENCE_NO_DP = 0.989
 """Opacus's central DP-SGD on MNIST (its example's README): (ε, accuracy), and without DP."""
+DEFAULT_JSON = RESULTS_DIR / "privacy_utility.json"
 
 
 def cell_name(partitioning: str, epsilon: float | None) -> str:
@@ -97,24 +99,28 @@ def plain_config(
 
 def run_private(config: FedveilConfig, run_path: Path) -> dict[str, Any]:
     """Run one fedveil simulation; return its final accuracy and spent ε."""
-    from rich.console import Console
-
-    from simulations.simulate import read_metrics, simulate
-
     started = time.perf_counter()
-    with open(os.devnull, "w") as sink:
-        simulate(config, run_path, Console(file=sink))
-    rows: list[Any] = read_metrics(run_path)
+    rows = run_simulation(config.to_flat(), run_path)
     privacy = json.loads((run_path / "privacy.json").read_text())
-    spent = [float(c["epsilon"]) for c in privacy["clients"].values()]
+    return {
+        **private_cell(rows, privacy),
+        "minutes": (time.perf_counter() - started) / 60,
+        "run": str(run_path),
+    }
+
+
+def private_cell(rows: Sequence[dict[str, Any]], privacy: dict[str, Any]) -> dict[str, Any]:
+    """Return a private cell from a run's ``metrics.jsonl`` rows and ``privacy.json``.
+
+    ``epsilon_max`` is the largest ε any client spent; ``sigma`` the noise multipliers used.
+    """
+    clients = privacy["clients"].values()
     return {
         "accuracy": float(rows[-1]["accuracy"]),
         "accuracies": [float(r["accuracy"]) for r in rows],
         "rounds": len(rows),
-        "epsilon_max": max(spent, default=float("nan")),
-        "sigma": sorted({float(h[0]) for c in privacy["clients"].values() for h in c["history"]}),
-        "minutes": (time.perf_counter() - started) / 60,
-        "run": str(run_path),
+        "epsilon_max": max((float(c["epsilon"]) for c in clients), default=float("nan")),
+        "sigma": sorted({float(h[0]) for c in clients for h in c["history"]}),
     }
 
 
@@ -221,10 +227,12 @@ def _assignments(texts: Sequence[str]) -> dict[str, Any]:
 def build_parser() -> argparse.ArgumentParser:
     """Return the command's argument parser."""
     p = argparse.ArgumentParser(
-        prog="bench_privacy_utility",
+        prog="python -m benchmarks.privacy_utility",
         description="Final MNIST accuracy at ε = 1, 3, 8 and without DP (20 clients).",
     )
-    p.add_argument("--data-dir", required=True, help="folder holding mnist/ (../shared/data)")
+    p.add_argument(
+        "--data-dir", required=True, help="folder holding MNIST's IDX files (directly or in mnist/)"
+    )
     p.add_argument("--out", type=Path, required=True, help="folder for the table, plot, runs")
     p.add_argument("--epsilons", default=",".join(f"{e:g}" for e in EPSILONS))
     p.add_argument("--partitionings", default=",".join(PARTITIONINGS))
@@ -234,11 +242,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-baseline", action="store_true", help="skip the no-DP cells")
     p.add_argument("--rerun", action="store_true", help="run cells already in results.jsonl")
+    p.add_argument(
+        "--json",
+        type=Path,
+        default=DEFAULT_JSON,
+        help="where to write the table's cells (default: benchmarks/results/privacy_utility.json)",
+    )
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the missing cells, then write the table and the plot. Exit 0, 2 on bad input."""
+    """Run the missing cells, then write the table, the plot and the JSON. Exit 0, 2 on error."""
+    from common.data import DataError, load_data
+    from server.rundir import RunDirError
+
     args = build_parser().parse_args(argv)
     out: Path = args.out
     try:
@@ -248,9 +265,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ConfigError(f"--partitionings takes {PARTITIONINGS}, got {parts}")
         base = {**TUNED, **_assignments(args.assignments)}
         plain = {**PLAIN, **_assignments(args.plain_assignments)}
-        private_config(base, "iid", 1.0, args.data_dir, str(out))
-    except (ConfigError, ValueError) as exc:
-        print(f"bench_privacy_utility: error: {exc}", file=sys.stderr)
+        config = private_config(base, "iid", 1.0, args.data_dir, str(out))
+        load_data(config.dataset, config.data_dir, config.seed, config.test_fraction)
+    except (ConfigError, DataError, ValueError) as exc:
+        print(f"benchmarks.privacy_utility: error: {exc}", file=sys.stderr)
         return 2
     logging.getLogger("flwr").setLevel(logging.WARNING)
     out.mkdir(parents=True, exist_ok=True)
@@ -266,14 +284,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         run_path = out / "runs" / f"{name}-{int(time.time())}"
         load = os.getloadavg()[0]
         print(f"{name}: running (load {load:.1f}) ...", file=sys.stderr, flush=True)
-        if eps is None:
-            config = plain_config(base, plain, part, args.data_dir)
-            result = run_baseline(config, run_path)
-        else:
-            config = private_config(base, part, eps, args.data_dir, str(out))
-            result = run_private(config, run_path)
-        row = {"cell": name, "partitioning": part, "target_epsilon": eps, "load": load, **result}
-        row["config"] = config.to_flat()
+        try:
+            if eps is None:
+                config = plain_config(base, plain, part, args.data_dir)
+                result = run_baseline(config, run_path)
+            else:
+                config = private_config(base, part, eps, args.data_dir, str(out))
+                result = run_private(config, run_path)
+        except (BenchmarkError, RunDirError) as exc:
+            print(f"benchmarks.privacy_utility: error: {name}: {exc}", file=sys.stderr)
+            return 2
+        cell = {"cell": name, "partitioning": part, "target_epsilon": eps, "load": load, **result}
+        row = stamp({**cell, "config": config.to_flat()})
         with results_path.open("a") as fh:
             fh.write(json.dumps(row) + "\n")
         done[name] = row
@@ -285,9 +307,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     table = markdown_table(done, epsilons)
     (out / "privacy_utility.md").write_text(table + "\n")
     plot(done, epsilons, out / "privacy_utility.png")
+    write_json(args.json, summary_json(done, epsilons, table))
     print(table)
     print(out / "privacy_utility.md")
     return 0
+
+
+def summary_json(
+    cells: dict[str, dict[str, Any]], epsilons: Sequence[float], table: str
+) -> dict[str, Any]:
+    """Return the table's cells (each stamped when it ran) and the table as one JSON object."""
+    return {
+        "benchmark": "privacy_utility",
+        "epsilons": list(epsilons),
+        "cells": cells,
+        "table": table,
+    }
 
 
 if __name__ == "__main__":
