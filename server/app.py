@@ -1,7 +1,8 @@
-"""fedveil's Flower ServerApp: read the run config once, then run the federation.
+"""fedveil's Flower ServerApp, the only one: read the run config once, then run the round loop.
 
-``flwr run .`` uses the module-level ``app``; ``fedveil simulate`` builds its own ServerApp with
-``build_server_app`` to observe rounds as they finish.
+``flwr run .`` uses the module-level ``app``; ``fedveil simulate`` and ``fedveil federation up``
+build theirs with ``build_server_app``, to observe rounds as they finish, to resume, or (a
+simulation only) to wrap the server's strategy once more (``wrap_strategy``).
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from common.config import ConfigError, FedveilConfig
-from server.federation import Federation, FederationResult, PlanObserver, RoundObserver
+from server.round_loop import PlanObserver, RoundLoop, RoundLoopResult, RoundObserver
 from server.rundir import RunDirectory, new_run_id
+from server.strategy.stack import StrategyWrap
 
 
 def build_server_app(
@@ -22,10 +24,14 @@ def build_server_app(
     *,
     on_round: RoundObserver | None = None,
     on_plan: PlanObserver | None = None,
-    results: list[FederationResult] | None = None,
+    results: list[RoundLoopResult] | None = None,
     resume: bool = False,
+    wrap_strategy: StrategyWrap | None = None,
 ) -> ServerApp:
-    """Return a ServerApp for ``config`` (or the context's run config when ``None``)."""
+    """Return a ServerApp for ``config`` (or the context's run config when ``None``).
+
+    ``wrap_strategy`` wraps the server's strategy stack (``server.strategy.stack``) once more.
+    """
     server_app = ServerApp()
 
     @server_app.main()
@@ -41,7 +47,7 @@ def build_server_app(
         else:
             path = Path(resolved.out_dir) / new_run_id()
         run_dir = RunDirectory(path) if resuming else RunDirectory.create(path)
-        federation = Federation(
+        loop = RoundLoop(
             grid,
             resolved,
             run_dir,
@@ -49,10 +55,11 @@ def build_server_app(
             run_tag=path.name,
             on_round=on_round,
             on_plan=on_plan,
+            wrap_strategy=wrap_strategy,
         )
         if resuming:
-            federation.restore()
-        result = federation.run()
+            loop.restore()
+        result = loop.run()
         if results is not None:
             results.append(result)
 

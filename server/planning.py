@@ -87,10 +87,12 @@ def plan_client(
 
 
 def query_messages(config: FedveilConfig, nodes: list[int]) -> list[Message]:
-    """Build the planning queries: the run config, nothing else."""
+    """Build the planning queries: the run-config keys a client needs, nothing else."""
     return [
         Message(
-            content=RecordDict({protocol.CONFIG: protocol.config_record(config.to_flat(), 0)}),
+            content=RecordDict(
+                {protocol.CONFIG: protocol.config_record(config.to_client_flat(), 0)}
+            ),
             message_type=MessageType.QUERY,
             dst_node_id=node,
         )

@@ -1,4 +1,9 @@
-"""``fedveil simulate``: run the app on Flower's simulation engine with a live display."""
+"""``fedveil simulate``: run the app on Flower's simulation engine with a live display.
+
+The ServerApp is ``server.app``'s; the ClientApp is ``simulated_client_app(config)``. Asked for
+faults (any ``faults.*`` rate above 0), the server's strategy is wrapped in ``FaultInjection``,
+which instructs the clients' fault mod; nothing else differs from a deployment's apps.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from flwr.serverapp.strategy import Strategy
 from rich.console import Console
 
 from common import protocol
@@ -17,10 +23,13 @@ from common.data import load_data
 from common.partition import PartitionSpec, cached_partitions
 from server.aggregation import build_aggregator
 from server.app import build_server_app
-from server.federation import FederationResult, sample_size
 from server.planning import check_budget_allows_a_round, expected_rounds, plan_client
 from server.root_set import split_held_out
+from server.round_loop import RoundLoopResult
 from server.rundir import RoundRecord, RunDirectory, RunDirError, new_run_id
+from server.strategy.round_book import RoundBook
+from server.strategy.stack import StrategyWrap, sample_size
+from simulations.adversary.strategy import FaultInjection, FaultRates
 from simulations.progress import RoundProgress, privacy_table, summary_table
 
 log = logging.getLogger(__name__)
@@ -84,6 +93,18 @@ def check_plan(config: FedveilConfig) -> None:
     check_budget_allows_a_round(config, plans)
 
 
+def fault_injection(config: FedveilConfig) -> StrategyWrap | None:
+    """Return the wrap that installs ``FaultInjection``, or ``None`` when no fault is asked for."""
+    rates = FaultRates.from_config(config)
+    if not rates.any():
+        return None
+
+    def wrap(strategy: Strategy, book: RoundBook) -> Strategy:
+        return FaultInjection(strategy, book, rates=rates, seed=config.seed)
+
+    return wrap
+
+
 def simulate(
     config: FedveilConfig,
     out: Path | None,
@@ -91,11 +112,11 @@ def simulate(
     *,
     verbose: bool = False,
     resume: bool = False,
-) -> tuple[Path, FederationResult]:
+) -> tuple[Path, RoundLoopResult]:
     """Run (or, with ``resume``, continue) one simulation; return its run directory and end."""
     from flwr.simulation import run_simulation
 
-    from client.app import app as client_app
+    from simulations.adversary.client import simulated_client_app
 
     run_path = out if out is not None else Path(config.out_dir) / new_run_id()
     if not resume and run_path.exists() and any(run_path.iterdir()):
@@ -108,7 +129,7 @@ def simulate(
         config = config.replace(client_state_dir=str(run_path / "client-state"))
     if not verbose:
         logging.getLogger("flwr").setLevel(logging.WARNING)
-    results: list[FederationResult] = []
+    results: list[RoundLoopResult] = []
     with RoundProgress(console, config.num_server_rounds) as progress:
         server_app = build_server_app(
             config,
@@ -117,10 +138,11 @@ def simulate(
             on_plan=progress.show_plan,
             results=results,
             resume=resume,
+            wrap_strategy=fault_injection(config),
         )
         run_simulation(
             server_app=server_app,
-            client_app=client_app,
+            client_app=simulated_client_app(config),
             num_supernodes=config.sim_clients,
             backend_config=backend_config(config, verbose=verbose),  # type: ignore[arg-type]
             verbose_logging=verbose,

@@ -2,7 +2,10 @@
 
 Flower's ``Strategy.start`` runs rounds too, but it cannot plan DP parameters per client, stop
 cleanly when budgets run out, record each round as it ends, or resume from a checkpoint; this
-loop drives the same strategy hooks and does all four.
+loop drives the same strategy hooks and does all four. The strategy is the stack of wrappers in
+``server.strategy`` around the configured aggregator; ``wrap_strategy`` may wrap it once more
+(a simulation's fault injection), sharing the round's ``RoundBook``. Requests carry only the
+run-config keys a client needs (``FedveilConfig.to_client_flat``).
 """
 
 from __future__ import annotations
@@ -17,7 +20,6 @@ import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping, Strategy
 
 from common import protocol
 from common.codec import CodecParams
@@ -25,7 +27,6 @@ from common.config import ConfigError, FedveilConfig
 from common.data import load_data
 from common.models import create_model, model_for
 from common.sealing import AggregatorKeyPair, load_private_key
-from server.aggregation import build_aggregator
 from server.anomaly import AnomalyError, DirectionEvidence
 from server.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 from server.evaluation import CentralEvaluator
@@ -41,18 +42,20 @@ from server.planning import (
 )
 from server.root_set import RootSet, split_held_out
 from server.rundir import RoundRecord, RunDirectory
-from server.sampling import BudgetAwareSampler, NotEnoughClients
-from server.strategy import FaultRates, FedveilStrategy, Screening
+from server.strategy.round_book import RoundBook
+from server.strategy.sampling import BudgetAwareSampler, NotEnoughClients
+from server.strategy.stack import StrategyStack, StrategyWrap, build_stack
 from server.watermark import KEY_FILE, Watermarker
 
 log = logging.getLogger(__name__)
 
 RoundObserver = Callable[[RoundRecord, PrivacyLedger], None]
 PlanObserver = Callable[[dict[str, ClientPlan]], None]
+_NOT_STARTED = "the round loop has not started: call run()"
 
 
 @dataclass(frozen=True)
-class FederationResult:
+class RoundLoopResult:
     """How a run ended: rounds completed and, if it stopped early, why."""
 
     rounds_completed: int
@@ -67,36 +70,7 @@ def aggregator_keypair(config: FedveilConfig) -> AggregatorKeyPair:
     return AggregatorKeyPair.generate()
 
 
-def sample_size(config: FedveilConfig, num_clients: int) -> int:
-    """Clients sampled per round out of ``num_clients``."""
-    return min(num_clients, max(config.min_train_clients, int(config.fraction_train * num_clients)))
-
-
-def build_inner_strategy(config: FedveilConfig, num_clients: int) -> Strategy:
-    """Return the Flower strategy that aggregates clean replies (uniform weights).
-
-    ``aggregation`` picks it (``server.aggregation``: Flower's FedAvg, FedMedian,
-    FedTrimmedAvg, Krum, MultiKrum). With ``central-dp.noise-multiplier`` > 0 it is wrapped in
-    Flower's server-side fixed-clipping DP wrapper (user-level DP), which only fits a mean.
-    """
-    aggregator = build_aggregator(
-        config.aggregation,
-        expected_clients=sample_size(config, num_clients),
-        assumed_malicious=config.robust_assumed_malicious,
-        trim_beta=config.robust_trim_beta,
-        codec_topk=config.codec_topk,
-    )
-    if config.central_dp_noise_multiplier <= 0:
-        return aggregator
-    return DifferentialPrivacyServerSideFixedClipping(
-        aggregator,
-        noise_multiplier=config.central_dp_noise_multiplier,
-        clipping_norm=config.central_dp_clip,
-        num_sampled_clients=sample_size(config, num_clients),
-    )
-
-
-class Federation:
+class RoundLoop:
     """One run's server side: the global model, the strategy, the ledger and the run directory.
 
     ``run_tag`` is fedveil's own run id (the run directory's name); it stays the same across
@@ -113,6 +87,7 @@ class Federation:
         run_tag: str,
         on_round: RoundObserver | None = None,
         on_plan: PlanObserver | None = None,
+        wrap_strategy: StrategyWrap | None = None,
     ) -> None:
         self.grid = grid
         self.config = config
@@ -120,6 +95,8 @@ class Federation:
         self.run_tag = run_tag
         self.on_round = on_round
         self.on_plan = on_plan
+        self.wrap_strategy = wrap_strategy
+        self.book = RoundBook()
         data = load_data(config.dataset, config.data_dir, config.seed, config.test_fraction)
         self.model = create_model(
             model_for(config.model, data.image_shape), data.num_classes, seed=config.seed
@@ -157,43 +134,11 @@ class Federation:
         self.image_shape = data.image_shape
         self.num_classes = data.num_classes
         self.watermarker: Watermarker | None = None
-        self._strategy: FedveilStrategy | None = None
+        self.stack: StrategyStack | None = None
         self._restored: Checkpoint | None = None
         self.completed = 0
 
-    @property
-    def strategy(self) -> FedveilStrategy:
-        """The strategy, built once the connected clients are known (in ``run``)."""
-        if self._strategy is None:
-            raise RuntimeError("the federation has not started: call run()")
-        return self._strategy
-
     # ------------------------------------------------------------------ setup
-    def _build_strategy(self, num_clients: int) -> FedveilStrategy:
-        config = self.config
-        inner = build_inner_strategy(config, num_clients)
-        if config.central_dp_noise_multiplier > 0 and self.ledger.central is None:
-            self.ledger.central = CentralAccount(
-                noise_multiplier=config.central_dp_noise_multiplier, clip=config.central_dp_clip
-            )
-        return FedveilStrategy(
-            inner,
-            sampler=self.sampler,
-            expected_shapes=self.shapes,
-            opener=self.opener,
-            faults=FaultRates(
-                tamper=config.faults_tamper,
-                replay=config.faults_replay,
-                misroute=config.faults_misroute,
-                drop=config.faults_drop,
-            ),
-            screening=Screening(
-                norm_bound=config.robust_norm_bound,
-                exclude_flagged=config.robust_exclude_flagged,
-                reference=None if self.root_set is None else self._reference,
-            ),
-        )
-
     def _reference(self, arrays: ArrayRecord) -> np.ndarray:
         """Return the root set's update from the global ``arrays`` (``server.root_set``)."""
         if self.root_set is None:
@@ -203,12 +148,8 @@ class Federation:
 
     def plan(self, nodes: list[int]) -> None:
         """Query nodes without a plan, calibrate their σ and show the plan before training."""
-        missing = [
-            n
-            for n in nodes
-            if n not in self.strategy.node_clients
-            or self.strategy.node_clients[n] not in self.ledger.plan
-        ]
+        node_clients = self.book.node_clients
+        missing = [n for n in nodes if node_clients.get(n) not in self.ledger.plan]
         if not missing:
             return
         replies = self.grid.send_and_receive(
@@ -223,7 +164,7 @@ class Federation:
             except ValueError as exc:
                 log.warning("node %d gave no usable plan: %s", node, exc)
                 continue
-            self.strategy.node_clients.setdefault(node, client_id)
+            node_clients.setdefault(node, client_id)
             fresh[client_id] = plan_client(
                 self.config,
                 client_id,
@@ -233,16 +174,18 @@ class Federation:
             )
         check_budget_allows_a_round(self.config, list(fresh.values()))
         self.ledger.plan.update(fresh)
-        self.strategy.assigned_sigma = {
-            node: self.ledger.plan[cid].noise_multiplier
-            for node, cid in self.strategy.node_clients.items()
-            if cid in self.ledger.plan
-        }
+        self._stack().sampling.assign_noise(
+            {
+                node: self.ledger.plan[cid].noise_multiplier
+                for node, cid in node_clients.items()
+                if cid in self.ledger.plan
+            }
+        )
         if fresh and self.on_plan is not None:
             self.on_plan(fresh)
 
     def _eligible(self, node: int) -> bool:
-        client = None if self._strategy is None else self._strategy.node_clients.get(node)
+        client = self.book.node_clients.get(node)
         if client is None:
             return True
         if self.ledger.account(client).exhausted:
@@ -278,17 +221,18 @@ class Federation:
         """Where this run's checkpoint lives."""
         return self.run_dir.path / "checkpoint"
 
-    def _checkpoint(self) -> None:
+    def write_checkpoint(self) -> None:
+        """Save everything ``resume`` needs after the last completed round."""
         save_checkpoint(
             self.checkpoint_dir,
             Checkpoint(
                 run_tag=self.run_tag,
                 round=self.completed,
                 arrays=_numpy_state(self.arrays),
-                node_clients=dict(self.strategy.node_clients),
-                trained_before=set(self.strategy.trained_before),
+                node_clients=dict(self.book.node_clients),
+                trained_before=set(self.book.trained_before),
                 ledger=self.ledger.to_json(),
-                evidence=self.strategy.evidence.to_json(),
+                evidence=self._stack().screened.evidence.to_json(),
             ),
         )
 
@@ -309,7 +253,12 @@ class Federation:
         log.info("resuming after round %d", ckpt.round)
 
     # ------------------------------------------------------------------ rounds
-    def run(self) -> FederationResult:
+    def _stack(self) -> StrategyStack:
+        if self.stack is None:
+            raise RuntimeError(_NOT_STARTED)
+        return self.stack
+
+    def run(self) -> RoundLoopResult:
         """Run the remaining rounds; return how the run ended."""
         config = self.config
         if self.completed == 0:
@@ -317,14 +266,28 @@ class Federation:
         if config.watermark_enabled:
             self._start_watermark()
         nodes = self.sampler.connected(self.grid)
-        self._strategy = self._build_strategy(len(nodes))
+        evidence = DirectionEvidence()
         if self._restored is not None:
-            self.strategy.node_clients.update(self._restored.node_clients)
-            self.strategy.trained_before |= self._restored.trained_before
+            self.book.node_clients.update(self._restored.node_clients)
+            self.book.trained_before |= self._restored.trained_before
             try:
-                self.strategy.evidence = DirectionEvidence.from_json(self._restored.evidence)
+                evidence = DirectionEvidence.from_json(self._restored.evidence)
             except (AnomalyError, ValueError) as exc:
                 raise CheckpointError(f"checkpoint's anomaly evidence is corrupt: {exc}") from None
+        if config.central_dp_noise_multiplier > 0 and self.ledger.central is None:
+            self.ledger.central = CentralAccount(
+                noise_multiplier=config.central_dp_noise_multiplier, clip=config.central_dp_clip
+            )
+        self.stack = build_stack(
+            config,
+            len(nodes),
+            sampler=self.sampler,
+            opener=self.opener,
+            book=self.book,
+            reference=None if self.root_set is None else self._reference,
+            evidence=evidence,
+            wrap=self.wrap_strategy,
+        )
         accuracy = float("nan")
         try:
             self.plan(nodes)
@@ -343,7 +306,7 @@ class Federation:
             accuracy = record.accuracy
         self.ledger.save(self.run_dir.path / self.run_dir.PRIVACY)
         self.run_dir.write_model(_numpy_state(self.arrays))
-        return FederationResult(self.completed, self.ledger.stopped_reason, accuracy)
+        return RoundLoopResult(self.completed, self.ledger.stopped_reason, accuracy)
 
     def run_round(self, server_round: int) -> RoundRecord:
         """Run one round end to end and record it."""
@@ -351,16 +314,13 @@ class Federation:
         started = time.perf_counter()
         nodes = self.sampler.connected(self.grid)
         self.plan(nodes)
-        request = protocol.config_record(config.to_flat(), server_round)
+        strategy = self._stack().outermost
+        request = protocol.config_record(config.to_client_flat(), server_round)
         request[protocol.RUN_TAG] = self.run_tag
-        messages = self.strategy.configure_train(server_round, self.arrays, request, self.grid)
-        inner = self.strategy.inner
-        if isinstance(inner, DifferentialPrivacyServerSideFixedClipping):
-            # Flower's wrapper clips each update against the global model it saw configured.
-            inner.current_arrays = self.arrays
+        messages = strategy.configure_train(server_round, self.arrays, request, self.grid)
         replies = self.grid.send_and_receive(messages, timeout=config.round_timeout)
-        new_arrays, _ = self.strategy.aggregate_train(server_round, replies)
-        outcome = self.strategy.outcome
+        new_arrays, _ = strategy.aggregate_train(server_round, replies)
+        outcome = self.book.outcome
         for report in outcome.trained:
             acct = self.ledger.charge(report.client_id, server_round, report.entry, report.epsilon)
             if acct.mismatch:
@@ -371,7 +331,7 @@ class Federation:
                     acct.epsilon,
                 )
         for node, _reason in outcome.refused:
-            self.ledger.note_refusal(self.strategy.node_clients[node])
+            self.ledger.note_refusal(self.book.node_clients[node])
         if new_arrays is not None:
             self.arrays = new_arrays
             if self.ledger.central is not None:
@@ -405,7 +365,7 @@ class Federation:
         self.run_dir.write_model(_numpy_state(self.arrays))
         self.completed = server_round
         self.ledger.save(self.run_dir.path / self.run_dir.PRIVACY)
-        self._checkpoint()
+        self.write_checkpoint()
         if self.on_round is not None:
             self.on_round(record, self.ledger)
         return record
