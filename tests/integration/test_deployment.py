@@ -16,24 +16,25 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
 from common.crypto.certificates import create_node_key
 from common.weights import load_safetensors
-from deployment.federation import ProcessTable, free_ports
+from deployment.layout import free_ports
 from deployment.processes import process_tree, start_time
+from deployment.supervisor import ProcessTable, stop_tree
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow
 
-RUN_CONTRACT = REPO.parent / "shared" / "checks" / "run_contract.py"
+T = TypeVar("T")
 BIN = Path(sys.executable).parent
 MLP_SHAPES = {"fc1.weight": (64, 64), "fc1.bias": (64,), "fc2.weight": (10, 64), "fc2.bias": (10,)}
 
 
-class Federation:
+class UpCommand:
     """One ``fedveil federation up`` subprocess and the files it writes."""
 
     def __init__(self, tmp: Path) -> None:
@@ -88,23 +89,20 @@ class Federation:
         assert isinstance(doc, dict)
         return doc
 
-    def until(self, what: str, check: Callable[[], bool], timeout: float) -> None:
+    def until(self, what: str, check: Callable[[], T], timeout: float) -> T:
+        """Poll ``check`` until it returns something true; return that."""
         deadline = time.monotonic() + timeout
-        while not check():
+        while not (found := check()):
             assert self.proc is None or self.proc.poll() is None, (
                 f"the federation ended while waiting for {what}: {self.stderr[-3000:]}"
             )
             assert time.monotonic() < deadline, f"timed out waiting for {what}"
             time.sleep(0.2)
+        return found
 
-    def kill_tree(self, name: str, sig: int = signal.SIGKILL) -> list[tuple[int, int]]:
-        pid, start = self.pids()[name]
-        tree = process_tree(pid, start)
-        for member, member_start in tree:
-            if start_time(member) == member_start:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(member, sig)
-        return tree
+    def kill_tree(self, name: str) -> None:
+        """SIGKILL a recorded process and its tree, as a crash of its host would."""
+        stop_tree(process_tree(*self.pids()[name]), sig=signal.SIGKILL, grace=0, popen=None)
 
     def cleanup(self) -> None:
         for proc in [*self.extra, *([self.proc] if self.proc else [])]:
@@ -120,8 +118,8 @@ class Federation:
 
 
 @pytest.fixture
-def federation(tmp_path: Path) -> Iterator[Federation]:
-    fed = Federation(tmp_path)
+def federation(tmp_path: Path) -> Iterator[UpCommand]:
+    fed = UpCommand(tmp_path)
     try:
         yield fed
     finally:
@@ -129,10 +127,10 @@ def federation(tmp_path: Path) -> Iterator[Federation]:
 
 
 def _contract(run: Path) -> None:
-    done = subprocess.run(
-        [sys.executable, str(RUN_CONTRACT), str(run)], capture_output=True, text=True, check=False
-    )
-    assert done.returncode == 0, done.stdout
+    """The run directory keeps every promise of the run-directory contract (`fedveil check`)."""
+    from server.run_contract import check_run_contract
+
+    assert check_run_contract(run).startswith("contract holds:")
 
 
 def _client_state(run: Path, partition: int) -> dict[str, Any]:
@@ -145,14 +143,14 @@ def _client_states(run: Path, nodes: int) -> list[dict[str, Any]]:
     return [_client_state(run, i) for i in range(nodes)]
 
 
-def _no_process_left(fed: Federation, recorded: dict[str, tuple[int, int]]) -> None:
+def _no_process_left(fed: UpCommand, recorded: dict[str, tuple[int, int]]) -> None:
     assert not (fed.keep / "pids.json").exists()
     for name, (pid, start) in recorded.items():
         assert start_time(pid) != start, f"{name} (pid {pid}) still runs"
 
 
 def test_tls_auth_three_nodes_two_sealed_rounds_and_an_unregistered_node_is_refused(
-    federation: Federation,
+    federation: UpCommand,
 ) -> None:
     pyproject = (REPO / "pyproject.toml").read_bytes()
     federation.up(
@@ -203,12 +201,10 @@ def test_tls_auth_three_nodes_two_sealed_rounds_and_an_unregistered_node_is_refu
         start_new_session=True,
     )
     federation.extra.append(proc)
-    # Wait on the process, not its output: its SuperExec helper holds the log open.
-    assert proc.wait(timeout=120) != 0
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)  # that helper
-    rogue_log = (rogue / "supernode.log").read_text(errors="replace")
-    assert "Failed to activate SuperNode" in rogue_log and "305" in rogue_log
+    rogue_tree = process_tree(proc.pid, start_time(proc.pid) or 0)
+    # Refused by the SuperLink, it exits by itself with a failure status (not by a signal).
+    assert proc.wait(timeout=120) > 0
+    stop_tree(rogue_tree, sig=signal.SIGKILL, grace=0, popen=None)  # its SuperExec helper
 
     assert federation.wait(timeout=900) == 0, federation.stderr[-3000:]
     run = federation.run
@@ -232,7 +228,7 @@ def test_tls_auth_three_nodes_two_sealed_rounds_and_an_unregistered_node_is_refu
     assert deployment["tls"] is True and deployment["auth"] is True
     assert deployment["flower_runs"][-1]["status"] == "finished:completed"
     staged = sorted(p.name for p in (federation.keep / "app").iterdir())
-    assert staged == ["client", "common", "pyproject.toml", "server", "simulations"]
+    assert staged == ["client", "common", "pyproject.toml", "server"]
     assert (REPO / "pyproject.toml").read_bytes() == pyproject
     footprint = json.loads((federation.keep / "logs" / "footprint.json").read_text())
     assert footprint["clientapp"]["messages"] >= 6  # a plan query and 2 rounds on 3 nodes
@@ -240,7 +236,7 @@ def test_tls_auth_three_nodes_two_sealed_rounds_and_an_unregistered_node_is_refu
 
 
 def test_server_killed_after_round_two_resumes_with_continuous_privacy(
-    federation: Federation,
+    federation: UpCommand,
 ) -> None:
     federation.up(
         "--nodes",
@@ -285,36 +281,20 @@ def test_server_killed_after_round_two_resumes_with_continuous_privacy(
     assert not (federation.keep / "pids.json").exists()
 
 
-def _training_unanswered(federation: Federation, name: str, partition: int) -> bool:
-    """Whether a node's ClientApp is training the next round and has not replied yet.
+def _round_unanswered(federation: UpCommand, partition: int) -> int | None:
+    """Return the round in progress if the node of ``partition`` has not answered it yet.
 
-    Only a ClientApp started after the last round was recorded can be training the next one (an
-    earlier one may still be exiting after its reply; the server sends a round only after it
-    records the one before), and a client charges a round to its own ledger before replying, so
-    a round it has not charged is one it has not answered.
+    The server starts a round only after it recorded the one before, and a client charges a
+    round to its own ledger before replying: a node killed now is sent this round (it was
+    online when sampled) and never replies to it.
     """
-    metrics = federation.run / "metrics.jsonl"
-    pid, start = federation.pids().get(name, (0, 0))
-    if not pid or not metrics.exists():
-        return False
-    ticks = os.sysconf("SC_CLK_TCK")
-    recorded_at = (  # the last row's write, in the clock of /proc/<pid>/stat start times
-        time.clock_gettime(time.CLOCK_BOOTTIME) - (time.time() - metrics.stat().st_mtime)
-    ) * ticks
-    started_since = False
-    for member, member_start in process_tree(pid, start):
-        with contextlib.suppress(OSError):
-            if (
-                member_start > recorded_at
-                and b"flwr-clientapp" in Path(f"/proc/{member}/cmdline").read_bytes()
-            ):
-                started_since = True
     in_progress = len(federation.rows()) + 1
-    return started_since and in_progress not in _client_state(federation.run, partition)["rounds"]
+    charged = _client_state(federation.run, partition)["rounds"]
+    return None if in_progress in charged else in_progress
 
 
 def test_supernode_killed_mid_round_is_restarted_and_its_epsilon_continues(
-    federation: Federation,
+    federation: UpCommand,
 ) -> None:
     federation.up(
         "--nodes",
@@ -329,13 +309,12 @@ def test_supernode_killed_mid_round_is_restarted_and_its_epsilon_continues(
         "round-timeout=120",
     )
     federation.until("round 1", lambda: len(federation.rows()) >= 1, 600)
-    federation.until(
-        "node 2 training", lambda: _training_unanswered(federation, "supernode-2", 2), 300
+    killed_in = federation.until(
+        "a round node 2 has not answered", lambda: _round_unanswered(federation, 2), 300
     )
-    killed_in = len(federation.rows()) + 1
-    before = _client_states(federation.run, 3)[2]
     old_pid = federation.pids()["supernode-2"]
     federation.kill_tree("supernode-2")
+    before = _client_states(federation.run, 3)[2]
     federation.until("node 2 restarted", lambda: federation.pids()["supernode-2"] != old_pid, 60)
 
     assert federation.wait(timeout=1200) == 0, federation.stderr[-3000:]

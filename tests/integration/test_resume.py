@@ -14,16 +14,28 @@ from pathlib import Path
 import pytest
 
 from common.weights import load_safetensors
+from deployment.processes import process_tree, start_time
+from deployment.supervisor import stop_tree
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow
 
 
-def _ray_pids() -> set[int]:
-    found = subprocess.run(
-        ["pgrep", "-f", "site-packages/ray/"], capture_output=True, text=True, check=False
-    )
-    return {int(p) for p in found.stdout.split()}
+def _kill_own_tree(leader: int, start: int) -> None:
+    """SIGKILL the process ``(leader, start)`` and every process it started, and nothing else.
+
+    Ray's daemons leave the process group, so the tree is walked by parent pid while the
+    driver lives; each member is frozen (SIGSTOP: it can start nothing more) until a walk finds
+    no one new, then every frozen member, checked by start time, gets SIGKILL.
+    """
+    frozen: dict[int, int] = {}
+    while new := [m for m in process_tree(leader, start) if frozen.get(m[0]) != m[1]]:
+        for pid, pid_start in new:
+            if start_time(pid) == pid_start:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGSTOP)
+            frozen[pid] = pid_start
+    stop_tree(list(frozen.items()), sig=signal.SIGKILL, grace=0, popen=None)
 
 
 def _rounds_done(run: Path) -> int:
@@ -33,7 +45,6 @@ def _rounds_done(run: Path) -> int:
 
 def test_sigkilled_run_resumes_with_continuous_privacy_history(tmp_path: Path) -> None:
     run = tmp_path / "run"
-    before = _ray_pids()
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -54,18 +65,16 @@ def test_sigkilled_run_resumes_with_continuous_privacy_history(tmp_path: Path) -
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
+    start = start_time(proc.pid)
+    assert start is not None
     try:
         deadline = time.monotonic() + 300
         while _rounds_done(run) < 2 and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.2)
         assert proc.poll() is None, "the run ended before it could be interrupted"
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
     finally:
-        # Ray's daemons leave the killed process group: stop exactly those this run started.
-        for pid in _ray_pids() - before:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        _kill_own_tree(proc.pid, start)
+        proc.wait(timeout=30)
     interrupted_at = _rounds_done(run)
     assert 2 <= interrupted_at < 5
 
