@@ -743,20 +743,20 @@ def test_random_mask_round_trip_is_exact(size: int, topk: float, bits: int) -> N
 def test_seeded_mask_is_pinned() -> None:
     # Known answers of the wire rule: a numpy release that changed PCG64 or SeedSequence would
     # make old senders and new receivers disagree, and must fail here first.
-    from common.codec import _seeded_mask
+    from common.codec_index import seeded_mask
 
-    assert np.flatnonzero(_seeded_mask(bytes(range(16)), 40, 6)).tolist() == [0, 2, 3, 5, 20, 26]
-    assert np.flatnonzero(_seeded_mask(b"\xff" * 16, 1000, 3)).tolist() == [158, 921, 990]
+    assert np.flatnonzero(seeded_mask(bytes(range(16)), 40, 6)).tolist() == [0, 2, 3, 5, 20, 26]
+    assert np.flatnonzero(seeded_mask(b"\xff" * 16, 1000, 3)).tolist() == [158, 921, 990]
 
 
 def test_seeded_mask_breaks_ties_towards_lower_indices() -> None:
-    from common.codec import _seeded_mask
+    from common.codec_index import seeded_mask
 
     seed = bytes(16)
     keys = np.random.PCG64(0).random_raw(50)
     for k in (1, 7, 49):
         assert np.array_equal(
-            np.flatnonzero(_seeded_mask(seed, 50, k)), reference_seeded_mask(seed, 50, k)
+            np.flatnonzero(seeded_mask(seed, 50, k)), reference_seeded_mask(seed, 50, k)
         )
     assert np.unique(keys).size == 50
 
