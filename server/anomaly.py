@@ -1,72 +1,17 @@
-"""Per-round anomaly scores for opened client updates, and the outliers they flag.
+"""Per-round anomaly scores for opened client updates, the outliers they flag, and evidence.
 
-Every update of a round is a DP-SGD output: with fedveil's defaults (digits, 10 clients, ε = 8)
-the Gaussian noise is ~14 times the learning signal in L2 norm, honest updates are nearly
-orthogonal to each other (pairwise cosine ~0.005) and a coordinate-wise median of top-k-sparse
-updates is zero almost everywhere. Two statistics survive that, both computed on the stacked
-``(n, d)`` matrix of flattened deltas (``local - global``) without any loop over coordinates:
-
-* **norm**: the robust z-score of ``log ||delta||`` against the round's median and MAD. DP noise
-  makes honest norms nearly constant (±2 % on digits), so a scaled or noise-drowned update stands
-  far out; the MAD is floored at ``LOG_MAD_FLOOR``, so with ``NORM_Z`` a norm less than 1.3x the
-  median never flags. Only the upper tail flags: a small update cannot dominate an aggregate.
-* **consensus**: the cosine between an update and the consensus direction of the *other* updates
-  of the round. The consensus is ``sum_j v_j u_j`` over the unit-normalised updates ``u_j``,
-  where ``v`` is the leading eigenvector of their off-diagonal Gram matrix, signed so that most
-  entries are positive (honest majority). A sign-flipped update then contributes to the consensus
-  with its sign undone instead of cancelling an honest one, which doubles the signal a mean of the
-  others would give; normalising first keeps scaled updates from owning the consensus. The robust
-  z-score of the consensus cosines (lower tail) flags updates pointing against the others; its
-  MAD is floored at ``1 / sqrt(d)``, the spread of a cosine between independent directions. The
-  consensus counts only when the top eigenvalue rises above what independent noise directions
-  give (``CONSENSUS_EDGE``): a round of pure noise flags nobody by direction.
-
-What this can see is set by the DP noise, not by the thresholds: an update's sign can only be
-judged against a signal that rises above the noise of the others. Measured on digits, 10 IID
-clients, 2 attackers, dense updates, over 15 FedAvg rounds x 4 draws:
-
-* default ε = 8 (σ = 2.21): scale x10 and Gaussian (3x norm) recall 1.00; sign-flip recall
-  0.00 (honest updates carry ~14x more noise than signal, the consensus is never significant:
-  no statistic of the round separates a reversed update); honest false positives 0.
-* σ = 1.0 (ε ≈ 26): sign-flip recall 1.00 in rounds 1-6 and 0 from round 7, when the honest
-  signal itself has faded below the noise (a reversed pure-noise update is as harmless as it is
-  invisible); false positives 0. With top-k compression (``codec.topk = 0.1``) the signal is
-  thinner: 1.00 in rounds 1-3, 0.25 and 0.75 in rounds 4-5, then 0.
-* default ε with ``reference`` = 6 plain SGD steps on 100 clean server-held examples: sign-flip
-  recall 0.95 over rounds 1-7, 0 afterwards; false positives 0. The per-round direction
-  z-scores of the two attackers were -7 to -10 in rounds 1-4, -2.5 to -4 in rounds 5-7, and
-  within noise from round 8.
-* the same, in the full stack (``server.root_set`` reference, ``robust.root-examples = 100``)
-  with the accumulated evidence below: sign-flip recall 1.00 in all 15 rounds, honest flags
-  0.00 (``benchmarks.defenses``).
-
-**Accumulated evidence** (:class:`DirectionEvidence`) carries what one round saw into the rounds
-that see nothing: per client, the weighted Stouffer combination ``Z = sum_t w_t z_t /
-sqrt(sum_t w_t^2)`` of its direction z-scores over the rounds in which the direction counted (a
-reference was given, or the consensus was significant), each ``z_t`` clipped to
-``±EVIDENCE_CAP`` so that no single round decides alone. The weight ``w_t`` is the round's
-``direction_weight``: the z-score a reversed copy of the round's median update would get,
-``2 max(median cosine, 0) / scale``. Weights proportional to the shift expected under the
-alternative maximise the shift of ``Z`` (Cauchy-Schwarz; Liptak 1958), and they keep the rounds
-in which the signal has faded (``w_t`` near 0, nothing to see) from diluting the rounds that saw
-something. The weights are the round's, the same for every client, so under the null (an honest
-client whose round z-scores are roughly standard normal and independent across rounds) ``Z`` is
-roughly standard normal whatever they are. A client that reversed its update while there was
-signal keeps ``Z`` far below ``-EVIDENCE_Z`` for many rounds after.
-
-Measured on MNIST (CNN, 10 IID clients, 2 sign-flip attackers, ε = 8, root set of 100, 6
-rounds, multikrum): the attackers' z-scores were -16 in round 1, -3 to -4 in round 2, noise after;
-the round weights 15.3, 2.3, 0.8, 0.0, 0.8, 0.6. With the unweighted sum (every ``w_t = 1``) the
-attackers were flagged in 5 of their 12 (attacker, round) pairs; weighted, in all 12 (two runs,
-their DP noise differs).
-
-What it cannot see: an attacker that behaves while the signal is strong and attacks only once it
-has faded (its reversed updates are then as harmless as they are invisible), and it assumes
-honest clients are exchangeable: a client whose data differ persistently from the root set
-(strongly non-IID partitions) drifts negative like an attacker would.
-
-Ordering contract: score the *unclipped* decoded deltas (clipping would hide a scaled update),
-then flag, then clip (``server.aggregation.clip_update``) and aggregate.
+Two statistics on the stacked ``(n, d)`` matrix of flattened deltas (``local - global``), both
+robust z-scores (median and MAD) within the round: **norm**, of ``log ||delta||`` (upper tail:
+scaled or noise-drowned updates); **consensus**, of the cosine between an update and a trusted
+``reference`` direction (FLTrust, Cao et al. 2021, https://arxiv.org/abs/2012.13995) or, without
+one, the signed consensus of the *other* updates (:func:`consensus_cosines`; lower tail: updates
+pointing against the rest). :class:`DirectionEvidence` accumulates each client's direction
+z-scores across rounds (weighted Stouffer), so a round that saw an attack keeps it flagged later.
+Caveat: under DP-SGD an honest update is mostly noise, so what the direction can see is set by
+the noise, not by the thresholds; and honest clients are assumed exchangeable (strongly non-IID
+partitions drift towards a flag). Ordering contract: score the *unclipped* decoded deltas
+(clipping would hide a scaled update), then flag, then clip (``server.aggregation``) and
+aggregate. Measurements and the reasoning behind each choice: docs/anomaly.md.
 """
 
 from __future__ import annotations
@@ -93,8 +38,8 @@ LOG_MAD_FLOOR: Final = 0.05
 CONSENSUS_EDGE: Final = 2.5
 """The consensus counts only if the Gram's top eigenvalue exceeds this times ``sqrt((n-1)/d)``.
 
-For ``n`` independent isotropic directions in ``d`` dimensions that normalised eigenvalue is
-~2 (the semicircle edge); its 99.9th percentile, measured for n = 3..50 at d = 4810, is <= 2.5.
+For ``n`` independent isotropic directions in ``d`` dimensions that normalised eigenvalue sits
+near 2 (the semicircle edge); the margin above it is chosen in docs/anomaly.md.
 """
 
 EVIDENCE_Z: Final = 3.0
@@ -172,8 +117,12 @@ def robust_z(values: FloatArray, *, floor: float) -> FloatArray:
 def consensus_cosines(units: FloatArray) -> tuple[FloatArray, bool]:
     """Return each row's cosine to the signed consensus of the others, and if it is significant.
 
-    Significant: the consensus rises above what independent noise directions would give
-    (``CONSENSUS_EDGE``); the consensus itself is described in the module docstring.
+    The consensus is ``sum_j v_j u_j`` over the unit-normalised updates ``u_j``, where ``v`` is
+    the leading eigenvector of their off-diagonal Gram matrix, signed so that most entries are
+    positive (honest majority): a sign-flipped update then joins the consensus with its sign
+    undone instead of cancelling an honest one, and normalising first keeps scaled updates from
+    owning it. Significant: the top eigenvalue rises above what independent noise directions
+    would give (``CONSENSUS_EDGE``), so a round of pure noise flags nobody by direction.
 
     ``units`` is ``(n, d)`` with unit (or zero) rows. The consensus excluding row ``i`` is
     ``c_i = sum_{j != i} v_j u_j``; as ``G v = lambda v`` for the off-diagonal Gram ``G``, the
@@ -286,7 +235,14 @@ def flag_outliers(
 
 
 class DirectionEvidence:
-    """Each client's direction z-scores accumulated across rounds (module docstring).
+    """Each client's direction z-scores accumulated across rounds: a weighted Stouffer ``Z``.
+
+    Per client, ``Z = sum_t w_t z_t / sqrt(sum_t w_t^2)`` over the rounds in which its direction
+    counted, each ``z_t`` clipped to ``±EVIDENCE_CAP`` so no single round decides alone. The
+    weight ``w_t`` is the round's ``direction_weight`` (the z-score a reversed copy of the
+    round's median update would get), the same for every client of the round, so for an honest
+    client ``Z`` stays roughly standard normal while faded rounds (``w_t`` near 0) cannot dilute
+    the ones that saw something (Liptak 1958). A client flags when ``Z < -EVIDENCE_Z``.
 
     State is two numbers per node id, the weighted sum ``sum_t w_t z_t`` of its clipped
     z-scores and the sum ``sum_t w_t^2`` of the squared weights of the rounds that counted;
