@@ -2,8 +2,8 @@
 
 Figures are built on ``matplotlib.figure.Figure`` directly: no pyplot, no global backend, no
 window, so drawing works on a headless server and never touches another caller's figures.
-Every function takes plain data and returns the PNG file's bytes; ``report.text`` decides
-what to draw and writes the files.
+Every function takes plain data and returns the PNG file's bytes; ``report.training`` decides
+what to draw and ``report.write`` writes the files.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ import html
 import re
 from collections.abc import Sequence
 
-from report.text import Block, Bullets, Para, Section, Table
+from report.content import Block, Bullets, Para, Section, Table
 
 PLOTS_DIR = "plots"
 

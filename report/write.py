@@ -1,16 +1,10 @@
-"""The privacy-budget and training report of a run directory: ``report.html``, ``report.md``, plots.
+"""Write the privacy-budget and training report of a run: ``report.html``, ``report.md``, plots.
 
-``write_report(run_dir)`` reads ``config.json``, ``metrics.jsonl``, ``privacy.json`` and
-``model.safetensors`` (contract in architecture.md), checks that they are complete, of this
-version and that their numbers add up, recomputes every client's ε with both accountants, and
-only then writes ``plots/*.png``, ``report.md`` and ``report.html`` (self-contained: inline CSS,
-plots as ``data:`` URIs), each atomically. Anything wrong raises ``ReportError`` with one line
-naming the file and the problem, and nothing is written.
-
-The report states the guarantee in plain words first, then names every channel a client sends
-and how it is protected, what the guarantee does not cover, and the numbers behind it.
-``report_load`` reads and checks the files and recomputes ε, ``report_text`` builds that
-content, ``report_render`` renders it as HTML and Markdown; this module writes the files.
+``write_report(run_dir)`` reads and checks the run's files and recomputes every ε
+(``report.analysis``) and builds every section and figure (``report.document``) before it writes
+anything; then it writes ``plots/*.png``, ``report.md`` and ``report.html`` (self-contained:
+inline CSS, plots as ``data:`` URIs), each atomically. Anything wrong raises ``ReportError``
+with one line naming the file and the problem, and nothing is written.
 """
 
 from __future__ import annotations
@@ -20,9 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common.files import write_atomic
-from report.load import ReportError, analyse
+from report.analysis import ReportError, analyse
+from report.document import sections
 from report.render import PLOTS_DIR, render_html, render_markdown
-from report.text import figures, sections
+from report.training import figures
 
 __all__ = ["ReportError", "ReportFiles", "write_report"]
 

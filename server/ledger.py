@@ -7,14 +7,14 @@ client reported; a mismatch is recorded, never silently trusted.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from common.accounting import HistoryEntry, epsilon_from_history
-from common.files import write_atomic
+from server.json_checks import RunFileError
+from server.ledger_file import CentralEntry, ClientEntry, PrivacyFile, write_privacy
 from server.planning import ClientPlan
 
 # Relative tolerance between the ε a client reports and the ledger's own computation.
@@ -114,70 +114,85 @@ class PrivacyLedger:
             return None
         return (plan.noise_multiplier, plan.sample_rate, plan.steps_per_round)
 
-    def to_json(self) -> dict[str, Any]:
-        """Return the ``privacy.json`` document (the run-directory contract)."""
-        return {
-            "unit": self.unit,
-            "accountant": self.accountant,
-            "delta": self.delta,
-            "clients": {
-                cid: {
-                    "epsilon": acct.epsilon,
-                    "budget": self.budget,
-                    "exhausted": acct.exhausted,
-                    "history": [[s, q, n] for s, q, n in acct.history],
-                    "rounds": list(acct.rounds),
-                    "reported_epsilon": acct.reported_epsilon,
-                    "mismatch": acct.mismatch,
-                }
+    def to_file(self) -> PrivacyFile:
+        """Return the ``privacy.json`` document, clients in id order."""
+        return PrivacyFile(
+            unit=self.unit,
+            accountant=self.accountant,
+            delta=self.delta,
+            clients=tuple(
+                ClientEntry(
+                    cid=cid,
+                    epsilon=acct.epsilon,
+                    budget=self.budget,
+                    exhausted=acct.exhausted,
+                    history=tuple((s, q, int(n)) for s, q, n in acct.history),
+                    rounds=tuple(acct.rounds),
+                    reported_epsilon=acct.reported_epsilon,
+                    mismatch=acct.mismatch,
+                )
                 for cid, acct in sorted(self.clients.items(), key=lambda kv: _sort_key(kv[0]))
-            },
-            "central": None
+            ),
+            central=None
             if self.central is None
-            else {
-                "epsilon": self.central.epsilon,
-                "delta": self.delta,
-                "noise_multiplier": self.central.noise_multiplier,
-                "clip": self.central.clip,
-                "history": [[s, q, n] for s, q, n in self.central.history],
-            },
-            "plan": {cid: p.to_json() for cid, p in self.plan.items()},
-            "stopped_reason": self.stopped_reason,
-        }
+            else CentralEntry(
+                epsilon=self.central.epsilon,
+                delta=self.delta,
+                noise_multiplier=self.central.noise_multiplier,
+                clip=self.central.clip,
+                history=tuple(self.central.history),
+            ),
+            plan=dict(self.plan),
+            stopped_reason=self.stopped_reason,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """Return the ``privacy.json`` document (the run-directory contract) as JSON."""
+        return self.to_file().to_json()
 
     @classmethod
-    def from_json(cls, doc: dict[str, Any]) -> PrivacyLedger:
-        """Rebuild a ledger from its ``privacy.json`` document (used when resuming)."""
+    def from_file(cls, doc: PrivacyFile) -> PrivacyLedger:
+        """Rebuild a ledger from its ``privacy.json`` document (used when resuming).
+
+        The file holds a budget per client; the ledger keeps one (the last client's), which
+        the server replaces with ``dp.budget`` when it resumes. A resumed run starts without
+        ``stopped_reason``: it is running again.
+        """
         ledger = cls(
-            accountant=str(doc["accountant"]),
-            delta=float(doc["delta"]),
-            budget=None,
-            unit=str(doc["unit"]),
+            accountant=doc.accountant,
+            delta=doc.delta,
+            budget=doc.clients[-1].budget if doc.clients else None,
+            unit=doc.unit,
+            plan=dict(doc.plan),
         )
-        for cid, c in doc["clients"].items():
-            ledger.budget = None if c["budget"] is None else float(c["budget"])
-            ledger.clients[cid] = ClientAccount(
-                history=[(float(s), float(q), int(n)) for s, q, n in c["history"]],
-                rounds=[int(r) for r in c["rounds"]],
-                epsilon=float(c["epsilon"]),
-                reported_epsilon=c.get("reported_epsilon"),
-                mismatch=bool(c.get("mismatch", False)),
-                exhausted=bool(c["exhausted"]),
+        for c in doc.clients:
+            ledger.clients[c.cid] = ClientAccount(
+                history=list(c.history),
+                rounds=list(c.rounds),
+                epsilon=c.epsilon,
+                reported_epsilon=c.reported_epsilon,
+                mismatch=c.mismatch,
+                exhausted=c.exhausted,
             )
-        ledger.plan = {cid: ClientPlan(**p) for cid, p in doc.get("plan", {}).items()}
-        central = doc.get("central")
-        if central is not None:
+        if doc.central is not None:
+            if doc.central.noise_multiplier is None or doc.central.clip is None:
+                raise RunFileError("the ledger's central account lacks noise_multiplier or clip")
             ledger.central = CentralAccount(
-                noise_multiplier=float(central["noise_multiplier"]),
-                clip=float(central["clip"]),
-                history=[(float(s), float(q), int(n)) for s, q, n in central["history"]],
-                epsilon=float(central["epsilon"]),
+                noise_multiplier=doc.central.noise_multiplier,
+                clip=doc.central.clip,
+                history=list(doc.central.history),
+                epsilon=doc.central.epsilon,
             )
         return ledger
 
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> PrivacyLedger:
+        """Check a ``privacy.json`` document and rebuild the ledger (``RunFileError`` if bad)."""
+        return cls.from_file(PrivacyFile.from_json(doc))
+
     def save(self, path: Path) -> None:
         """Write ``privacy.json`` atomically."""
-        write_atomic(path, (json.dumps(self.to_json(), indent=2) + "\n").encode())
+        write_privacy(path, self.to_file())
 
 
 def _sort_key(client_id: str) -> tuple[int, str]:

@@ -1,4 +1,11 @@
-"""The run directory (contract in architecture.md): config, metrics, ledger and final model."""
+"""The run directory (contract in architecture.md): its files' names, writer and typed readers.
+
+``RunDirectory`` writes a run: ``config.json`` and ``model.safetensors`` are replaced atomically,
+``metrics.jsonl`` gains one line per finished round (:class:`RoundRecord`). The readers here
+(``read_config``, ``read_rounds``, ``read_model_shapes``; ``privacy.json`` in
+``server.ledger_file``) are the only ones: the report, the CLI and the contract check use them.
+A file that does not keep its contract raises ``RunFileError`` naming the file and the problem.
+"""
 
 from __future__ import annotations
 
@@ -13,8 +20,47 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from common import protocol
+from common.config import FedveilConfig
 from common.files import write_atomic
 from common.weights import save_safetensors
+from server.json_checks import Fields, RunFileError, read_json
+
+__all__ = [
+    "CONFIG",
+    "METRICS",
+    "MODEL",
+    "PRIVACY",
+    "ROUND_KEYS",
+    "Rejection",
+    "RoundRecord",
+    "RunDirError",
+    "RunDirectory",
+    "RunFileError",
+    "new_run_id",
+    "read_config",
+    "read_model_shapes",
+    "read_rounds",
+    "read_run_config",
+]
+
+CONFIG = "config.json"
+METRICS = "metrics.jsonl"
+PRIVACY = "privacy.json"
+MODEL = "model.safetensors"
+# Keys every line of metrics.jsonl has (the contract); later fields may be absent in old runs.
+ROUND_KEYS = (
+    "round",
+    "accuracy",
+    "loss",
+    "watermark_accuracy",
+    "clients",
+    "rejected",
+    "flagged",
+    "bytes_sealed",
+    "bytes_dense",
+    "seconds",
+)
 
 
 class RunDirError(ValueError):
@@ -32,7 +78,7 @@ class Rejection:
 
 @dataclass(frozen=True)
 class RoundRecord:
-    """One line of ``metrics.jsonl``."""
+    """One line of ``metrics.jsonl``; ``to_json`` gives its keys in this order."""
 
     round: int
     accuracy: float
@@ -49,18 +95,48 @@ class RoundRecord:
     epsilon_max: float = 0.0
 
     @classmethod
-    def from_json(cls, doc: dict[str, Any]) -> RoundRecord:
-        """Rebuild a round from its ``metrics.jsonl`` object."""
-        fields = dict(doc)
-        fields["rejected"] = [Rejection(**r) for r in doc.get("rejected", [])]
-        known = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: v for k, v in fields.items() if k in known})
+    def from_json(cls, doc: Any, what: str = "a round") -> RoundRecord:
+        """Check one ``metrics.jsonl`` object and rebuild the round (errors name ``what``)."""
+        return _round(Fields(METRICS), doc, what)
 
     def to_json(self) -> dict[str, Any]:
         """Return the JSON object of this round."""
         doc = asdict(self)
         doc["rejected"] = [asdict(r) for r in self.rejected]
         return doc
+
+
+def _round(f: Fields, value: Any, what: str) -> RoundRecord:
+    doc = f.obj(value, what)
+    f.need(doc, ROUND_KEYS, what)
+    wm = doc["watermark_accuracy"]
+    return RoundRecord(
+        round=f.integer(doc["round"], f"{what} round", minimum=1),
+        accuracy=f.number(doc["accuracy"], f"{what} accuracy", finite=False),
+        loss=f.number(doc["loss"], f"{what} loss", finite=False),
+        watermark_accuracy=None if wm is None else f.number(wm, f"{what} watermark_accuracy"),
+        clients=f.integers(doc["clients"], f"{what} clients"),
+        rejected=[_rejection(f, r, what) for r in f.array(doc["rejected"], f"{what} rejected")],
+        flagged=f.integers(doc["flagged"], f"{what} flagged"),
+        bytes_sealed=f.integer(doc["bytes_sealed"], f"{what} bytes_sealed"),
+        bytes_dense=f.integer(doc["bytes_dense"], f"{what} bytes_dense"),
+        seconds=f.number(doc["seconds"], f"{what} seconds"),
+        refused=f.integers(doc.get("refused", []), f"{what} refused"),
+        faults=[
+            f.obj(x, f"{what} fault") for x in f.array(doc.get("faults", []), f"{what} faults")
+        ],
+        epsilon_max=f.number(doc.get("epsilon_max", 0.0), f"{what} epsilon_max"),
+    )
+
+
+def _rejection(f: Fields, value: Any, what: str) -> Rejection:
+    rej = f.obj(value, f"{what} rejection")
+    f.need(rej, ("node", "reason"), f"{what} rejection")
+    return Rejection(
+        node=f.integer(rej["node"], f"{what} rejection node"),
+        reason=f.text(rej["reason"], f"{what} rejection reason"),
+        detail=f.text(rej.get("detail", ""), f"{what} rejection detail"),
+    )
 
 
 def new_run_id() -> str:
@@ -71,10 +147,10 @@ def new_run_id() -> str:
 class RunDirectory:
     """Writes one run's files; every file is replaced atomically, ``metrics.jsonl`` appended."""
 
-    CONFIG = "config.json"
-    METRICS = "metrics.jsonl"
-    PRIVACY = "privacy.json"
-    MODEL = "model.safetensors"
+    CONFIG = CONFIG
+    METRICS = METRICS
+    PRIVACY = PRIVACY
+    MODEL = MODEL
     RUN_FILES = (CONFIG, METRICS, PRIVACY, MODEL, "checkpoint")
 
     def __init__(self, path: Path) -> None:
@@ -97,25 +173,79 @@ class RunDirectory:
 
     def write_config(self, config: Mapping[str, Any]) -> None:
         """Write ``config.json``: the fully resolved configuration."""
-        write_atomic(self.path / self.CONFIG, (json.dumps(config, indent=2) + "\n").encode())
+        write_atomic(self.path / CONFIG, (json.dumps(config, indent=2) + "\n").encode())
 
     def append_round(self, record: RoundRecord) -> None:
         """Append one round to ``metrics.jsonl`` and flush it to disk."""
-        with (self.path / self.METRICS).open("a", encoding="utf-8") as fh:
+        with (self.path / METRICS).open("a", encoding="utf-8") as fh:
             fh.write(json.dumps(record.to_json()) + "\n")
 
     def truncate_rounds(self, last_round: int) -> None:
         """Drop ``metrics.jsonl`` lines after ``last_round`` (written after the last checkpoint)."""
-        path = self.path / self.METRICS
+        path = self.path / METRICS
         if not path.exists():
             return
-        kept = [
-            line
-            for line in path.read_text(encoding="utf-8").splitlines()
-            if line.strip() and json.loads(line)["round"] <= last_round
-        ]
-        write_atomic(path, "".join(f"{line}\n" for line in kept).encode())
+        kept = [r for r in read_rounds(self.path) if r.round <= last_round]
+        write_atomic(path, "".join(json.dumps(r.to_json()) + "\n" for r in kept).encode())
 
     def write_model(self, arrays: Mapping[str, npt.NDArray[np.float32]]) -> None:
         """Write the global model as ``model.safetensors`` (``state_dict`` names)."""
-        save_safetensors(self.path / self.MODEL, arrays)
+        save_safetensors(self.path / MODEL, arrays)
+
+
+def read_rounds(run_path: Path) -> list[RoundRecord]:
+    """Return the rounds of ``run_path/metrics.jsonl``, checked, rounds increasing.
+
+    A run that finished no round may have no ``metrics.jsonl``: that gives ``[]``.
+    """
+    path = run_path / METRICS
+    f = Fields(path)
+    if not path.exists():
+        return []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise f.error(f"not readable ({exc})") from None
+    out: list[RoundRecord] = []
+    for no, text in enumerate(lines, start=1):
+        if not text.strip():
+            continue
+        try:
+            doc = json.loads(text)
+        except ValueError as exc:
+            raise f.error(f"line {no} is not JSON ({exc})") from None
+        record = _round(f, doc, f"line {no}")
+        if out and record.round <= out[-1].round:
+            raise f.error(f"line {no}: round {record.round} follows round {out[-1].round}")
+        out.append(record)
+    return out
+
+
+def read_config(run_path: Path) -> dict[str, Any]:
+    """Return ``run_path/config.json``: the resolved flat configuration (and the run tag)."""
+    path = run_path / CONFIG
+    return Fields(path).obj(read_json(path), "the configuration")
+
+
+def read_run_config(run_path: Path) -> FedveilConfig:
+    """Return the configuration a run was started with (for ``fedveil resume``).
+
+    Raises:
+        RunFileError: ``config.json`` is missing or not a JSON object.
+        ConfigError: it holds a key or value this version does not accept.
+
+    """
+    flat = read_config(run_path)
+    flat.pop(protocol.RUN_TAG, None)
+    return FedveilConfig.from_flat(flat)
+
+
+def read_model_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Return the tensor shapes of a safetensors file, reading only its header."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="numpy") as fh:
+            return {name: tuple(fh.get_slice(name).get_shape()) for name in fh.keys()}  # noqa: SIM118 (not iterable)
+    except (SafetensorError, OSError) as exc:
+        raise Fields(path).error(f"not a safetensors file ({exc})") from None

@@ -80,6 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--verbose", action="store_true", help="show Flower's and Ray's logs")
     rep = sub.add_parser("report", help="(re)write report.html, report.md and plots/ of a run")
     rep.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    check = sub.add_parser(
+        "check", help="check that a run directory keeps its contract (exit 0 holds, 1 broken)"
+    )
+    check.add_argument("run_dir", type=Path, metavar="RUN_DIR")
     resume = sub.add_parser("resume", help="continue an interrupted run from its checkpoint")
     resume.add_argument("run_dir", type=Path, metavar="RUN_DIR")
     resume.add_argument("--verbose", action="store_true", help="show Flower's and Ray's logs")
@@ -153,7 +157,7 @@ def _add_keys_parser(sub: Any) -> None:
 
 def _finish(run_path: Path, stopped_reason: str | None, console: Console) -> None:
     """Write the run's report, say why it stopped early if it did, print the run directory."""
-    from report.write import write_report
+    from report import write_report
 
     report = write_report(run_path)
     if stopped_reason:
@@ -174,9 +178,23 @@ def cmd_simulate(args: argparse.Namespace, console: Console) -> int:
 
 def cmd_report(args: argparse.Namespace, console: Console) -> int:
     """Run ``fedveil report RUN_DIR``."""
-    from report.write import write_report
+    from report import write_report
 
     print(write_report(args.run_dir).html)
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """Run ``fedveil check RUN_DIR``: 0 and a summary if the contract holds, 1 if broken."""
+    from server.run_contract import ContractBroken, check_run_contract
+
+    if not args.run_dir.is_dir():
+        raise UserError(f"{args.run_dir} is not a directory; give a fedveil run directory")
+    try:
+        print(check_run_contract(args.run_dir))
+    except ContractBroken as exc:
+        print(f"contract broken: {exc}")
+        return 1
     return 0
 
 
@@ -301,9 +319,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from client.privacy_state import PrivacyStateError
     from common.data import DataError
     from common.partition import PartitionError
-    from report.write import ReportError
+    from report import ReportError
     from server.checkpoint import CheckpointError
-    from server.rundir import RunDirError
+    from server.rundir import RunDirError, RunFileError
 
     raw = list(sys.argv[1:] if argv is None else argv)
     if raw[:1] == ["bench"]:
@@ -320,6 +338,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_resume(args, console)
         if args.command == "report":
             return cmd_report(args, console)
+        if args.command == "check":
+            return cmd_check(args)
         if args.command == "watermark":
             return cmd_watermark_verify(args)
 
@@ -332,6 +352,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         DataError,
         PartitionError,
         RunDirError,
+        RunFileError,
         CheckpointError,
         PrivacyStateError,
         ReportError,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from server.ledger import PrivacyLedger
+from server.ledger_file import PrivacyFile
 from server.planning import ClientPlan
 from server.rundir import RoundRecord
 
@@ -79,20 +81,21 @@ def summary_table(records: list[RoundRecord], run: Path) -> Table:
     return table
 
 
-def privacy_table(doc: dict[str, Any]) -> Table:
+def privacy_table(doc: Mapping[str, Any]) -> Table:
     """Return a table of ε spent per client against its budget, from ``privacy.json``."""
-    table = Table(title=f"privacy spent ({doc['accountant']}, δ = {doc['delta']:g})")
+    privacy = PrivacyFile.from_json(dict(doc))
+    table = Table(title=f"privacy spent ({privacy.accountant}, δ = {privacy.delta:g})")
     table.add_column("client", justify="right")
     table.add_column("ε", justify="right")
     table.add_column("budget", justify="right")
     table.add_column("rounds", justify="right")
     table.add_column("status")
-    for cid, acct in doc["clients"].items():
-        status = "budget reached" if acct["exhausted"] else "ok"
-        if acct["mismatch"]:
+    for c in privacy.clients:
+        status = "budget reached" if c.exhausted else "ok"
+        if c.mismatch:
             status += ", reported ε differs"
-        budget = "-" if acct["budget"] is None else f"{acct['budget']:g}"
-        table.add_row(cid, f"{acct['epsilon']:.3f}", budget, str(len(acct["rounds"])), status)
+        budget = "-" if c.budget is None else f"{c.budget:g}"
+        table.add_row(c.cid, f"{c.epsilon:.3f}", budget, str(len(c.rounds)), status)
     return table
 
 
