@@ -5,6 +5,7 @@ import struct
 import sys
 import uuid
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -256,7 +257,7 @@ def fake_idx_set(folder: Path, rng: np.random.Generator) -> Path:
 
 def fake_femnist(folder: Path, rng: np.random.Generator) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
-    arrays = {}
+    arrays: dict[str, Any] = {}
     for split, n in (("train", 30), ("test", 9)):
         arrays[f"x_{split}"] = rng.integers(0, 256, (n, 28, 28)).astype(np.uint8)
         arrays[f"y_{split}"] = rng.integers(0, 62, n)

@@ -1,0 +1,1 @@
+"""Example user tasks for fedveil; each uses only ``common.task``, the task interface."""

@@ -1,0 +1,1 @@
+"""An image task: grayscale shapes from a folder of labelled PNG files."""

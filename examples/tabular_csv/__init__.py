@@ -1,0 +1,1 @@
+"""A tabular task: machine states from sensor readings in CSV files."""
