@@ -93,7 +93,8 @@ class RoundBook:
         A reply the SuperLink writes for a node that vanished carries the SuperLink's own node
         id as its sender; the request it answers names the node.
         """
+        answered = reply.metadata.reply_to_message_id
         for request in self._requests:
-            if request.metadata.message_id == reply.metadata.reply_to_message_id:
+            if answered and request.metadata.message_id == answered:
                 return int(request.metadata.dst_node_id)
         return int(reply.metadata.src_node_id)

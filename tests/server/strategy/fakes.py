@@ -144,5 +144,6 @@ def reply_from(
         message_type=MessageType.TRAIN,
     )
     if error is not None:
-        return Message(error, metadata=metadata)
-    return Message(content if content is not None else RecordDict(), metadata=metadata)
+        return Message(error, metadata=metadata)  # type: ignore[call-overload,no-any-return]
+    body = content if content is not None else RecordDict()
+    return Message(body, metadata=metadata)  # type: ignore[call-overload,no-any-return]
