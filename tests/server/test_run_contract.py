@@ -44,7 +44,7 @@ def write_run(path: Path) -> Path:
     return path
 
 
-def _rewrite_json(name: str, change: Callable[[Any], None]) -> Callable[[Path], None]:
+def _rewrite_json(name: str, change: Callable[[Any], None]) -> Callable[[Path], object]:
     def mutate(run: Path) -> None:
         doc = json.loads((run / name).read_text())
         change(doc)
@@ -53,7 +53,7 @@ def _rewrite_json(name: str, change: Callable[[Any], None]) -> Callable[[Path], 
     return mutate
 
 
-def _rewrite_rounds(change: Callable[[list[dict[str, Any]]], None]) -> Callable[[Path], None]:
+def _rewrite_rounds(change: Callable[[list[dict[str, Any]]], None]) -> Callable[[Path], object]:
     def mutate(run: Path) -> None:
         rows = [json.loads(line) for line in (run / METRICS).read_text().splitlines()]
         change(rows)
@@ -62,7 +62,7 @@ def _rewrite_rounds(change: Callable[[list[dict[str, Any]]], None]) -> Callable[
     return mutate
 
 
-def _header_claims(size: int) -> Callable[[Path], None]:
+def _header_claims(size: int) -> Callable[[Path], object]:
     def mutate(run: Path) -> None:
         data = (run / MODEL).read_bytes()
         (run / MODEL).write_bytes(size.to_bytes(8, "little") + data[8:])
@@ -70,7 +70,7 @@ def _header_claims(size: int) -> Callable[[Path], None]:
     return mutate
 
 
-BROKEN: dict[str, tuple[Callable[[Path], None], str]] = {
+BROKEN: dict[str, tuple[Callable[[Path], object], str]] = {
     "no config": (lambda run: (run / CONFIG).unlink(), "config.json missing"),
     "no metrics": (lambda run: (run / METRICS).unlink(), "metrics.jsonl missing"),
     "no ledger": (lambda run: (run / PRIVACY).unlink(), "privacy.json missing"),

@@ -10,6 +10,7 @@ import pytest
 
 from simulations.cli import main, resolve_config
 from tests.conftest import REPO
+from tests.server.test_run_contract import write_run
 
 
 @pytest.mark.parametrize(
@@ -111,3 +112,43 @@ def test_help_lists_every_config_key() -> None:
 
     for key in KEYS:
         assert key in done.stdout
+
+
+# --------------------------------------------------------------------------- fedveil check
+
+
+def test_check_prints_the_summary_and_exits_0(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = write_run(tmp_path / "run")
+
+    status = main(["check", str(run)])
+
+    assert status == 0
+    assert capsys.readouterr().out == (
+        "contract holds: 2 rounds, 2 clients, final accuracy 0.812\n"
+    )
+
+
+def test_check_names_the_broken_promise_and_exits_1(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = write_run(tmp_path / "run")
+    (run / "metrics.jsonl").write_text('{"round": 1, "accuracy": 0.5}\n')
+
+    status = main(["check", str(run)])
+
+    out = capsys.readouterr().out
+    assert status == 1
+    assert out.startswith("contract broken: ") and "line 1 lacks loss" in out
+    assert len(out.splitlines()) == 1
+
+
+def test_check_of_a_missing_folder_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status = main(["check", str(tmp_path / "absent")])
+
+    err = capsys.readouterr().err
+    assert status == 2
+    assert "absent is not a directory" in err and len(err.splitlines()) == 1
