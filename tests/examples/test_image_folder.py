@@ -1,0 +1,100 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from client.trainer import DPSGDSettings, train_dp_sgd
+from common.task import TaskError, TaskSettings, check_examples, load_task
+from examples.image_folder.make_data import write_dataset
+from examples.image_folder.task import CLASSES, SIZE, ShapesTask, read_folder
+
+MODULE = "examples.image_folder.task"
+
+
+@pytest.fixture
+def data(tmp_path: Path) -> Path:
+    write_dataset(tmp_path, seed=0, per_class=4, test_per_class=2, node_sizes=(6, 9))
+    return tmp_path
+
+
+def settings(data_dir: Path) -> TaskSettings:
+    return TaskSettings(seed=0, data_dir=str(data_dir), test_fraction=0.2, model="auto")
+
+
+def test_the_task_loads_by_module_path_and_reads_each_folder(data: Path) -> None:
+    task = load_task(MODULE, settings(data))
+    pool, test = task.pool(), task.test_examples()
+    node = task.node_examples(data / "node-1")
+
+    assert isinstance(task, ShapesTask)
+    assert pool is not None
+    assert (len(pool), len(test), len(node)) == (16, 8, 9)
+    assert pool.inputs.shape == (16, 1, SIZE, SIZE)
+    assert torch.bincount(pool.labels).tolist() == [4, 4, 4, 4]
+    for examples, source in ((pool, "train"), (test, "test"), (node, "node-1")):
+        check_examples(examples, num_classes=4, input_shape=task.input_shape, source=source)
+
+
+def test_images_are_grayscale_resized_and_fixed_scaled(tmp_path: Path) -> None:
+    (tmp_path / "square").mkdir()
+    rgb = np.zeros((24, 40, 3), dtype=np.uint8)
+    rgb[:, 20:] = 255
+    Image.fromarray(rgb).save(tmp_path / "square" / "half.png")
+
+    got = read_folder(tmp_path)
+
+    assert got.inputs.shape == (1, 1, SIZE, SIZE)
+    assert got.labels.tolist() == [CLASSES.index("square")]
+    assert float(got.inputs[0, 0, 0, 0]) == -1.0 and float(got.inputs[0, 0, 0, -1]) == 1.0
+
+
+def test_a_node_missing_a_class_keeps_the_class_indices(tmp_path: Path) -> None:
+    for label in ("cross", "triangle"):
+        (tmp_path / label).mkdir()
+        Image.new("L", (SIZE, SIZE)).save(tmp_path / label / "0.png")
+
+    got = read_folder(tmp_path)
+
+    assert got.labels.tolist() == [CLASSES.index("cross"), CLASSES.index("triangle")]
+
+
+def test_one_dp_sgd_round_trains_the_cnn(data: Path) -> None:
+    task = load_task(MODULE, settings(data))
+    pool = task.pool()
+    assert pool is not None
+    model = task.build_model()
+    assert model(pool.inputs).shape == (16, len(CLASSES))
+    before = [p.detach().clone() for p in model.parameters()]
+    dp = DPSGDSettings(
+        local_epochs=1, batch_size=8, lr=0.5, momentum=0.0, noise_multiplier=1.0, max_grad_norm=1.0
+    )
+
+    outcome = train_dp_sgd(model, pool.inputs, pool.labels, dp)
+
+    assert outcome.entry[2] >= 1
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+
+
+@pytest.mark.parametrize("case", ["missing", "unknown label", "empty", "corrupt"])
+def test_a_bad_folder_is_refused_in_one_line_naming_it(tmp_path: Path, case: str) -> None:
+    root = tmp_path / "node"
+    expected = str(root)
+    if case != "missing":
+        root.mkdir()
+    if case == "unknown label":
+        (root / "hexagon").mkdir()
+        expected = str(root / "hexagon")
+    elif case == "corrupt":
+        (root / "circle").mkdir()
+        (root / "circle" / "0.png").write_bytes(b"not a png")
+        expected = str(root / "circle" / "0.png")
+
+    with pytest.raises(TaskError) as exc:
+        read_folder(root)
+
+    assert "\n" not in str(exc.value)
+    assert expected in str(exc.value)

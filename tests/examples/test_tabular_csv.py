@@ -1,0 +1,150 @@
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+import torch
+
+from client.trainer import DPSGDSettings, train_dp_sgd
+from common.task import TaskError, TaskSettings, check_examples, load_task
+from examples.tabular_csv.make_data import write_dataset
+from examples.tabular_csv.task import CLASSES, FEATURES, SensorTask
+
+REPO = Path(__file__).resolve().parents[2]
+MODULE = "examples.tabular_csv.task"
+EXAMPLE_NAMES = (
+    "examples.tabular_csv",
+    "examples.image_folder",
+    "import examples",
+    "from examples",
+)
+FEDVEIL = ("common", "client", "server", "simulations", "report", "deployment")
+
+
+@pytest.fixture
+def data(tmp_path: Path) -> Path:
+    write_dataset(tmp_path, seed=0, train=60, test=20, node_sizes=(10, 25))
+    return tmp_path
+
+
+def settings(data_dir: Path, seed: int = 0) -> TaskSettings:
+    return TaskSettings(seed=seed, data_dir=str(data_dir), test_fraction=0.2, model="auto")
+
+
+def test_the_task_loads_by_module_path_and_reads_each_file(data: Path) -> None:
+    task = load_task(MODULE, settings(data))
+    pool, test = task.pool(), task.test_examples()
+    node = task.node_examples(data / "node-1.csv")
+
+    assert isinstance(task, SensorTask)
+    assert pool is not None
+    assert (len(pool), len(test), len(node)) == (60, 20, 25)
+    assert task.input_shape == (len(FEATURES),) and task.num_classes == len(CLASSES)
+    for examples, source in ((pool, "train.csv"), (test, "test.csv"), (node, "node-1.csv")):
+        check_examples(examples, num_classes=4, input_shape=task.input_shape, source=source)
+
+
+def test_generated_nodes_differ_in_size_and_label_mix(data: Path) -> None:
+    task = load_task(MODULE, settings(data))
+    a, b = (task.node_examples(data / f"node-{i}.csv") for i in (0, 1))
+
+    assert len(a) != len(b)
+    mix_a = torch.bincount(a.labels, minlength=4) / len(a)
+    mix_b = torch.bincount(b.labels, minlength=4) / len(b)
+    assert not torch.allclose(mix_a, mix_b, atol=0.05)
+
+
+def test_scaling_is_fixed_so_every_file_scales_a_row_identically(tmp_path: Path) -> None:
+    header = ",".join([*FEATURES, "label"])
+    centres = ",".join(str(c) for c, _ in FEATURES.values())
+    one_up = ",".join(str(c + s) for c, s in FEATURES.values())
+    for name, rows in (("a.csv", [centres, one_up]), ("b.csv", [one_up])):
+        (tmp_path / name).write_text("\n".join([header, *(f"{r},2" for r in rows)]) + "\n")
+    task = SensorTask(tmp_path, seed=0)
+
+    a, b = task.node_examples(tmp_path / "a.csv"), task.node_examples(tmp_path / "b.csv")
+
+    assert torch.equal(a.inputs[0], torch.zeros(len(FEATURES)))
+    assert torch.allclose(a.inputs[1], torch.ones(len(FEATURES)))
+    assert torch.equal(a.inputs[1], b.inputs[0])
+    assert a.labels.tolist() == [2, 2]
+
+
+def test_the_model_is_seeded_and_maps_rows_to_logits(data: Path) -> None:
+    task = load_task(MODULE, settings(data))
+    test = task.test_examples()
+
+    logits = task.build_model()(test.inputs)
+
+    assert logits.shape == (20, len(CLASSES))
+    same, other = task.build_model(), load_task(MODULE, settings(data, seed=1)).build_model()
+    first = next(iter(task.build_model().parameters()))
+    assert torch.equal(first, next(iter(same.parameters())))
+    assert not torch.equal(first, next(iter(other.parameters())))
+
+
+def test_one_dp_sgd_round_trains_the_model(data: Path) -> None:
+    task = load_task(MODULE, settings(data))
+    pool = task.pool()
+    assert pool is not None
+    model = task.build_model()
+    before = [p.detach().clone() for p in model.parameters()]
+    dp = DPSGDSettings(
+        local_epochs=1, batch_size=16, lr=0.5, momentum=0.0, noise_multiplier=1.0, max_grad_norm=1.0
+    )
+
+    outcome = train_dp_sgd(model, pool.inputs, pool.labels, dp)
+
+    assert outcome.entry[2] >= 1
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (None, "not found; run `python -m examples.tabular_csv.make_data`"),
+        ("temperature_c,label\n1,0\n", "missing columns"),
+        (",".join([*FEATURES, "label"]) + "\n" + "x," * len(FEATURES) + "0\n", "line 2"),
+        (",".join([*FEATURES, "label"]) + "\n" + "nan," * len(FEATURES) + "0\n", "NaN"),
+    ],
+)
+def test_a_bad_csv_is_refused_in_one_line_naming_the_file(
+    tmp_path: Path, content: str | None, expected: str
+) -> None:
+    path = tmp_path / "node.csv"
+    if content is not None:
+        path.write_text(content)
+
+    with pytest.raises(TaskError) as exc:
+        SensorTask(tmp_path, seed=0).node_examples(path)
+
+    message = str(exc.value)
+    assert "\n" not in message
+    assert str(path) in message and expected in message
+
+
+@pytest.mark.parametrize("example", ["tabular_csv", "image_folder"])
+def test_an_example_imports_only_the_task_interface_of_fedveil(example: str) -> None:
+    imported = set()
+    for path in (REPO / "examples" / example).glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                imported.add(node.module)
+            elif isinstance(node, ast.Import):
+                imported.update(alias.name for alias in node.names)
+
+    ours = {name for name in imported if name.split(".")[0] in FEDVEIL}
+
+    assert ours == {"common.task"}
+
+
+def test_fedveil_code_never_names_the_examples() -> None:
+    naming = [
+        str(path.relative_to(REPO))
+        for package in FEDVEIL
+        for path in (REPO / package).rglob("*.py")
+        if any(name in path.read_text() for name in EXAMPLE_NAMES)
+    ]
+
+    assert naming == []
