@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from rich.table import Table
 
-from server.watermark import WatermarkVerdict
+from server.watermark_detection import WatermarkVerdict
 
 
 @dataclass(frozen=True)
