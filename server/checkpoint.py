@@ -10,6 +10,7 @@ Layout of ``RUN_DIR/checkpoint/``::
 (``server.anomaly.DirectionEvidence.to_json``); a checkpoint written before it existed has none
 and resumes with an empty record.
 
+``ledger`` is the ``privacy.json`` document, checked on load like the file itself.
 ``state.json`` is replaced atomically and names the model file it belongs to, so a crash at any
 moment leaves a consistent pair; older model files are removed only after the switch.
 Sampling and fault plans derive from ``(seed, round)``, so no RNG state needs saving.
@@ -18,6 +19,7 @@ Sampling and fault plans derive from ``(seed, round)``, so no RNG state needs sa
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,8 @@ import numpy.typing as npt
 
 from common.files import write_atomic
 from common.weights import WeightsError, load_safetensors, save_safetensors
+from server.json_checks import RunFileError
+from server.ledger_file import PrivacyFile
 
 CHECKPOINT_VERSION = 1
 STATE_FILE = "state.json"
@@ -70,7 +74,7 @@ def save_checkpoint(folder: Path, checkpoint: Checkpoint) -> None:
             stale.unlink(missing_ok=True)
 
 
-def load_checkpoint(folder: Path, shapes: dict[str, tuple[int, ...]]) -> Checkpoint:
+def load_checkpoint(folder: Path, shapes: Mapping[str, tuple[int, ...]]) -> Checkpoint:
     """Read and validate the checkpoint in ``folder`` against the model's ``shapes``."""
     path = folder / STATE_FILE
     try:
@@ -82,6 +86,7 @@ def load_checkpoint(folder: Path, shapes: dict[str, tuple[int, ...]]) -> Checkpo
     if not isinstance(state, dict) or state.get("version") != CHECKPOINT_VERSION:
         raise CheckpointError(f"{path} is not a version-{CHECKPOINT_VERSION} fedveil checkpoint")
     try:
+        PrivacyFile.from_json(state["ledger"], f"{path} ledger")
         model = folder / str(state["model"])
         arrays = load_safetensors(model, shapes)
         return Checkpoint(
@@ -95,5 +100,7 @@ def load_checkpoint(folder: Path, shapes: dict[str, tuple[int, ...]]) -> Checkpo
         )
     except WeightsError as exc:
         raise CheckpointError(f"checkpoint model does not fit: {exc}") from None
+    except RunFileError as exc:
+        raise CheckpointError(str(exc)) from None
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise CheckpointError(f"{path} lacks or garbles a field ({exc})") from None
