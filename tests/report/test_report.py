@@ -534,3 +534,22 @@ def test_not_a_directory(tmp_path: Path) -> None:
 
 def test_error_is_a_value_error() -> None:
     assert issubclass(ReportError, ValueError)
+
+
+def test_a_reported_epsilon_that_differs_is_a_mismatch_even_if_unflagged(
+    docs: RunDocs, tmp_path: Path
+) -> None:
+    docs.privacy["clients"]["2"]["reported_epsilon"] = 0.25  # the ledger did not flag it
+
+    html = write_report(docs.write(tmp_path / "run")).html.read_text(encoding="utf-8")
+
+    assert client_row(html, "2")[-1] == "reported ε mismatch"
+    assert "Clients 2 reported an ε that differs from the ledger&#x27;s." in html
+
+
+def test_the_package_exports_the_entry_point() -> None:
+    import report
+    import report.write
+
+    assert report.write_report is report.write.write_report
+    assert report.ReportError is ReportError and report.ReportFiles is ReportFiles
