@@ -6,11 +6,9 @@ Layout of ``RUN_DIR/checkpoint/``::
     state.json                   {"version", "run_tag", "round", "model", "node_clients",
                                   "trained_before", "ledger", "evidence"}
 
-``evidence`` is the anomaly scorer's per-node accumulated direction evidence
-(``server.anomaly.DirectionEvidence.to_json``); a checkpoint written before it existed has none
-and resumes with an empty record.
-
-``ledger`` is the ``privacy.json`` document, checked on load like the file itself.
+``ledger`` is the ``privacy.json`` document, checked on load like the file itself; ``evidence``
+the anomaly scorer's per-node direction evidence (``DirectionEvidence.to_json``), empty when a
+checkpoint written before it existed resumes.
 ``state.json`` is replaced atomically and names the model file it belongs to, so a crash at any
 moment leaves a consistent pair; older model files are removed only after the switch.
 Sampling and fault plans derive from ``(seed, round)``, so no RNG state needs saving.
