@@ -193,19 +193,23 @@ class RunDirectory:
         save_safetensors(self.path / MODEL, arrays)
 
 
-def read_rounds(run_path: Path) -> list[RoundRecord]:
+def read_rounds(run_path: Path, *, growing: bool = False) -> list[RoundRecord]:
     """Return the rounds of ``run_path/metrics.jsonl``, checked, rounds increasing.
 
-    A run that finished no round may have no ``metrics.jsonl``: that gives ``[]``.
+    A run that finished no round may have no ``metrics.jsonl``: that gives ``[]``. ``growing``:
+    the run is still appending, so a last line without its newline is skipped, not refused.
     """
     path = run_path / METRICS
     f = Fields(path)
     if not path.exists():
         return []
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise f.error(f"not readable ({exc})") from None
+    lines = text.splitlines()
+    if growing and lines and not text.endswith("\n"):
+        lines.pop()
     out: list[RoundRecord] = []
     for no, text in enumerate(lines, start=1):
         if not text.strip():
@@ -224,7 +228,10 @@ def read_rounds(run_path: Path) -> list[RoundRecord]:
 def read_config(run_path: Path) -> dict[str, Any]:
     """Return ``run_path/config.json``: the resolved flat configuration (and the run tag)."""
     path = run_path / CONFIG
-    return Fields(path).obj(read_json(path), "the configuration")
+    f = Fields(path)
+    if not path.is_file():
+        raise f.error(f"missing; {run_path} is not a fedveil run directory")
+    return f.obj(read_json(path), "the configuration")
 
 
 def read_run_config(run_path: Path) -> FedveilConfig:

@@ -203,9 +203,10 @@ def cmd_resume(args: argparse.Namespace, console: Console) -> int:
     if (args.run_dir / "deployment.json").is_file():  # made by `fedveil federation up`
         return resume_deployment(args.run_dir, console, verbose=args.verbose)
     from server.checkpoint import STATE_FILE
-    from simulations.simulate import load_run_config, simulate
+    from server.rundir import read_run_config
+    from simulations.simulate import simulate
 
-    config = load_run_config(args.run_dir)
+    config = read_run_config(args.run_dir)
     if not (args.run_dir / "checkpoint" / STATE_FILE).is_file():
         raise UserError(f"{args.run_dir} has no checkpoint: it never finished a round")
     run_path, result = simulate(config, args.run_dir, console, verbose=args.verbose, resume=True)

@@ -86,6 +86,15 @@ def test_a_run_without_metrics_has_no_rounds(tmp_path: Path) -> None:
     assert read_rounds(tmp_path) == []
 
 
+def test_a_growing_file_skips_a_line_still_being_written(tmp_path: Path) -> None:
+    whole = json.dumps(record(1).to_json()) + "\n"
+    (tmp_path / METRICS).write_text(whole + json.dumps(record(2).to_json())[:40])
+
+    assert read_rounds(tmp_path, growing=True) == [record(1)]
+    with pytest.raises(RunFileError, match="line 2 is not JSON"):
+        read_rounds(tmp_path)
+
+
 def test_truncate_keeps_the_rounds_up_to_the_checkpoint_byte_for_byte(tmp_path: Path) -> None:
     run = RunDirectory.create(tmp_path / "run")
     for rnd in (1, 2, 3):
