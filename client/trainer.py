@@ -62,8 +62,8 @@ class IndexedTensors(Dataset[tuple[torch.Tensor, torch.Tensor]]):
     """Images ``(n, ...)`` and labels ``(n,)`` whose batches are gathered in one indexing op.
 
     PyTorch's loader fetches a batch through ``__getitems__`` when a data set has one; a
-    ``TensorDataset`` has none, so every example was a Python call and the batch was stacked
-    again: profiled, that was a quarter of a digits client's training call.
+    ``TensorDataset`` has none, so every example would be a Python call and the batch would be
+    stacked again.
     """
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:

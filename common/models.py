@@ -15,11 +15,9 @@ from torch import nn
 def max_pool_2x2_stride1(x: torch.Tensor) -> torch.Tensor:
     """Return ``torch.max_pool2d(x, 2, 1)`` of ``(N, C, H, W)``: ``(N, C, H-1, W-1)``, same values.
 
-    Pooled in channels-last memory layout, then made contiguous again. PyTorch's CPU kernel for
-    this overlapping window is several times slower on contiguous NCHW tensors: profiled on this
-    project's 2-core machines it was ~40 % of a non-private ``SmallCNN`` step, and pooling
-    channels-last cut the non-private step from 5.0 to 3.9 ms and the DP-SGD step from 9.9 to
-    8.7 ms, with identical gradients. The result must be contiguous: Opacus's conv grad sampler
+    Pooled in channels-last memory layout, then made contiguous again: PyTorch's CPU kernel for
+    this overlapping window is much slower on contiguous NCHW tensors (docs/performance.md has
+    the profile). The result must be contiguous: Opacus's conv grad sampler
     unfolds its input with ``as_strided`` and gets wrong per-sample gradients from a
     channels-last tensor (``test_per_sample_gradients_match_one_example_at_a_time``).
     """

@@ -234,10 +234,10 @@ def build_aggregator(
         assumed_malicious: ``f``, the Byzantine clients per round the aggregator must tolerate.
         trim_beta: Fraction trimmed from each side by ``trimmed-mean`` (at least ``f`` are).
         codec_topk: The ``codec.topk`` clients compress with. Coordinate-wise rules need most
-            clients to send a coordinate for it to move: with top-k sparse updates (``topk =
-            0.1``) the median of ten decoded updates is exactly zero on every coordinate
-            (measured on digits) and a 20 % trimmed mean keeps ~2 % of them, so ``median`` and
-            ``trimmed-mean`` are refused below ``MIN_COORDINATEWISE_TOPK``.
+            clients to send a coordinate for it to move: with top-k sparse updates the median of
+            the decoded updates is zero on almost every coordinate and a trimmed mean keeps
+            almost none of them, so ``median`` and ``trimmed-mean`` are refused below
+            ``MIN_COORDINATEWISE_TOPK`` (docs/codec.md).
 
     Raises:
         AggregatorError: Unknown ``name`` (the message lists the valid ones), out-of-domain
