@@ -201,10 +201,11 @@ def test_tls_auth_three_nodes_two_sealed_rounds_and_an_unregistered_node_is_refu
         start_new_session=True,
     )
     federation.extra.append(proc)
-    rogue_tree = process_tree(proc.pid, start_time(proc.pid) or 0)
+    rogue_start = start_time(proc.pid) or 0
     # Refused by the SuperLink, it exits by itself with a failure status (not by a signal).
     assert proc.wait(timeout=120) > 0
-    stop_tree(rogue_tree, sig=signal.SIGKILL, grace=0, popen=None)  # its SuperExec helper
+    # Its SuperExec helper may outlive it, still in its process group.
+    stop_tree(process_tree(proc.pid, rogue_start), sig=signal.SIGKILL, grace=0, popen=None)
 
     assert federation.wait(timeout=900) == 0, federation.stderr[-3000:]
     run = federation.run
