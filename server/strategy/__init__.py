@@ -1,6 +1,6 @@
 """fedveil's server strategy: Flower strategy wrappers, one job each, around any aggregator.
 
-The server's stack, outermost first (``server.round_loop.build_strategy``)::
+The server's stack, outermost first (``server.strategy.stack.build_stack``)::
 
     BudgetAwareSampling(SealedUpdates(ScreenedUpdates(aggregator)))
 
