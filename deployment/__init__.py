@@ -5,5 +5,4 @@
 Flower's command lines; ``supervisor`` and ``processes`` start and stop processes by pid and
 start time; ``footprint`` measures the nodes; ``record`` is ``deployment.json``; ``material``
 the keys and certificates; ``layout`` the files and ports; ``logs`` reads growing files.
-May import ``common`` and ``server``, never ``client``.
 """
