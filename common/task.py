@@ -226,8 +226,9 @@ def _import_task_module(name: str) -> object:
             f"task module `{name}` imports `{missing}`, which is not installed"
         ) from exc
     except Exception as exc:  # any failure inside user code becomes one line
+        reason = " ".join(str(exc).split())
         raise TaskError(
-            f"task module `{name}` failed to import: {type(exc).__name__}: {exc}"
+            f"task module `{name}` failed to import: {type(exc).__name__}: {reason}"
         ) from exc
 
 
@@ -249,6 +250,7 @@ def load_task(name: str, settings: TaskSettings) -> Task:
     Raises:
         TaskError: the module cannot be imported, has no ``make_task``, ``make_task`` returns
             something other than a ``Task``, or the task's declarations or model are unusable.
+            What ``make_task`` itself raises propagates (a task raises ``TaskError`` for bad data).
 
     """
     if not name.strip():

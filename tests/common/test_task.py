@@ -93,7 +93,7 @@ def test_a_user_module_in_the_working_directory_loads(user_dir: Path) -> None:
         (None, "importable from the working directory"),
         ("import no_such_dependency_fedveil\n", "imports `no_such_dependency_fedveil`"),
         ("def broken(:\n", "failed to import: SyntaxError"),
-        ("raise RuntimeError('boom')\n", "failed to import: RuntimeError: boom"),
+        ("raise RuntimeError('boom\\n  two lines')\n", "failed to import: RuntimeError: boom two"),
         ("x = 1\n", "has no make_task(settings) function"),
         ("make_task = 3\n", "has no make_task(settings) function"),
         ("def make_task(settings):\n    return 3\n", "returned int, not a common.task.Task"),
