@@ -39,8 +39,24 @@ def test_imported_package_is_the_repositorys(name: str) -> None:
 
 def test_setuptools_lists_every_package_explicitly() -> None:
     packages = pyproject()["tool"]["setuptools"]["packages"]
+    on_disk = {
+        ".".join(init.parent.relative_to(REPO).parts)
+        for top in (*OUR_PACKAGES, "report", "deployment")
+        for init in (REPO / top).rglob("__init__.py")
+    }
 
     assert set(OUR_PACKAGES) <= set(packages)
+    assert on_disk == set(packages), "every package on disk is listed, and nothing else"
+
+
+def test_base_install_is_the_edge_client() -> None:
+    project = pyproject()["project"]
+    base = " ".join(project["dependencies"])
+    server = " ".join(project["optional-dependencies"]["server"])
+
+    for heavy in ("ray", "simulation", "scikit-learn", "matplotlib", "flwr-datasets"):
+        assert heavy not in base, f"{heavy} would make every edge node install it"
+        assert heavy in server or heavy == "ray"
 
 
 def test_fedveil_console_script_points_to_cli_main() -> None:
