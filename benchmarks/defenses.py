@@ -318,9 +318,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"benchmarks.defenses: error: {exc}", file=sys.stderr)
         return 2
     out = Console()
-    out.print(robustness_table(robust))
-    out.print(cost_table(costs))
-    out.print(watermark_table(marks))
+    if not out.is_terminal:  # a file or pipe: keep every column readable
+        out = Console(width=160)
+    if robust:
+        out.print(robustness_table(robust))
+    if costs:
+        out.print(cost_table(costs))
+        out.print(watermark_table(marks))
     path = args.json or (QUICK_JSON if args.quick else DEFAULT_JSON)
     write_json(path, report_json(args, datasets, robust, costs, marks))
     print(path, file=sys.stderr)

@@ -27,10 +27,19 @@ class BenchmarkError(RuntimeError):
 
 
 def read_rounds(run: Path) -> list[dict[str, Any]]:
-    """Return the rows of a run's ``metrics.jsonl`` (none when it finished no round)."""
-    from simulations.simulate import read_metrics
+    """Return the rows of a run's ``metrics.jsonl``, checked by the server's reader.
 
-    return read_metrics(run)
+    Raises:
+        BenchmarkError: the file does not keep its contract.
+
+    """
+    from server.rundir import RunFileError
+    from server.rundir import read_rounds as read_records
+
+    try:
+        return [record.to_json() for record in read_records(run)]
+    except RunFileError as exc:
+        raise BenchmarkError(str(exc)) from None
 
 
 def run_simulation(
@@ -68,16 +77,14 @@ def node_partitions(run: Path) -> dict[int, int]:
 
     ``metrics.jsonl`` names nodes (random in a simulation) while attackers are chosen by
     partition; the run directory's contract has no field pairing them yet, so this reads the
-    final checkpoint with the server's own reader, sized by the final model's tensor shapes.
+    final checkpoint with the server's own readers, sized by the final model's tensor shapes.
     """
-    from safetensors import SafetensorError, safe_open
-
     from server.checkpoint import CheckpointError, load_checkpoint
+    from server.rundir import RunFileError, read_model_shapes
 
     try:
-        with safe_open(str(run / MODEL_FILE), framework="np") as model:
-            shapes = {k: tuple(model.get_slice(k).get_shape()) for k in model.keys()}  # noqa: SIM118
+        shapes = read_model_shapes(run / MODEL_FILE)
         checkpoint = load_checkpoint(run / CHECKPOINT_DIR, shapes)
-    except (OSError, SafetensorError, CheckpointError) as exc:
+    except (RunFileError, CheckpointError) as exc:
         raise BenchmarkError(f"{run}: cannot pair nodes with partitions ({exc})") from None
     return {node: int(client) for node, client in checkpoint.node_clients.items()}

@@ -11,6 +11,7 @@ from benchmarks.codec_results import summarize_metrics
 from benchmarks.runs import BenchmarkError, node_partitions, read_rounds, run_simulation
 from common.weights import save_safetensors
 from server.checkpoint import Checkpoint, save_checkpoint
+from server.ledger_file import PrivacyFile
 
 
 def _finished_run(folder: Path, node_clients: dict[int, str]) -> Path:
@@ -22,7 +23,7 @@ def _finished_run(folder: Path, node_clients: dict[int, str]) -> Path:
         arrays=arrays,
         node_clients=node_clients,
         trained_before=set(node_clients),
-        ledger={},
+        ledger=PrivacyFile(unit="example", accountant="rdp", delta=1e-5, clients=()).to_json(),
     )
     save_checkpoint(folder / "checkpoint", checkpoint)
     return folder
@@ -45,6 +46,13 @@ def test_a_run_without_its_files_cannot_be_paired(tmp_path: Path, missing: str) 
 
 def test_a_run_that_finished_no_round_has_no_rows(tmp_path: Path) -> None:
     assert read_rounds(tmp_path) == []
+
+
+def test_metrics_that_break_the_contract_are_one_benchmark_error(tmp_path: Path) -> None:
+    (tmp_path / "metrics.jsonl").write_text('{"round": 1}\n')
+
+    with pytest.raises(BenchmarkError, match=r"metrics\.jsonl"):
+        read_rounds(tmp_path)
 
 
 @pytest.mark.slow
