@@ -251,6 +251,18 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def summary_json(
+    cells: dict[str, dict[str, Any]], epsilons: Sequence[float], table: str
+) -> dict[str, Any]:
+    """Return the table's cells (each stamped when it ran) and the table as one JSON object."""
+    return {
+        "benchmark": "privacy_utility",
+        "epsilons": list(epsilons),
+        "cells": cells,
+        "table": table,
+    }
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the missing cells, then write the table, the plot and the JSON. Exit 0, 2 on error."""
     from common.data import DataError, load_data
@@ -311,18 +323,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(table)
     print(out / "privacy_utility.md")
     return 0
-
-
-def summary_json(
-    cells: dict[str, dict[str, Any]], epsilons: Sequence[float], table: str
-) -> dict[str, Any]:
-    """Return the table's cells (each stamped when it ran) and the table as one JSON object."""
-    return {
-        "benchmark": "privacy_utility",
-        "epsilons": list(epsilons),
-        "cells": cells,
-        "table": table,
-    }
 
 
 if __name__ == "__main__":
