@@ -97,8 +97,12 @@ def requirement(name: str, num_clients: int, assumed_malicious: int) -> str | No
     )
 
 
-class _Guard:
-    """Mixin: skip a round (warning, ``skipped`` reason) when too few replies arrived."""
+class _Guard(FedAvg):
+    """Base of the guarded strategies: skip a round when too few replies arrived.
+
+    A skipped round logs a warning and leaves its reason in ``skipped``; otherwise the rule is
+    fitted to the ``n`` replies (:meth:`_fit_to`) and the Flower strategy next in the MRO runs.
+    """
 
     aggregator_name: str
     assumed_malicious: int
@@ -109,12 +113,21 @@ class _Guard:
         self.assumed_malicious = assumed_malicious
         self.skipped = None
 
-    def _too_few(self, server_round: int, replies: list[Message]) -> bool:
+    def _fit_to(self, n: int) -> None:
+        """Adjust the rule to the ``n`` replies this round aggregates (nothing by default)."""
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Aggregate by the Flower strategy's rule, or skip (see the module docstring)."""
+        replies = list(replies)
         n = sum(1 for r in replies if not r.has_error())
         self.skipped = requirement(self.aggregator_name, n, self.assumed_malicious)
         if self.skipped is not None:
             log.warning("round %d: aggregation skipped: %s", server_round, self.skipped)
-        return self.skipped is not None
+            return None, None
+        self._fit_to(n)
+        return super().aggregate_train(server_round, replies)
 
 
 class GuardedMedian(_Guard, FedMedian):
@@ -123,15 +136,6 @@ class GuardedMedian(_Guard, FedMedian):
     def __init__(self, *, assumed_malicious: int, **kwargs: object) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
         self._guard("median", assumed_malicious)
-
-    def aggregate_train(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Aggregate by coordinate-wise median, or skip (see the module docstring)."""
-        replies = list(replies)
-        if self._too_few(server_round, replies):
-            return None, None
-        return super().aggregate_train(server_round, replies)
 
 
 class GuardedTrimmedAvg(_Guard, FedTrimmedAvg):
@@ -151,19 +155,11 @@ class GuardedTrimmedAvg(_Guard, FedTrimmedAvg):
         """Return how many of ``n`` values are cut from each end of every coordinate."""
         return max(int(self.configured_beta * n), self.assumed_malicious)
 
-    def aggregate_train(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Aggregate by trimmed mean, or skip (see the module docstring)."""
-        replies = list(replies)
-        if self._too_few(server_round, replies):
-            return None, None
-        n = sum(1 for r in replies if not r.has_error())
+    def _fit_to(self, n: int) -> None:
         cut = self.trimmed_per_side(n)
         # Flower cuts int(beta * n); (cut + 1/4) / n is < 1/2 (as n > 2 cut) and floors to cut.
         configured = int(self.configured_beta * n)
         self.beta = self.configured_beta if cut == configured else (cut + 0.25) / n
-        return super().aggregate_train(server_round, replies)
 
 
 class GuardedKrum(_Guard, Krum):
@@ -172,15 +168,6 @@ class GuardedKrum(_Guard, Krum):
     def __init__(self, *, assumed_malicious: int, **kwargs: object) -> None:
         super().__init__(num_malicious_nodes=assumed_malicious, **kwargs)  # type: ignore[arg-type]
         self._guard("krum", assumed_malicious)
-
-    def aggregate_train(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Select the update with the lowest Krum score, or skip (module docstring)."""
-        replies = list(replies)
-        if self._too_few(server_round, replies):
-            return None, None
-        return super().aggregate_train(server_round, replies)
 
 
 class GuardedMultiKrum(_Guard, MultiKrum):
@@ -195,16 +182,8 @@ class GuardedMultiKrum(_Guard, MultiKrum):
         super().__init__(num_malicious_nodes=assumed_malicious, **kwargs)  # type: ignore[arg-type]
         self._guard("multikrum", assumed_malicious)
 
-    def aggregate_train(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Average the ``n - f`` updates of lowest Krum score, or skip (module docstring)."""
-        replies = list(replies)
-        if self._too_few(server_round, replies):
-            return None, None
-        n = sum(1 for r in replies if not r.has_error())
+    def _fit_to(self, n: int) -> None:
         self.num_nodes_to_select = n - self.assumed_malicious
-        return super().aggregate_train(server_round, replies)
 
 
 _Builder = Callable[[dict[str, object], int, float], FedAvg]
