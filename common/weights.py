@@ -6,7 +6,7 @@ of the flat vector a client's update is encoded as.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +41,38 @@ def unflatten(
         n = int(np.prod(shape))
         out[name] = vector[offset : offset + n].reshape(shape)
         offset += n
+    return out
+
+
+def map_update(
+    local: Mapping[str, npt.NDArray[np.floating]],
+    global_weights: Mapping[str, npt.NDArray[np.floating]],
+    transform: Callable[[npt.NDArray[np.float32]], npt.NDArray[np.floating]],
+) -> NamedArrays:
+    """Return ``global + transform(local - global)`` as named float32 arrays.
+
+    The update is transformed as one flat float32 vector (all tensors in ``global_weights``
+    order), as the codec and the server see it; ``transform`` must keep its length.
+
+    Raises:
+        ValueError: The names or shapes of ``local`` and ``global_weights`` differ.
+
+    """
+    if set(local) != set(global_weights):
+        raise ValueError(f"names differ: {sorted(set(local) ^ set(global_weights))}")
+    names = list(global_weights)
+    base = [np.asarray(global_weights[k], dtype=np.float32) for k in names]
+    loc = [np.asarray(local[k], dtype=np.float32) for k in names]
+    for k, b, x in zip(names, base, loc, strict=True):
+        if b.shape != x.shape:
+            raise ValueError(f"tensor {k}: local shape {x.shape} differs from global {b.shape}")
+    flat = np.concatenate([(x - b).ravel() for b, x in zip(base, loc, strict=True)])
+    changed = transform(flat)
+    out: NamedArrays = {}
+    offset = 0
+    for k, b in zip(names, base, strict=True):
+        out[k] = (b + changed[offset : offset + b.size].reshape(b.shape)).astype(np.float32)
+        offset += b.size
     return out
 
 

@@ -44,7 +44,7 @@ from flwr.serverapp.strategy import FedAvg, FedMedian, FedTrimmedAvg, Krum, Mult
 
 from common import protocol
 from common.config import ConfigError
-from common.weights import NamedArrays
+from common.weights import NamedArrays, map_update
 
 log = logging.getLogger(__name__)
 
@@ -304,19 +304,4 @@ def bound_local_weights(
             :func:`clip_update`.
 
     """
-    if set(local) != set(global_weights):
-        raise ValueError(f"names differ: {sorted(set(local) ^ set(global_weights))}")
-    names = list(global_weights)
-    base = [np.asarray(global_weights[k], dtype=np.float32) for k in names]
-    loc = [np.asarray(local[k], dtype=np.float32) for k in names]
-    for k, b, x in zip(names, base, loc, strict=True):
-        if b.shape != x.shape:
-            raise ValueError(f"tensor {k}: local shape {x.shape} differs from global {b.shape}")
-    flat = np.concatenate([(x - b).ravel() for b, x in zip(base, loc, strict=True)])
-    clipped = clip_update(flat, bound).astype(np.float32)
-    out: NamedArrays = {}
-    offset = 0
-    for k, b in zip(names, base, strict=True):
-        out[k] = (b + clipped[offset : offset + b.size].reshape(b.shape)).astype(np.float32)
-        offset += b.size
-    return out
+    return map_update(local, global_weights, lambda flat: clip_update(flat, bound))

@@ -26,6 +26,8 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from common.weights import map_update
+
 ATTACKS: Final = ("sign-flip", "scale", "gaussian", "label-flip")
 """Valid values of the ``attack.kind`` config key."""
 
@@ -93,22 +95,7 @@ def poison_weights(
 
     """
     _check_kind(kind, UPDATE_ATTACKS)
-    if set(local) != set(global_weights):
-        raise ValueError(f"names differ: {sorted(set(local) ^ set(global_weights))}")
-    names = list(global_weights)
-    base = [np.asarray(global_weights[k], dtype=np.float32) for k in names]
-    loc = [np.asarray(local[k], dtype=np.float32) for k in names]
-    for name, b, x in zip(names, base, loc, strict=True):
-        if b.shape != x.shape:
-            raise ValueError(f"tensor {name}: local shape {x.shape} differs from {b.shape}")
-    flat = np.concatenate([(x - b).ravel() for b, x in zip(base, loc, strict=True)])
-    poisoned = poison_update(kind, flat, rng)
-    out: dict[str, npt.NDArray[np.float32]] = {}
-    offset = 0
-    for name, b in zip(names, base, strict=True):
-        out[name] = (b + poisoned[offset : offset + b.size].reshape(b.shape)).astype(np.float32)
-        offset += b.size
-    return out
+    return map_update(local, global_weights, lambda flat: poison_update(kind, flat, rng))
 
 
 def flip_labels(labels: torch.Tensor, num_classes: int) -> torch.Tensor:

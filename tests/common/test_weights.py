@@ -17,6 +17,7 @@ from common.weights import (
     WeightsError,
     flatten,
     load_safetensors,
+    map_update,
     save_safetensors,
     unflatten,
 )
@@ -239,3 +240,28 @@ def test_scalar_and_non_contiguous_arrays_keep_shape_and_values(tmp_path: Path) 
 
     assert loaded["scale"].shape == () and float(loaded["scale"]) == 2.5
     assert loaded["wt"].tolist() == [[0, 3], [1, 4], [2, 5]]
+
+
+def test_map_update_transforms_the_flat_update_and_adds_it_to_global() -> None:
+    global_weights = {"b": np.ones(2, dtype=np.float32), "a": np.zeros((1, 2), dtype=np.float32)}
+    local = {"a": np.array([[3.0, 4.0]], dtype=np.float32), "b": np.full(2, 2.0, dtype=np.float32)}
+    seen: list[np.ndarray] = []
+
+    def double(flat: np.ndarray) -> np.ndarray:
+        seen.append(flat.copy())
+        return 2 * flat
+
+    out = map_update(local, global_weights, double)
+
+    np.testing.assert_array_equal(seen[0], [1.0, 1.0, 3.0, 4.0])  # global_weights order
+    np.testing.assert_array_equal(out["b"], [3.0, 3.0])
+    np.testing.assert_array_equal(out["a"], [[6.0, 8.0]])
+    assert all(v.dtype == np.float32 for v in out.values())
+
+
+def test_map_update_refuses_other_names_or_shapes() -> None:
+    global_weights = {"w": np.zeros(3, dtype=np.float32)}
+    with pytest.raises(ValueError, match="names differ"):
+        map_update({"v": np.zeros(3, dtype=np.float32)}, global_weights, lambda f: f)
+    with pytest.raises(ValueError, match="tensor w: local shape"):
+        map_update({"w": np.zeros(4, dtype=np.float32)}, global_weights, lambda f: f)
