@@ -30,6 +30,7 @@ from server.rundir import RoundRecord, RunDirectory, RunDirError, new_run_id
 from server.strategy.round_book import RoundBook
 from server.strategy.stack import StrategyWrap, sample_size
 from simulations.adversary.strategy import FaultInjection, FaultRates
+from simulations.engine_noise import quiet_engine
 from simulations.progress import RoundProgress, privacy_table, summary_table
 
 log = logging.getLogger(__name__)
@@ -140,13 +141,14 @@ def simulate(
             resume=resume,
             wrap_strategy=fault_injection(config),
         )
-        run_simulation(
-            server_app=server_app,
-            client_app=simulated_client_app(config),
-            num_supernodes=config.sim_clients,
-            backend_config=backend_config(config, verbose=verbose),  # type: ignore[arg-type]
-            verbose_logging=verbose,
-        )
+        with quiet_engine(verbose=verbose):
+            run_simulation(
+                server_app=server_app,
+                client_app=simulated_client_app(config),
+                num_supernodes=config.sim_clients,
+                backend_config=backend_config(config, verbose=verbose),  # type: ignore[arg-type]
+                verbose_logging=verbose,
+            )
     if not results:
         raise RuntimeError("the simulation ended without finishing its server loop")
     records = [RoundRecord.from_json(r) for r in read_metrics(run_path)]
