@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from common.accounting import epsilon_from_history
-from tests.conftest import REPO
+from tests.integration.cli import fedveil, simulate_args
 
 pytestmark = pytest.mark.slow
 
@@ -19,32 +17,16 @@ def test_tight_budget_stops_clients_and_the_run_and_accounts_central_dp(tmp_path
     run = tmp_path / "run"
     # σ = 1 on 479 examples, batch 64, 2 epochs: rounds cost ε 4.70, 6.03, 7.10, 8.04 (rdp),
     # so a budget of 7.5 allows exactly three rounds of six.
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "simulations.cli",
-            "simulate",
-            "--config",
-            "quick",
-            "--out",
-            str(run),
-            "--set",
+    done = fedveil(
+        *simulate_args(
+            run,
             "num-server-rounds=6",
-            "--set",
             "dp.noise-multiplier=1.0",
-            "--set",
             "dp.budget=7.5",
-            "--set",
             "central-dp.noise-multiplier=0.5",
-            "--set",
             "central-dp.clip=5.0",
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
+        ),
         timeout=600,
-        check=False,
     )
 
     assert done.returncode == 0, done.stderr[-3000:]
@@ -77,27 +59,7 @@ def test_tight_budget_stops_clients_and_the_run_and_accounts_central_dp(tmp_path
 
 def test_budget_below_one_round_is_refused_naming_the_smallest(tmp_path: Path) -> None:
     run = tmp_path / "run"
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "simulations.cli",
-            "simulate",
-            "--config",
-            "quick",
-            "--out",
-            str(run),
-            "--set",
-            "dp.noise-multiplier=1.0",
-            "--set",
-            "dp.budget=1.0",
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    done = fedveil(*simulate_args(run, "dp.noise-multiplier=1.0", "dp.budget=1.0"), timeout=300)
 
     assert done.returncode == 2
     err = done.stderr.strip()

@@ -59,6 +59,21 @@ class UpCommand:
     def up(self, *args: str) -> subprocess.Popen[bytes]:
         return self.start("--out", str(self.run), "--keep-dir", str(self.keep), *args)
 
+    def up_sealed(self, *, nodes: int, rounds: int, round_timeout: int) -> None:
+        """Start ``up`` with TLS, node authentication and the ``quick`` config."""
+        self.up(
+            "--nodes",
+            str(nodes),
+            "--rounds",
+            str(rounds),
+            "--tls",
+            "--auth",
+            "--config",
+            "quick",
+            "--set",
+            f"round-timeout={round_timeout}",
+        )
+
     def wait(self, timeout: float) -> int:
         assert self.proc is not None
         return self.proc.wait(timeout=timeout)
@@ -153,18 +168,7 @@ def test_tls_auth_three_nodes_two_sealed_rounds_and_an_unregistered_node_is_refu
     federation: UpCommand,
 ) -> None:
     pyproject = (REPO / "pyproject.toml").read_bytes()
-    federation.up(
-        "--nodes",
-        "3",
-        "--rounds",
-        "2",
-        "--tls",
-        "--auth",
-        "--config",
-        "quick",
-        "--set",
-        "round-timeout=180",
-    )
+    federation.up_sealed(nodes=3, rounds=2, round_timeout=180)
     federation.until("the ServerApp to start", (federation.run / "config.json").exists, 300)
     recorded = federation.pids()
     fleet = str(federation.deployment()["superlink"]["fleet"])
@@ -239,18 +243,7 @@ def test_tls_auth_three_nodes_two_sealed_rounds_and_an_unregistered_node_is_refu
 def test_server_killed_after_round_two_resumes_with_continuous_privacy(
     federation: UpCommand,
 ) -> None:
-    federation.up(
-        "--nodes",
-        "2",
-        "--rounds",
-        "4",
-        "--tls",
-        "--auth",
-        "--config",
-        "quick",
-        "--set",
-        "round-timeout=180",
-    )
+    federation.up_sealed(nodes=2, rounds=4, round_timeout=180)
     federation.until("round 2", lambda: len(federation.rows()) >= 2, 600)
     federation.kill_tree("superlink")  # the server host dies: SuperLink, SuperExec, ServerApp
     assert federation.wait(timeout=120) == 1
@@ -297,18 +290,7 @@ def _round_unanswered(federation: UpCommand, partition: int) -> int | None:
 def test_supernode_killed_mid_round_is_restarted_and_its_epsilon_continues(
     federation: UpCommand,
 ) -> None:
-    federation.up(
-        "--nodes",
-        "3",
-        "--rounds",
-        "5",
-        "--tls",
-        "--auth",
-        "--config",
-        "quick",
-        "--set",
-        "round-timeout=120",
-    )
+    federation.up_sealed(nodes=3, rounds=5, round_timeout=120)
     federation.until("round 1", lambda: len(federation.rows()) >= 1, 600)
     killed_in = federation.until(
         "a round node 2 has not answered", lambda: _round_unanswered(federation, 2), 300

@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from common.weights import load_safetensors
 from deployment.processes import process_tree, start_time
 from deployment.supervisor import stop_tree
 from tests.conftest import REPO
+from tests.integration.cli import FEDVEIL, fedveil, simulate_args
 
 pytestmark = pytest.mark.slow
 
@@ -46,20 +46,7 @@ def _rounds_done(run: Path) -> int:
 def test_sigkilled_run_resumes_with_continuous_privacy_history(tmp_path: Path) -> None:
     run = tmp_path / "run"
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "simulations.cli",
-            "simulate",
-            "--config",
-            "quick",
-            "--out",
-            str(run),
-            "--set",
-            "num-server-rounds=5",
-            "--set",
-            "sim.clients=3",
-        ],
+        [*FEDVEIL, *simulate_args(run, "num-server-rounds=5", "sim.clients=3")],
         cwd=REPO,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -78,14 +65,7 @@ def test_sigkilled_run_resumes_with_continuous_privacy_history(tmp_path: Path) -
     interrupted_at = _rounds_done(run)
     assert 2 <= interrupted_at < 5
 
-    done = subprocess.run(
-        [sys.executable, "-m", "simulations.cli", "resume", str(run)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
+    done = fedveil("resume", str(run), timeout=600)
 
     assert done.returncode == 0, done.stderr[-3000:]
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -108,13 +88,6 @@ def test_sigkilled_run_resumes_with_continuous_privacy_history(tmp_path: Path) -
 
 def test_resume_of_a_directory_without_checkpoint_is_one_line(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text("{}")
-    done = subprocess.run(
-        [sys.executable, "-m", "simulations.cli", "resume", str(tmp_path)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    done = fedveil("resume", str(tmp_path), timeout=120)
     assert done.returncode == 2
     assert len(done.stderr.strip().splitlines()) == 1 and "checkpoint" in done.stderr

@@ -11,6 +11,7 @@ import pytest
 
 from common.accounting import epsilon_from_history
 from tests.conftest import REPO
+from tests.integration.cli import fedveil, simulate_args
 
 CONTRACT = REPO.parent / "shared" / "checks" / "run_contract.py"
 
@@ -18,19 +19,7 @@ pytestmark = pytest.mark.slow
 
 
 def _simulate(out: Path, *sets: str) -> subprocess.CompletedProcess[str]:
-    args = [
-        sys.executable,
-        "-m",
-        "simulations.cli",
-        "simulate",
-        "--config",
-        "quick",
-        "--out",
-        str(out),
-    ]
-    for s in sets:
-        args += ["--set", s]
-    return subprocess.run(args, capture_output=True, text=True, timeout=600, cwd=REPO, check=False)
+    return fedveil(*simulate_args(out, *sets), timeout=600)
 
 
 @pytest.fixture(scope="module")
@@ -159,14 +148,7 @@ def test_a_watermarked_run_embeds_every_round_and_its_model_verifies(tmp_path: P
 
     other = tmp_path / "other.key"
     write_key(other, generate_key())
-    verify = [sys.executable, "-m", "simulations.cli", "watermark", "verify"]
     model = str(out / "model.safetensors")
     for key_file, status in ((key, 0), (other, 1)):
-        done = subprocess.run(
-            [*verify, model, "--key", str(key_file)],
-            capture_output=True,
-            text=True,
-            cwd=REPO,
-            check=False,
-        )
+        done = fedveil("watermark", "verify", model, "--key", str(key_file), timeout=None)
         assert done.returncode == status, done.stdout + done.stderr
