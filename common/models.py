@@ -11,6 +11,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from common.task import seeded_model
+
 
 def max_pool_2x2_stride1(x: torch.Tensor) -> torch.Tensor:
     """Return ``torch.max_pool2d(x, 2, 1)`` of ``(N, C, H, W)``: ``(N, C, H-1, W-1)``, same values.
@@ -77,10 +79,4 @@ def create_model(name: str, num_classes: int, *, seed: int) -> nn.Module:
     """Build a registered model with weights drawn from a generator seeded by ``seed``."""
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; registered models are {sorted(MODELS)}")
-    state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
-    try:
-        return MODELS[name](num_classes)
-    finally:
-        # Restore the global stream so seeding a model never makes later randomness predictable.
-        torch.random.set_rng_state(state)
+    return seeded_model(seed, lambda: MODELS[name](num_classes))

@@ -21,6 +21,7 @@ import abc
 import importlib
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -73,6 +74,24 @@ class TaskSettings:
     data_dir: str
     test_fraction: float
     model: str
+
+    def data_folder(self, default: Path) -> Path:
+        """Return `data-dir` (``~`` expanded), or the task's ``default`` when it is unset."""
+        return Path(self.data_dir).expanduser() if self.data_dir else default
+
+
+def seeded_model(seed: int, build: Callable[[], nn.Module]) -> nn.Module:
+    """Return ``build()`` with its initial weights drawn from torch's generator seeded by ``seed``.
+
+    The global generator's state is restored afterwards, so seeding a model never makes later
+    randomness predictable.
+    """
+    state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        return build()
+    finally:
+        torch.random.set_rng_state(state)
 
 
 class Task(abc.ABC):

@@ -20,7 +20,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch import nn
 
-from common.task import Examples, Task, TaskError, TaskSettings
+from common.task import Examples, Task, TaskError, TaskSettings, seeded_model
 
 CLASSES = ("circle", "square", "triangle", "cross")
 """Folder names, in class-index order."""
@@ -103,9 +103,7 @@ class ShapesTask(Task):
 
     def build_model(self) -> nn.Module:
         """Return a fresh ``ShapesCNN`` whose initial weights depend only on the seed."""
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.seed)
-            return ShapesCNN()
+        return seeded_model(self.seed, ShapesCNN)
 
     def node_examples(self, data_path: Path) -> Examples:
         """Read the node's own ``<label>/*.png`` folder."""
@@ -122,5 +120,4 @@ class ShapesTask(Task):
 
 def make_task(settings: TaskSettings) -> ShapesTask:
     """Build the task; its folders live in `data-dir`, else in ``data/`` beside this module."""
-    root = Path(settings.data_dir).expanduser() if settings.data_dir else DEFAULT_DATA
-    return ShapesTask(root, settings.seed)
+    return ShapesTask(settings.data_folder(DEFAULT_DATA), settings.seed)

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from common.task import Examples, Task, TaskError, TaskSettings
+from common.task import Examples, Task, TaskError, TaskSettings, seeded_model
 
 CLASSES = ("normal", "overheating", "bearing-wear", "electrical-fault")
 """Class names; the ``label`` column holds their index."""
@@ -116,9 +116,7 @@ class SensorTask(Task):
 
     def build_model(self) -> nn.Module:
         """Return a fresh ``SensorMLP`` whose initial weights depend only on the seed."""
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.seed)
-            return SensorMLP()
+        return seeded_model(self.seed, SensorMLP)
 
     def node_examples(self, data_path: Path) -> Examples:
         """Read the node's own CSV file."""
@@ -135,5 +133,4 @@ class SensorTask(Task):
 
 def make_task(settings: TaskSettings) -> SensorTask:
     """Build the task; its files live in `data-dir`, else in ``data/`` beside this module."""
-    root = Path(settings.data_dir).expanduser() if settings.data_dir else DEFAULT_DATA
-    return SensorTask(root, settings.seed)
+    return SensorTask(settings.data_folder(DEFAULT_DATA), settings.seed)

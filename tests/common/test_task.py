@@ -22,6 +22,7 @@ from common.task import (
     TaskSettings,
     check_examples,
     load_task,
+    seeded_model,
     vet_model,
 )
 from common.tasks.image_sets import NODE_IDX_FILES
@@ -373,3 +374,25 @@ def test_builtin_node_data_errors_are_one_line(
         load_task("digits", SETTINGS).node_examples(path)
 
     assert expected in one_line(exc)
+
+
+def test_seeded_model_depends_only_on_the_seed_and_leaves_the_global_generator() -> None:
+    torch.manual_seed(123)
+    expected_next = torch.rand(1)
+    torch.manual_seed(123)
+
+    first = seeded_model(7, lambda: torch.nn.Linear(3, 2))
+    after = torch.rand(1)
+    same, other = (seeded_model(s, lambda: torch.nn.Linear(3, 2)) for s in (7, 8))
+
+    assert torch.equal(after, expected_next)
+    assert torch.equal(first.weight, same.weight)
+    assert not torch.equal(first.weight, other.weight)
+
+
+def test_data_folder_is_data_dir_expanded_or_the_default(tmp_path: Path) -> None:
+    unset = TaskSettings(seed=0, data_dir="", test_fraction=0.2, model="auto")
+    home = TaskSettings(seed=0, data_dir="~/sets", test_fraction=0.2, model="auto")
+
+    assert unset.data_folder(tmp_path) == tmp_path
+    assert home.data_folder(tmp_path) == Path.home() / "sets"
