@@ -40,6 +40,16 @@ def _one_line(exc: pytest.ExceptionInfo[CertificateError], *words: str) -> None:
         assert word in text, text
 
 
+def _node_keys_refused(private: Path, public: Path, private_says: str, public_says: str) -> None:
+    """Both node key checks refuse their file in one line saying what is wrong."""
+    with pytest.raises(CertificateError) as exc:
+        check_node_private_key(private)
+    _one_line(exc, private_says)
+    with pytest.raises(CertificateError) as exc:
+        check_node_public_key(public)
+    _one_line(exc, public_says)
+
+
 @pytest.fixture
 def bundle(tmp_path: Path) -> TlsFiles:
     return create_tls_files(tmp_path / "tls")
@@ -244,12 +254,7 @@ def test_node_key_on_another_curve_is_refused(tmp_path: Path) -> None:
         )
     )
 
-    with pytest.raises(CertificateError) as exc:
-        check_node_private_key(private)
-    _one_line(exc, "NIST curve")
-    with pytest.raises(CertificateError) as exc:
-        check_node_public_key(public)
-    _one_line(exc, "NIST curve")
+    _node_keys_refused(private, public, "NIST curve", "NIST curve")
 
 
 def test_garbage_node_keys_are_one_line(tmp_path: Path) -> None:
@@ -259,12 +264,9 @@ def test_garbage_node_keys_are_one_line(tmp_path: Path) -> None:
     public = tmp_path / "node.pub"
     public.write_bytes(b"ssh-rsa nonsense")
 
-    with pytest.raises(CertificateError) as exc:
-        check_node_private_key(private)
-    _one_line(exc, "not an unencrypted OpenSSH private key")
-    with pytest.raises(CertificateError) as exc:
-        check_node_public_key(public)
-    _one_line(exc, "not an OpenSSH public key")
+    _node_keys_refused(
+        private, public, "not an unencrypted OpenSSH private key", "not an OpenSSH public key"
+    )
 
 
 @pytest.mark.parametrize("comment", ["", "two words", "tab\tbed"])
