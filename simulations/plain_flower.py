@@ -14,6 +14,9 @@ rounds and seed (``common.models``, ``common.data``, ``common.partition``), but:
 The run writes ``metrics.jsonl`` with fedveil's field names where they apply (``round``,
 ``accuracy``, ``loss``, ``clients``, ``bytes_dense`` = uplink bytes of the round's replies,
 ``seconds`` = from the end of the previous round's evaluation to the end of this one's).
+A caller may observe each finished round (``on_round``), wrap the FedAvg once more
+(``wrap_strategy``: ``strategy.start`` then drives the wrapper) and run its own ClientApp
+around ``train`` (``client_app``), as ``fedveil bench`` does to time the baseline.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +33,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
-from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp.strategy import FedAvg, Strategy
 from torch import nn
 
 from common.config import ConfigValue, FedveilConfig
@@ -196,10 +199,22 @@ class MeasuredFedAvg(FedAvg):
         return super().aggregate_train(server_round, replies)
 
 
+PlainObserver = Callable[[PlainRound], None]
+
+
 def build_plain_server_app(
-    config: FedveilConfig, run: PlainRun, out: Path | None = None
+    config: FedveilConfig,
+    run: PlainRun,
+    out: Path | None = None,
+    *,
+    on_round: PlainObserver | None = None,
+    wrap_strategy: Callable[[Strategy], Strategy] | None = None,
 ) -> ServerApp:
-    """Return the baseline ServerApp; it fills ``run`` and, with ``out``, writes metrics there."""
+    """Return the baseline ServerApp; it fills ``run`` and, with ``out``, writes metrics there.
+
+    ``on_round`` sees each round's record once the round is recorded; ``wrap_strategy`` wraps
+    the FedAvg, and the wrapper is what ``start`` drives.
+    """
     from server.evaluation import CentralEvaluator
 
     server_app = ServerApp()
@@ -240,10 +255,13 @@ def build_plain_server_app(
                 if out is not None:
                     with (out / "metrics.jsonl").open("a") as fh:
                         fh.write(json.dumps(asdict(record)) + "\n")
+                if on_round is not None:
+                    on_round(record)
             last[0] = time.perf_counter()
             return MetricRecord({"accuracy": ev.accuracy, "loss": ev.loss})
 
-        strategy.start(
+        driven = strategy if wrap_strategy is None else wrap_strategy(strategy)
+        driven.start(
             grid,
             ArrayRecord(model.state_dict()),
             num_rounds=config.num_server_rounds,
@@ -262,8 +280,15 @@ def run_plain(
     *,
     backend: Mapping[str, Any] | None = None,
     verbose: bool = False,
+    client_app: ClientApp | None = None,
+    on_round: PlainObserver | None = None,
+    wrap_strategy: Callable[[Strategy], Strategy] | None = None,
 ) -> PlainRun:
-    """Run the baseline on Flower's simulation engine with fedveil's Ray resources."""
+    """Run the baseline on Flower's simulation engine with fedveil's Ray resources.
+
+    ``client_app`` replaces ``app`` (it should call ``train``); ``on_round`` and
+    ``wrap_strategy`` are ``build_plain_server_app``'s.
+    """
     from flwr.simulation import run_simulation
 
     from simulations.simulate import backend_config, check_inputs
@@ -276,8 +301,10 @@ def run_plain(
         logging.getLogger("flwr").setLevel(logging.WARNING)
     run = PlainRun()
     run_simulation(
-        server_app=build_plain_server_app(config, run, out),
-        client_app=app,
+        server_app=build_plain_server_app(
+            config, run, out, on_round=on_round, wrap_strategy=wrap_strategy
+        ),
+        client_app=client_app or app,
         num_supernodes=config.sim_clients,
         backend_config=dict(backend or backend_config(config, verbose=verbose)),  # type: ignore[arg-type]
         verbose_logging=verbose,
