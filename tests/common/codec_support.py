@@ -8,12 +8,7 @@ from typing import Any
 import numpy as np
 import zstandard
 
-from common.codec import (
-    CodecError,
-    CodecParams,
-    decode_update,
-    encode_update,
-)
+from common.codec import CodecError, CodecParams, decode_update, encode_update
 
 # The documented payload header: magic, version, flags, bits, size, k, index_bytes.
 HEADER = struct.Struct("<2sBBBIII")

@@ -8,12 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from common.codec import (
-    CodecParams,
-    decode_update,
-    encode_update,
-    kept_count,
-)
+from common.codec import CodecParams, decode_update, encode_update, kept_count
 from tests.common.codec_support import (
     ALL_BITS,
     FLAG_ZSTD,

@@ -6,14 +6,7 @@ import struct
 import numpy as np
 import pytest
 
-from common.codec import (
-    CHUNK,
-    CodecError,
-    CodecParams,
-    decode_update,
-    encode_update,
-    kept_count,
-)
+from common.codec import CHUNK, CodecError, CodecParams, decode_update, encode_update, kept_count
 from tests.common.codec_support import (
     HEADER,
     INDEX_BYTES,

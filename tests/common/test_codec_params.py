@@ -8,15 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from common.codec_params import (
-    MAX_SIZE,
-    CodecParams,
-    dense_nbytes,
-    kept_count,
-)
-from tests.common.codec_support import (
-    ALL_BITS,
-)
+from common.codec_params import MAX_SIZE, CodecParams, dense_nbytes, kept_count
+from tests.common.codec_support import ALL_BITS
 
 # ------------------------------------------------------------------------------- parameters
 

@@ -5,16 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from common.codec import (
-    CHUNK,
-    CodecParams,
-    encode_update,
-    kept_count,
-)
-from tests.common.codec_support import (
-    gaussian,
-    step,
-)
+from common.codec import CHUNK, CodecParams, encode_update, kept_count
+from tests.common.codec_support import gaussian, step
 
 # --------------------------------------------------------------------------------- quantizer
 

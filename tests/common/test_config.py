@@ -6,12 +6,7 @@ from typing import Any
 
 import pytest
 
-from common.config import (
-    ACCOUNTANTS,
-    KEYS,
-    ConfigError,
-    FedveilConfig,
-)
+from common.config import ACCOUNTANTS, KEYS, ConfigError, FedveilConfig
 
 
 def refused(flat: dict[str, Any]) -> str:

@@ -11,13 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from common.data import (
-    FEMNIST_FILE,
-    FEMNIST_KEYS,
-    DataError,
-    load_data,
-    read_idx,
-)
+from common.data import FEMNIST_FILE, FEMNIST_KEYS, DataError, load_data, read_idx
 
 
 def idx_bytes(array: np.ndarray) -> bytes:

@@ -5,10 +5,7 @@ import pytest
 
 from common.codec import CodecParams, encode_update
 from common.error_feedback import ErrorFeedback
-from tests.common.codec_support import (
-    bitwise_equal,
-    gaussian,
-)
+from tests.common.codec_support import bitwise_equal, gaussian
 
 # --------------------------------------------------------------------------- error feedback
 
