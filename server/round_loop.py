@@ -45,7 +45,7 @@ from server.rundir import RoundRecord, RunDirectory
 from server.strategy.round_book import RoundBook
 from server.strategy.sampling import BudgetAwareSampler, NotEnoughClients
 from server.strategy.stack import StrategyStack, StrategyWrap, build_stack
-from server.watermark import KEY_FILE, Watermarker
+from server.watermark import KEY_FILE, Watermarker, new_key, read_key
 
 log = logging.getLogger(__name__)
 
@@ -200,17 +200,14 @@ class RoundLoop:
         set the server generates: post-processing, so it costs no privacy.
         """
         key_path = self.run_dir.path / KEY_FILE
+        key = new_key(key_path) if self.completed == 0 else read_key(key_path)
+        self.watermarker = Watermarker(
+            key, self.image_shape, self.num_classes, anchor=self._anchor_images()
+        )
         if self.completed == 0:
-            self.watermarker = Watermarker.create(
-                key_path, self.image_shape, self.num_classes, anchor=self._anchor_images()
-            )
             self.model.load_state_dict(self.arrays.to_torch_state_dict())
             self.watermarker.embed_initial(self.model)
             self.arrays = ArrayRecord(self.model.state_dict())
-        else:
-            self.watermarker = Watermarker.from_key_file(
-                key_path, self.image_shape, self.num_classes, anchor=self._anchor_images()
-            )
 
     def _anchor_images(self) -> torch.Tensor | None:
         return None if self.root_set is None else self.root_set.images

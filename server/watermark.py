@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Final
 
 import torch
@@ -49,6 +48,7 @@ from server.watermark_key import (
     KEY_FILE,
     WatermarkError,
     generate_key,
+    new_key,
     read_key,
     write_key,
 )
@@ -90,6 +90,7 @@ __all__ = [
     "generate_key",
     "identify_model",
     "load_state",
+    "new_key",
     "read_key",
     "score_p_value",
     "state_of",
@@ -116,14 +117,14 @@ class EmbedBudget:
 class Watermarker:
     """The round loop's handle on the watermark: one key, its trigger set, the embedding budget.
 
-    Use: ``Watermarker.create(run_dir / KEY_FILE, image_shape, num_classes)`` for a new run
-    (``from_key_file`` to resume); ``embed_initial(model)`` once on the initial global model
-    before round 1 (WAFFLE's pre-training on the trigger set, so the clients learn the task on
-    top of it rather than the server forcing it into a trained model); then, each round, after
-    aggregation and before evaluation, ``embed(model, server_round)``, whose return value is
-    the round's ``watermark_accuracy``. Each embedding draws its weight noise and shifts from a
-    generator seeded by the key and the round, so a resumed run embeds as the uninterrupted one
-    would have.
+    Use: ``Watermarker(new_key(run_dir / KEY_FILE), image_shape, num_classes)`` for a new run
+    (``read_key`` instead of ``new_key`` to resume); ``embed_initial(model)`` once on the initial
+    global model before round 1 (WAFFLE's pre-training on the trigger set, so the clients learn
+    the task on top of it rather than the server forcing it into a trained model); then, each
+    round, after aggregation and before evaluation, ``embed(model, server_round)``, whose return
+    value is the round's ``watermark_accuracy``. Each embedding draws its weight noise and shifts
+    from a generator seeded by the key and the round, so a resumed run embeds as the
+    uninterrupted one would have.
     """
 
     def __init__(
@@ -139,34 +140,6 @@ class Watermarker:
         self._key = key
         self.budget = budget or EmbedBudget()
         self.anchor = anchor
-
-    @classmethod
-    def create(
-        cls,
-        key_path: Path,
-        image_shape: tuple[int, int, int],
-        num_classes: int,
-        budget: EmbedBudget | None = None,
-        *,
-        anchor: torch.Tensor | None = None,
-    ) -> Watermarker:
-        """Make a fresh key, write it to ``key_path`` (0600, never overwriting), and load it."""
-        key = generate_key()
-        write_key(key_path, key)
-        return cls(key, image_shape, num_classes, budget, anchor=anchor)
-
-    @classmethod
-    def from_key_file(
-        cls,
-        key_path: Path,
-        image_shape: tuple[int, int, int],
-        num_classes: int,
-        budget: EmbedBudget | None = None,
-        *,
-        anchor: torch.Tensor | None = None,
-    ) -> Watermarker:
-        """Load the watermark of an existing key file (to resume a run)."""
-        return cls(read_key(key_path), image_shape, num_classes, budget, anchor=anchor)
 
     def embed_initial(self, model: nn.Module) -> float:
         """Embed into the initial model (``initial_steps``); return its trigger accuracy."""

@@ -61,6 +61,13 @@ def write_key(path: Path, key: bytes) -> None:
         ) from None
 
 
+def new_key(path: Path) -> bytes:
+    """Make a fresh key, write it to ``path`` (:func:`write_key`), and return it."""
+    key = generate_key()
+    write_key(path, key)
+    return key
+
+
 def read_key(path: Path) -> bytes:
     """Read a key written by :func:`write_key`.
 

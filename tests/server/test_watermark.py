@@ -377,7 +377,7 @@ def test_watermarker_seeds_each_round_from_the_key_and_the_round(tmp_path: Path)
     fine_tune(start, x, y, 1, 0.1)
     states = {}
     for name, server_round in (("first", 3), ("resumed", 3), ("next round", 4)):
-        watermarker = Watermarker.from_key_file(tmp_path / "watermark.key", (1, 8, 8), 10)
+        watermarker = Watermarker(read_key(tmp_path / "watermark.key"), (1, 8, 8), 10)
         model = create_model("mlp", 10, seed=0)
         load_state(model, state_of(start))
         watermarker.embed(model, server_round)

@@ -6,13 +6,13 @@ import pytest
 
 from common.models import create_model
 from common.weights import save_safetensors
-from server.watermark import KEY_FILE, Watermarker, state_of
+from server.watermark import KEY_FILE, Watermarker, new_key, state_of
 from simulations.cli import main
 
 
 @pytest.fixture
 def marked(tmp_path: Path) -> tuple[Path, Path, Path]:
-    wm = Watermarker.create(tmp_path / KEY_FILE, (1, 8, 8), 10)
+    wm = Watermarker(new_key(tmp_path / KEY_FILE), (1, 8, 8), 10)
     model = create_model("mlp", 10, seed=0)
     wm.embed_initial(model)
     save_safetensors(tmp_path / "marked.safetensors", state_of(model))
