@@ -61,22 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="fedveil", description="Federated learning whose privacy is end to end and measurable."
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    sim = sub.add_parser(
-        "simulate",
-        help="run a simulation on Flower's simulation engine",
-        epilog=_keys_help(),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    sim.add_argument("--config", help=f"a preset ({', '.join(PRESETS)}) or a TOML file")
-    sim.add_argument(
-        "--set",
-        dest="assignments",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override one config key (repeatable)",
-    )
-    sim.add_argument("--out", type=Path, help="run directory (default: runs/<run-id>)")
+    sim = _add_run_parser(sub, "simulate", "run a simulation on Flower's simulation engine")
     sim.add_argument("--verbose", action="store_true", help="show Flower's and Ray's logs")
     rep = sub.add_parser("report", help="(re)write report.html, report.md and plots/ of a run")
     rep.add_argument("run_dir", type=Path, metavar="RUN_DIR")
@@ -98,21 +83,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_federation_parser(sub: Any) -> None:
-    fed = sub.add_parser("federation", help="run on a real Flower deployment on this host")
-    fed_sub = fed.add_subparsers(dest="federation_command", required=True)
-    up = fed_sub.add_parser(
-        "up",
-        help="start a SuperLink and N SuperNodes on 127.0.0.1, run, tear down",
+def _add_run_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
+    """Add a command that starts a run: ``--config``, ``--set KEY=VALUE``, ``--out``."""
+    parser: argparse.ArgumentParser = sub.add_parser(
+        name,
+        help=help_text,
         epilog=_keys_help(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    up.add_argument("--nodes", type=int, help="SuperNodes to start (required unless --resume)")
-    up.add_argument("--rounds", type=int, help="rounds to run (sets num-server-rounds)")
-    up.add_argument("--tls", action="store_true", help="TLS with a CA and certificate it makes")
-    up.add_argument("--auth", action="store_true", help="SuperNode authentication (needs --tls)")
-    up.add_argument("--config", help=f"a preset ({', '.join(PRESETS)}) or a TOML file")
-    up.add_argument(
+    parser.add_argument("--config", help=f"a preset ({', '.join(PRESETS)}) or a TOML file")
+    parser.add_argument(
         "--set",
         dest="assignments",
         action="append",
@@ -120,7 +100,20 @@ def _add_federation_parser(sub: Any) -> None:
         metavar="KEY=VALUE",
         help="override one config key (repeatable)",
     )
-    up.add_argument("--out", type=Path, help="run directory (default: runs/<run-id>)")
+    parser.add_argument("--out", type=Path, help="run directory (default: runs/<run-id>)")
+    return parser
+
+
+def _add_federation_parser(sub: Any) -> None:
+    fed = sub.add_parser("federation", help="run on a real Flower deployment on this host")
+    fed_sub = fed.add_subparsers(dest="federation_command", required=True)
+    up = _add_run_parser(
+        fed_sub, "up", "start a SuperLink and N SuperNodes on 127.0.0.1, run, tear down"
+    )
+    up.add_argument("--nodes", type=int, help="SuperNodes to start (required unless --resume)")
+    up.add_argument("--rounds", type=int, help="rounds to run (sets num-server-rounds)")
+    up.add_argument("--tls", action="store_true", help="TLS with a CA and certificate it makes")
+    up.add_argument("--auth", action="store_true", help="SuperNode authentication (needs --tls)")
     up.add_argument(
         "--keep-dir",
         type=Path,
