@@ -139,12 +139,11 @@ _ray_node: list[str] = []
 def ray_node() -> str:
     """Return the short id of the Ray node this process runs on ("" outside Ray)."""
     if not _ray_node:
-        try:
-            import ray
+        import ray
 
-            _ray_node.append(ray.get_runtime_context().get_node_id()[:12])
-        except Exception:  # not in a Ray worker: nothing to show
-            _ray_node.append("")
+        # Asking an uninitialized Ray for its context would start a local Ray instance.
+        node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
+        _ray_node.append(node[:12])
     return _ray_node[0]
 
 

@@ -8,12 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.clientapp import ClientApp
 
 from common.config import FedveilConfig
 from common.data import load_data
 from common.models import create_model, model_for
 from server.evaluation import CentralEvaluator
-from simulations.plain_flower import NUM_EXAMPLES, app, run_plain, task_config
+from simulations.bench_timing import RoundClock, TimingStrategy, traced_train
+from simulations.plain_flower import NUM_EXAMPLES, PlainRound, app, run_plain, task_config, train
 
 CONFIG = FedveilConfig.from_flat(
     {"sim.clients": 3, "num-server-rounds": 2, "lr": 0.1, "momentum": 0.9, "local-epochs": 2}
@@ -80,10 +82,36 @@ def test_two_rounds_of_direct_calls_rise_above_chance(task_identity: None) -> No
     assert after > 0.5
 
 
+def _traced_plain_app() -> ClientApp:
+    def handler(msg: Message, context: Context) -> tuple[Message, dict[str, float]]:
+        return train(msg, context), {}
+
+    client_app = ClientApp()
+    client_app.train()(traced_train(handler))
+    return client_app
+
+
 @pytest.mark.slow
 def test_run_simulation_with_flower_fedavg_learns(tmp_path: Path) -> None:
-    run = run_plain(CONFIG, tmp_path / "plain")
+    # Through the hooks `fedveil bench` uses: its ClientApp, a strategy wrap, a round observer.
+    clock = RoundClock()
+    seen: list[PlainRound] = []
 
+    def on_round(record: PlainRound) -> None:
+        seen.append(record)
+        clock.round_done(record.round)
+
+    run = run_plain(
+        CONFIG,
+        tmp_path / "plain",
+        client_app=_traced_plain_app(),
+        on_round=on_round,
+        wrap_strategy=lambda strategy: TimingStrategy(strategy, clock),
+    )
+
+    assert seen == run.rounds
+    assert list(clock.server_seconds()) == [1, 2]
+    assert sorted(t["round"] for t in clock.traces) == [1, 1, 1, 2, 2, 2]
     assert [r.round for r in run.rounds] == [1, 2]
     assert run.initial_accuracy < 0.2
     assert run.final_accuracy > 0.5
