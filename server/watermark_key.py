@@ -9,13 +9,11 @@ Every refusal is a :class:`WatermarkError` whose message is one line naming the 
 
 from __future__ import annotations
 
-import os
 import secrets
-import stat
 from pathlib import Path
 from typing import Final
 
-from common.files import SECRET_MODE, write_new
+from common.files import SECRET_MODE, read_key_file, show_path, write_new
 
 KEY_FILE: Final = "watermark.key"
 KEY_BYTES: Final = 32
@@ -76,30 +74,15 @@ def read_key(path: Path) -> bytes:
             group or others, or not a fedveil watermark key.
 
     """
-    path = Path(path)
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-    except OSError as exc:
-        raise WatermarkError(f"{path}: cannot read the watermark key ({exc.strerror})") from None
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise WatermarkError(f"{path}: the watermark key is not a regular file")
-        if info.st_mode & 0o077:
-            raise WatermarkError(
-                f"{path}: the watermark key is readable by group or others (mode "
-                f"{stat.S_IMODE(info.st_mode):04o}); run `chmod 600 {path}`"
-            )
-        data = os.read(fd, _KEY_FILE_BYTES + 1)
-    except OSError as exc:
-        raise WatermarkError(f"{path}: cannot read the watermark key ({exc.strerror})") from None
-    finally:
-        os.close(fd)
+        data = read_key_file(Path(path), "watermark key", max_bytes=_KEY_FILE_BYTES, secret=True)
+    except ValueError as exc:
+        raise WatermarkError(str(exc)) from None
     try:
         header, hex_key = data.decode("ascii").split()
         key = bytes.fromhex(hex_key)
     except (UnicodeDecodeError, ValueError):
         header, key = "", b""
     if header != _KEY_HEADER or len(key) != KEY_BYTES:
-        raise WatermarkError(f"{path}: not a fedveil watermark key file")
+        raise WatermarkError(f"{show_path(path)}: not a fedveil watermark key file")
     return key

@@ -10,15 +10,20 @@ naming the file, and no message or ``repr`` ever holds key material.
 from __future__ import annotations
 
 import hashlib
-import os
-import stat
 from pathlib import Path
 from typing import Final
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
-from common.files import SECRET_MODE, fsync_dir, write_atomic, write_new
+from common.files import (
+    SECRET_MODE,
+    fsync_dir,
+    read_key_file,
+    show_path,
+    write_atomic,
+    write_new,
+)
 
 PRIVATE_KEY_FILE: Final = "aggregator.key"
 PUBLIC_KEY_FILE: Final = "aggregator.pub"
@@ -87,11 +92,6 @@ def fingerprint(public_key: bytes) -> str:
     return "sha256:" + hashlib.sha256(raw).hexdigest()
 
 
-def _show(path: Path) -> str:
-    text = str(path)
-    return text if text.isprintable() else repr(text)
-
-
 def write_keypair(directory: Path, keypair: AggregatorKeyPair) -> tuple[Path, Path]:
     """Write ``aggregator.key`` (PEM PKCS8, 0600) and ``aggregator.pub`` (PEM SPKI, 0644).
 
@@ -126,7 +126,7 @@ def write_keypair(directory: Path, keypair: AggregatorKeyPair) -> tuple[Path, Pa
         write_new(key_path, private_pem, mode=SECRET_MODE)
     except FileExistsError as err:
         raise KeyFileExistsError(
-            f"{_show(key_path)}: an aggregator private key exists already; "
+            f"{show_path(key_path)}: an aggregator private key exists already; "
             "refusing to overwrite it (move it away to make a new one)"
         ) from err
     try:
@@ -138,39 +138,6 @@ def write_keypair(directory: Path, keypair: AggregatorKeyPair) -> tuple[Path, Pa
     return key_path, pub_path
 
 
-def _read_key_file(path: Path, what: str, *, private: bool) -> bytes:
-    """Read a small regular file; for a private key, refuse group/world permissions."""
-    shown = _show(path)
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-    except OSError as err:
-        raise ValueError(f"{shown}: cannot read the {what}: {err.strerror or err}") from None
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise ValueError(f"{shown}: the {what} is not a regular file")
-        if private and info.st_mode & 0o077:
-            mode = stat.S_IMODE(info.st_mode)
-            raise ValueError(
-                f"{shown}: the {what} is readable by group or others (mode {mode:04o}); "
-                f"refusing to use it, run `chmod 600 {shown}`"
-            )
-        if info.st_size > _MAX_KEY_FILE_BYTES:
-            raise ValueError(f"{shown}: too large ({info.st_size} bytes) to be the {what}")
-        chunks: list[bytes] = []
-        total = 0
-        while chunk := os.read(fd, _MAX_KEY_FILE_BYTES + 1 - total):
-            chunks.append(chunk)
-            total += len(chunk)
-            if total > _MAX_KEY_FILE_BYTES:
-                raise ValueError(f"{shown}: too large to be the {what}")
-        return b"".join(chunks)
-    except OSError as err:
-        raise ValueError(f"{shown}: cannot read the {what}: {err.strerror or err}") from None
-    finally:
-        os.close(fd)
-
-
 def load_private_key(path: Path) -> AggregatorKeyPair:
     """Load the aggregator key pair from a PEM PKCS8 X25519 private key file.
 
@@ -180,14 +147,14 @@ def load_private_key(path: Path) -> AggregatorKeyPair:
 
     """
     path = Path(path)
-    data = _read_key_file(path, "aggregator private key", private=True)
+    data = read_key_file(path, "aggregator private key", max_bytes=_MAX_KEY_FILE_BYTES, secret=True)
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except Exception:  # any parse failure: the message must not echo the file's content
         key = None
     if not isinstance(key, X25519PrivateKey):
         raise ValueError(
-            f"{_show(path)}: not an unencrypted PEM (PKCS8) X25519 private key; "
+            f"{show_path(path)}: not an unencrypted PEM (PKCS8) X25519 private key; "
             "make one with write_keypair"
         )
     return AggregatorKeyPair(key)
@@ -202,11 +169,11 @@ def load_public_key(path: Path) -> bytes:
 
     """
     path = Path(path)
-    data = _read_key_file(path, "aggregator public key", private=False)
+    data = read_key_file(path, "aggregator public key", max_bytes=_MAX_KEY_FILE_BYTES, secret=False)
     try:
         key = serialization.load_pem_public_key(data)
     except Exception:  # any parse failure: the message must not echo the file's content
         key = None
     if not isinstance(key, X25519PublicKey):
-        raise ValueError(f"{_show(path)}: not a PEM (SubjectPublicKeyInfo) X25519 public key")
+        raise ValueError(f"{show_path(path)}: not a PEM (SubjectPublicKeyInfo) X25519 public key")
     return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
