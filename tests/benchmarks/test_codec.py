@@ -24,6 +24,7 @@ from benchmarks.codec_results import attach_costs, summarize_metrics
 from benchmarks.provenance import write_json
 from benchmarks.runs import read_rounds
 from common.models import create_model
+from tests.benchmarks.cli_support import refusal
 
 
 def _fake_run(folder: Path, sealed: int, accuracies: list[float]) -> Path:
@@ -90,11 +91,7 @@ def test_without_a_data_folder_the_plan_runs_digits_only() -> None:
 def test_bad_input_is_one_line_exit_2_before_any_run(
     args: list[str], named: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    status = main([*args, "--json", "/nonexistent/never-written.json"])
-
-    err = capsys.readouterr().err.strip()
-    assert status == 2
-    assert len(err.splitlines()) == 1 and named in err
+    assert named in refusal(main, [*args, "--json", "/nonexistent/never-written.json"], capsys)
 
 
 def test_json_from_fabricated_runs_has_every_number_and_its_provenance(tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ from benchmarks.defenses import (
 from benchmarks.defenses_results import FlagCounts, cost_summary, robustness_row
 from benchmarks.provenance import write_json
 from common.config import FedveilConfig
+from tests.benchmarks.cli_support import refusal
 
 
 @pytest.mark.parametrize(("dataset", "rounds"), [("digits", 15), ("mnist", 8)])
@@ -43,11 +44,7 @@ def test_every_run_is_dense_with_a_root_set_and_a_valid_config(dataset: str, rou
 def test_bad_input_is_one_line_exit_2_before_any_run(
     args: list[str], named: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    status = main([*args, "--json", "/nonexistent/never-written.json"])
-
-    err = capsys.readouterr().err.strip()
-    assert status == 2
-    assert len(err.splitlines()) == 1 and named in err
+    assert named in refusal(main, [*args, "--json", "/nonexistent/never-written.json"], capsys)
 
 
 def test_json_holds_the_settings_every_row_and_its_provenance(tmp_path: Path) -> None:

@@ -20,6 +20,7 @@ from benchmarks.privacy_utility import (
     read_results,
     summary_json,
 )
+from tests.benchmarks.cli_support import refusal
 
 
 def _cell(accuracy: float, epsilon: float | None) -> dict[str, Any]:
@@ -114,9 +115,5 @@ def test_bad_input_is_one_line_exit_2_before_any_run(
 ) -> None:
     argv = ["--data-dir", str(tmp_path), "--out", str(tmp_path / "out"), *args]
 
-    status = main([*argv, "--json", str(tmp_path / "never.json")])
-
-    err = capsys.readouterr().err.strip()
-    assert status == 2
-    assert len(err.splitlines()) == 1 and named in err
+    assert named in refusal(main, [*argv, "--json", str(tmp_path / "never.json")], capsys)
     assert not (tmp_path / "out").exists()
