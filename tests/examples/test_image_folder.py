@@ -7,10 +7,10 @@ import pytest
 import torch
 from PIL import Image
 
-from client.trainer import DPSGDSettings, train_dp_sgd
 from common.task import TaskError, TaskSettings, check_examples, load_task
 from examples.image_folder.make_data import write_dataset
 from examples.image_folder.task import CLASSES, SIZE, ShapesTask, read_folder
+from tests.examples.dp_round import assert_one_dp_sgd_round_trains
 
 MODULE = "examples.image_folder.task"
 
@@ -68,15 +68,8 @@ def test_one_dp_sgd_round_trains_the_cnn(data: Path) -> None:
     assert pool is not None
     model = task.build_model()
     assert model(pool.inputs).shape == (16, len(CLASSES))
-    before = [p.detach().clone() for p in model.parameters()]
-    dp = DPSGDSettings(
-        local_epochs=1, batch_size=8, lr=0.5, momentum=0.0, noise_multiplier=1.0, max_grad_norm=1.0
-    )
 
-    outcome = train_dp_sgd(model, pool.inputs, pool.labels, dp)
-
-    assert outcome.entry[2] >= 1
-    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+    assert_one_dp_sgd_round_trains(model, pool, batch_size=8)
 
 
 @pytest.mark.parametrize("case", ["missing", "unknown label", "empty", "corrupt"])

@@ -6,10 +6,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from client.trainer import DPSGDSettings, train_dp_sgd
 from common.task import TaskError, TaskSettings, check_examples, load_task
 from examples.tabular_csv.make_data import write_dataset
 from examples.tabular_csv.task import CLASSES, FEATURES, SensorTask
+from tests.examples.dp_round import assert_one_dp_sgd_round_trains
 
 REPO = Path(__file__).resolve().parents[2]
 MODULE = "examples.tabular_csv.task"
@@ -92,15 +92,8 @@ def test_one_dp_sgd_round_trains_the_model(data: Path) -> None:
     pool = task.pool()
     assert pool is not None
     model = task.build_model()
-    before = [p.detach().clone() for p in model.parameters()]
-    dp = DPSGDSettings(
-        local_epochs=1, batch_size=16, lr=0.5, momentum=0.0, noise_multiplier=1.0, max_grad_norm=1.0
-    )
 
-    outcome = train_dp_sgd(model, pool.inputs, pool.labels, dp)
-
-    assert outcome.entry[2] >= 1
-    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+    assert_one_dp_sgd_round_trains(model, pool, batch_size=16)
 
 
 @pytest.mark.parametrize(
