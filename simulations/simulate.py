@@ -11,27 +11,25 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any
 
 from flwr.serverapp.strategy import Strategy
 from rich.console import Console
 
-from common import protocol
 from common.accounting import sample_rate, steps_per_round
 from common.config import FedveilConfig
 from common.data import load_data
 from common.partition import PartitionSpec, cached_partitions
+from report.console import RoundProgress, privacy_table, summary_table
 from server.aggregation import build_aggregator
 from server.app import build_server_app
 from server.planning import check_budget_allows_a_round, expected_rounds, plan_client
 from server.root_set import split_held_out
 from server.round_loop import RoundLoopResult
-from server.rundir import RoundRecord, RunDirectory, RunDirError, new_run_id
+from server.rundir import RunDirectory, RunDirError, new_run_id, read_rounds
 from server.strategy.round_book import RoundBook
 from server.strategy.stack import StrategyWrap, sample_size
 from simulations.adversary.strategy import FaultInjection, FaultRates
 from simulations.engine_noise import quiet_engine
-from simulations.progress import RoundProgress, privacy_table, summary_table
 
 log = logging.getLogger(__name__)
 
@@ -151,29 +149,7 @@ def simulate(
             )
     if not results:
         raise RuntimeError("the simulation ended without finishing its server loop")
-    records = [RoundRecord.from_json(r) for r in read_metrics(run_path)]
-    console.print(summary_table(records, run_path))
+    console.print(summary_table(read_rounds(run_path), run_path))
     privacy = json.loads((run_path / RunDirectory.PRIVACY).read_text())
     console.print(privacy_table(privacy))
     return run_path, results[0]
-
-
-def read_metrics(run_path: Path) -> list[dict[str, Any]]:
-    """Return the rows of a run's ``metrics.jsonl``."""
-    path = run_path / RunDirectory.METRICS
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def load_run_config(run_path: Path) -> FedveilConfig:
-    """Read a run's ``config.json`` back into a config (for ``fedveil resume``)."""
-    path = run_path / RunDirectory.CONFIG
-    try:
-        flat = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise RunDirError(f"{path} not found: {run_path} is not a fedveil run directory") from None
-    except ValueError as exc:
-        raise RunDirError(f"{path} is corrupt ({exc})") from None
-    flat.pop(protocol.RUN_TAG, None)
-    return FedveilConfig.from_flat(flat)
