@@ -23,7 +23,7 @@ from tests.server.test_run_contract import write_run
         (["dp.delta=0"], "dp.delta"),
         (["fraction-train=0"], "fraction-train"),
         (["fraction-train=1.5"], "fraction-train"),
-        (["dataset=mnist"], "data-dir"),
+        (["dataset=mnist", "data-dir=/nonexistent/fedveil-data"], "data-dir"),
         (["codec.bits=12"], "codec.bits"),
         (["faults.tamper=0.6", "faults.replay=0.6"], "faults"),
         (["robust.root-examples=100000"], "robust.root-examples"),
