@@ -137,11 +137,11 @@ def federation_up(
 def federation_resume(run_dir: Path, *, console: Console, verbose: bool = False) -> RunOutcome:
     """Restart the federation of ``run_dir`` and continue its run from the last checkpoint."""
     from server.checkpoint import STATE_FILE
-    from simulations.simulate import load_run_config
+    from server.rundir import read_run_config
 
     run_dir = run_dir.resolve()
     record = DeploymentRecord.load(run_dir)
-    config = load_run_config(run_dir)
+    config = read_run_config(run_dir)
     if not (run_dir / "checkpoint" / STATE_FILE).is_file():
         raise DeployError(f"{run_dir} has no checkpoint: it never finished a round")
     layout = Layout(Path(record.work_dir))
@@ -189,9 +189,9 @@ def _follow_run(
     local: LocalDeployment, flat: Mapping[str, ConfigValue], total_rounds: int, *, verbose: bool
 ) -> RunOutcome:
     """Run the staged app with ``flwr run --stream``; follow its rounds; check it ended well."""
+    from report.console import RoundProgress
     from server.ledger import PrivacyLedger
     from server.rundir import RoundRecord
-    from simulations.progress import RoundProgress
 
     layout, run_dir, record = local.layout, local.run_dir, local.record
     layout.run_config.write_text("\n".join(commands.toml_lines(flat)) + "\n")
@@ -268,8 +268,8 @@ def _interrupt_on_sigterm() -> Iterator[None]:
 
 def print_summary(console: Console, run_dir: Path, outcome: RunOutcome) -> None:
     """Print the rounds, the privacy spent and the edge footprint of a deployed run."""
+    from report.console import privacy_table, summary_table
     from server.rundir import RoundRecord
-    from simulations.progress import privacy_table, summary_table
 
     rounds = [RoundRecord.from_json(r) for r in metric_rows(run_dir)]
     console.print(summary_table(rounds, run_dir))

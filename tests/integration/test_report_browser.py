@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from report.write import ReportFiles, write_report
-from tests.report.test_report import build_docs
+from tests.report.run_docs import build_docs
 
 pytestmark = [
     pytest.mark.slow,
