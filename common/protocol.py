@@ -11,11 +11,13 @@ Request ``RecordDict``:
 A client reads these records and no others; a record it does not know changes nothing.
 
 Query (planning) request: ``config`` only. Reply: ``metrics`` with ``client-id``,
-``dp-sample-rate`` and ``dp-steps`` (steps per round).
+``dp-sample-rate`` and ``dp-steps`` (steps per round); a node without usable data replies
+``metrics`` with ``client-id`` only and ``status`` = ``refused`` with the reason.
 
 Reply ``RecordDict``:
     ``metrics`` MetricRecord, the DP facts of this round (``REPLY_METRICS``).
-    ``status``  ConfigRecord, ``status`` = ``trained`` or ``refused`` and a one-line ``reason``.
+    ``status``  ConfigRecord, ``status`` = ``trained`` or ``refused`` and a one-line ``reason``
+                (a refusal for lack of usable data carries ``client-id`` only in ``metrics``).
     ``update``  ConfigRecord, ``sealed``: the sealed update (``common.envelope``); only when
                 ``status`` is ``trained``.
 

@@ -12,7 +12,8 @@ Examples never leave the process that reads them.
 Checks, each a one-line ``TaskError``: ``load_task`` refuses a module that cannot be imported, has
 no ``make_task`` or returns something else, and a model Opacus cannot train (``vet_model``);
 ``check_examples`` refuses data that does not fit the task. ``vet_model`` expects a model fresh
-from ``build_model`` (training mode).
+from ``build_model`` (training mode). ``task_of(config)`` is the run's task: `task`, else the
+built-in task `dataset` names.
 """
 
 from __future__ import annotations
@@ -24,11 +25,15 @@ import sys
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from common.config import FedveilConfig
 
 BUILTIN_TASKS: dict[str, str] = {
     "digits": "common.tasks.digits",
@@ -272,3 +277,19 @@ def load_task(name: str, settings: TaskSettings) -> Task:
     _check_declared(task, name)
     vet_model(task.build_model())
     return task
+
+
+def task_of(config: FedveilConfig) -> Task:
+    """Return the run's task (`task`, else the built-in `dataset`), loaded once per process.
+
+    Raises:
+        TaskError: as ``load_task``.
+
+    """
+    settings = TaskSettings(
+        seed=config.seed,
+        data_dir=config.data_dir,
+        test_fraction=config.test_fraction,
+        model=config.model,
+    )
+    return load_task(config.task or config.dataset, settings)

@@ -129,7 +129,7 @@ class Watermarker:
     def __init__(
         self,
         key: bytes,
-        image_shape: tuple[int, int, int],
+        image_shape: tuple[int, ...],
         num_classes: int,
         budget: EmbedBudget | None = None,
         *,
@@ -144,7 +144,7 @@ class Watermarker:
     def create(
         cls,
         key_path: Path,
-        image_shape: tuple[int, int, int],
+        image_shape: tuple[int, ...],
         num_classes: int,
         budget: EmbedBudget | None = None,
         *,
@@ -159,7 +159,7 @@ class Watermarker:
     def from_key_file(
         cls,
         key_path: Path,
-        image_shape: tuple[int, int, int],
+        image_shape: tuple[int, ...],
         num_classes: int,
         budget: EmbedBudget | None = None,
         *,
