@@ -22,7 +22,7 @@ CONFIG = FedveilConfig.from_flat({"sim.clients": 4})
 TABULAR = "examples.tabular_csv.task"
 
 
-def node_context(**node: object) -> Context:
+def node_context(**node: str | int) -> Context:
     return Context(
         run_id=1, node_id=NODE_ID, node_config=dict(node), state=RecordDict(), run_config={}
     )
@@ -74,8 +74,9 @@ def test_a_simulated_node_of_a_user_task_gets_its_partition_of_the_pool(csv_dir:
     assert all(p.inputs.shape[1:] == (len(FEATURES),) for p in parts)
 
 
-def _write(path: Path, header: list[str], rows: list[list[object]]) -> Path:
-    path.write_text("\n".join(",".join(map(str, r)) for r in [header, *rows]) + "\n")
+def _write(path: Path, header: list[str], rows: list[list[float]]) -> Path:
+    lines = [",".join(header), *(",".join(str(v) for v in row) for row in rows)]
+    path.write_text("\n".join(lines) + "\n")
     return path
 
 

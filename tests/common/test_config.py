@@ -507,3 +507,16 @@ def test_load_toml_unreadable_file_is_a_config_error(tmp_path: Path, kind: str) 
 
 def test_numeric_looking_path_can_be_set() -> None:
     assert from_set("out-dir=2024").out_dir == "2024"
+
+
+def test_by_writer_with_a_user_task_is_left_to_the_tasks_pool() -> None:
+    config = FedveilConfig.from_flat({"task": "mypkg.task", "partitioning": "by-writer"})
+
+    assert (config.task, config.partitioning) == ("mypkg.task", "by-writer")
+
+
+def test_the_task_travels_to_clients() -> None:
+    config = FedveilConfig.from_flat({"task": "mypkg.task"})
+
+    assert config.to_client_flat()["task"] == "mypkg.task"
+    assert FedveilConfig.from_flat({}).task == ""

@@ -12,6 +12,7 @@ import pytest
 import torch
 from torch import nn
 
+from common.config import FedveilConfig
 from common.data import FEMNIST_FILE, load_data
 from common.models import create_model, model_for
 from common.task import (
@@ -22,6 +23,7 @@ from common.task import (
     TaskSettings,
     check_examples,
     load_task,
+    task_of,
     vet_model,
 )
 from common.tasks.image_sets import NODE_IDX_FILES
@@ -373,3 +375,26 @@ def test_builtin_node_data_errors_are_one_line(
         load_task("digits", SETTINGS).node_examples(path)
 
     assert expected in one_line(exc)
+
+
+def test_task_of_an_empty_task_is_the_built_in_dataset_with_the_runs_settings() -> None:
+    config = FedveilConfig.from_flat({"seed": 5, "test-fraction": 0.25, "model": "cnn"})
+
+    task = task_of(config)
+
+    assert task is load_task("digits", TaskSettings(5, "", 0.25, "cnn"))
+    assert (task.input_shape, task.num_classes) == ((1, 8, 8), 10)
+
+
+def test_task_of_a_module_path_loads_that_module(tmp_path: Path) -> None:
+    from examples.tabular_csv.make_data import write_dataset
+    from examples.tabular_csv.task import SensorTask
+
+    write_dataset(tmp_path, seed=0, train=8, test=8, node_sizes=())
+    config = FedveilConfig.from_flat(
+        {"task": "examples.tabular_csv.task", "data-dir": str(tmp_path), "dataset": "mnist"}
+    )
+
+    task = task_of(config)
+
+    assert isinstance(task, SensorTask) and task.root == tmp_path  # `dataset` is not used

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -121,7 +123,7 @@ class _RowTask(Task):
     def build_model(self) -> torch.nn.Module:
         return torch.nn.Linear(3, 2)
 
-    def node_examples(self, data_path: object) -> Examples:  # type: ignore[override]
+    def node_examples(self, data_path: Path) -> Examples:
         raise NotImplementedError
 
     def test_examples(self) -> Examples:
