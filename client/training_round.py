@@ -167,10 +167,13 @@ def _reply(
 
 def _refuse_data(exc: TaskError, context: Context) -> RecordDict:
     """Return the ``refused`` reply of a node that has no usable data; nothing is spent."""
-    reason = f"refused: {exc}"
+    reason = "refused: " + " ".join(str(exc).split())  # one line, whatever a task raised
     log.warning("node %d %s", context.node_id, reason)
-    client_id = float(client_id_of(context))
-    return _reply(protocol.STATUS_REFUSED, reason, {protocol.CLIENT_ID: client_id}, None)
+    content = _reply(
+        protocol.STATUS_REFUSED, reason, {protocol.CLIENT_ID: float(client_id_of(context))}, None
+    )
+    content.config_records[protocol.STATUS][protocol.CAUSE] = protocol.CAUSE_NO_DATA
+    return content
 
 
 def _facts(client_id: int, entry: HistoryEntry, epsilon: float) -> dict[str, float]:

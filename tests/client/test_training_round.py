@@ -324,6 +324,8 @@ def test_a_node_with_unusable_data_refuses_naming_the_file(
     assert STATE_KEY not in ctx.state.config_records  # no privacy spent
     metrics = reply.content.metric_records[protocol.METRICS]
     assert metrics[protocol.CLIENT_ID] == float(NODE_ID)
+    status = reply.content.config_records[protocol.STATUS]
+    assert status[protocol.CAUSE] == protocol.CAUSE_NO_DATA
 
 
 def test_a_planning_query_of_a_node_without_data_is_a_refusal_the_server_reads(
