@@ -24,7 +24,7 @@ from flwr.app import Context
 from common.config import FedveilConfig
 from common.data import DataError
 from common.partition import PartitionError, PartitionSpec, task_partitions, task_pool
-from common.task import Examples, Task, TaskError, check_examples, task_of
+from common.task import Examples, Task, TaskError, check_examples, read_examples, task_of
 
 DATA_PATH = "data-path"
 PARTITION_ID = "partition-id"
@@ -79,15 +79,7 @@ def client_id_of(context: Context) -> int:
 def _node_file(task: Task, path: Path) -> Examples:
     if not path.exists():
         raise TaskError(f"{path}: not found; set the node config `{DATA_PATH}` to existing data")
-    try:
-        return task.node_examples(path)
-    except TaskError:
-        raise
-    except Exception as exc:  # a user task's reader failing becomes one line naming the file
-        reason = " ".join(str(exc).split())
-        raise TaskError(
-            f"{path}: cannot be read by the task ({type(exc).__name__}: {reason})"
-        ) from None
+    return read_examples(lambda: task.node_examples(path), source=str(path))
 
 
 def load_local_data(config: FedveilConfig, context: Context) -> LocalData:

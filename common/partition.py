@@ -15,7 +15,7 @@ import numpy as np
 import numpy.typing as npt
 
 from common.data import ImageSet, load_data
-from common.task import Examples, Task, TaskError
+from common.task import Examples, Task, TaskError, read_examples
 
 
 class PartitionError(ValueError):
@@ -120,7 +120,7 @@ def task_pool(task: Task) -> Examples:
         TaskError: the task has no pool (it is meant for nodes with their own data).
 
     """
-    pool = task.pool()
+    pool = read_examples(task.pool, source="the task's pool")
     if pool is None:
         raise TaskError(
             "the task has no pool() to split among simulated nodes; give each node its own "

@@ -11,7 +11,8 @@ Examples never leave the process that reads them.
 
 Checks, each a one-line ``TaskError``: ``load_task`` refuses a module that cannot be imported, has
 no ``make_task`` or returns something else, and a model Opacus cannot train (``vet_model``);
-``check_examples`` refuses data that does not fit the task. ``vet_model`` expects a model fresh
+``check_examples`` refuses data that does not fit the task; ``read_examples`` turns anything a
+task's reader raises into one line. ``vet_model`` expects a model fresh
 from ``build_model`` (training mode). ``task_of(config)`` is the run's task: `task`, else the
 built-in task `dataset` names.
 """
@@ -22,15 +23,18 @@ import abc
 import importlib
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 import torch
 from torch import nn
+
+from common.data import DataError
 
 if TYPE_CHECKING:
     from common.config import FedveilConfig
@@ -154,6 +158,26 @@ def check_examples(
     bad = int((~torch.isfinite(inputs)).sum())
     if bad:
         raise refuse(f"{bad} input values are NaN or infinite")
+
+
+_T = TypeVar("_T")
+
+
+def read_examples(read: Callable[[], _T], *, source: str) -> _T:
+    """Call one of a task's readers; turn whatever it raises into one ``TaskError`` line.
+
+    ``TaskError`` and ``common.data.DataError`` (already one line naming the file) pass
+    unchanged; any other exception, from user code, is named with ``source``.
+    """
+    try:
+        return read()
+    except (TaskError, DataError):
+        raise
+    except Exception as exc:  # user code: every failure becomes one line, never a traceback
+        reason = " ".join(str(exc).split())
+        raise TaskError(
+            f"{source}: cannot be read by the task ({type(exc).__name__}: {reason})"
+        ) from exc
 
 
 _FIXES: tuple[tuple[tuple[type[nn.Module], ...], str], ...] = (

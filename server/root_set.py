@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from common.config import ConfigError
-from common.task import Examples, Task, check_examples
+from common.task import Examples, Task, check_examples, read_examples
 from common.weights import flatten
 
 REFERENCE_STEPS: Final = 6
@@ -70,11 +70,13 @@ def server_examples(
 
     """
     shape, classes = task.input_shape, task.num_classes
-    test = task.test_examples()
-    check_examples(test, num_classes=classes, input_shape=shape, source="the task's test examples")
-    own = task.root_examples() if root_examples > 0 else None
+    source = "the task's test examples"
+    test = read_examples(task.test_examples, source=source)
+    check_examples(test, num_classes=classes, input_shape=shape, source=source)
+    source = "the task's root set"
+    own = read_examples(task.root_examples, source=source) if root_examples > 0 else None
     if own is not None:
-        check_examples(own, num_classes=classes, input_shape=shape, source="the task's root set")
+        check_examples(own, num_classes=classes, input_shape=shape, source=source)
         return RootSet(own.inputs, own.labels, lr=lr, max_grad_norm=max_grad_norm), test
     root_idx, eval_idx = split_held_out(len(test), root_examples, seed)
     if not len(root_idx):

@@ -23,6 +23,7 @@ from common.task import (
     TaskSettings,
     check_examples,
     load_task,
+    read_examples,
     task_of,
     vet_model,
 )
@@ -398,3 +399,29 @@ def test_task_of_a_module_path_loads_that_module(tmp_path: Path) -> None:
     task = task_of(config)
 
     assert isinstance(task, SensorTask) and task.root == tmp_path  # `dataset` is not used
+
+
+def test_read_examples_turns_a_user_readers_failure_into_one_line() -> None:
+    def broken() -> Examples:
+        raise ValueError("no column\n  `speed`")
+
+    with pytest.raises(TaskError) as refused:
+        read_examples(broken, source="/data/x.csv")
+
+    assert (
+        str(refused.value)
+        == "/data/x.csv: cannot be read by the task (ValueError: no column `speed`)"
+    )
+
+
+def test_read_examples_lets_one_line_errors_through_unchanged() -> None:
+    from common.data import DataError
+
+    for error in (TaskError("a.csv: bad"), DataError("b.idx: truncated")):
+
+        def fails(error: Exception = error) -> Examples:
+            raise error
+
+        with pytest.raises(type(error)) as raised:
+            read_examples(fails, source="ignored")
+        assert raised.value is error
