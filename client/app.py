@@ -19,7 +19,7 @@ app = ClientApp()
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    """Train on the local partition and reply with the sealed update and DP facts."""
+    """Train on the node's own data or partition; reply with the sealed update and DP facts."""
     return Message(content=run_training_round(msg, context), reply_to=msg)
 
 

@@ -2,7 +2,8 @@
 
 1. ``read_request``: the round, the run config (``common.config.CLIENT_KEYS`` suffice), the
    global model, and the aggregator's key, checked against a pinned fingerprint first.
-2. ``load_local_data``: this node's partition (node config ``partition-id``/``num-partitions``).
+2. ``load_local_data`` (``client.local_data``): the node's own ``data-path``, else its
+   partition of the task's pool; data the task cannot use refuses the round, spending nothing.
 3. ``check_budget``: the round's ``(σ, q, steps)`` and ε after it; a round past the budget, or
    one already trained before a restart, ends here with the reply that says so.
 4. ``train_locally``: DP-SGD from the global model.
@@ -22,9 +23,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
-import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
+from client.local_data import LocalData, client_id_of, load_local_data
 from client.privacy_state import ClientPrivacyState
 from client.sealed_reply import aggregator_key, seal_trained_model
 from client.state_store import NodeState
@@ -38,11 +39,9 @@ from common.accounting import (
 )
 from common.codec import CodecParams
 from common.config import FedveilConfig
-from common.data import FederatedData, load_data
 from common.envelope import DPFacts
-from common.models import create_model, model_for
-from common.partition import PartitionSpec, cached_partitions
 from common.sealing import SealContext
+from common.task import TaskError, task_of
 
 log = logging.getLogger(__name__)
 
@@ -63,18 +62,6 @@ class TrainRequest:
 
 
 @dataclass(frozen=True)
-class LocalData:
-    """A node's training examples ``(n, C, H, W)`` float32 and labels ``(n,)`` int64."""
-
-    partition_id: int
-    num_partitions: int
-    images: torch.Tensor
-    labels: torch.Tensor
-    num_classes: int
-    image_shape: tuple[int, int, int]
-
-
-@dataclass(frozen=True)
 class RoundBudget:
     """The go-ahead to train one round: its history entry and the ε it brings the node to."""
 
@@ -83,32 +70,6 @@ class RoundBudget:
     state: ClientPrivacyState
     entry: HistoryEntry
     epsilon_after: float
-
-
-def partition_of(context: Context) -> tuple[int, int]:
-    """Return ``(partition_id, num_partitions)`` from the node config."""
-    try:
-        pid = int(context.node_config["partition-id"])
-        count = int(context.node_config["num-partitions"])
-    except (KeyError, ValueError, TypeError):
-        raise ValueError(
-            "node config lacks `partition-id` and `num-partitions`; start the SuperNode with "
-            '--node-config "partition-id=0 num-partitions=N"'
-        ) from None
-    if not 0 <= pid < count:
-        raise ValueError(f"node config `partition-id` {pid} is outside [0, {count})")
-    return pid, count
-
-
-def local_tensors(
-    data: FederatedData, config: FedveilConfig, partition_id: int, num_partitions: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Return the client's training examples ``(n, 1, H, W)`` float32 and labels ``(n,)``."""
-    spec = PartitionSpec(config.partitioning, num_partitions, config.seed, config.dirichlet_alpha)
-    parts = cached_partitions(
-        config.dataset, config.data_dir, config.seed, config.test_fraction, spec
-    )
-    return data.tensors(data.train, parts[partition_id])
 
 
 def planned_noise_multiplier(config: FedveilConfig, num_examples: int) -> float:
@@ -132,15 +93,22 @@ def _config_of(msg: Message) -> FedveilConfig:
 
 
 def answer_plan_query(msg: Message, context: Context) -> RecordDict:
-    """Return the DP facts the server needs to plan: q and steps per round (no data)."""
+    """Return the DP facts the server needs to plan: q and steps per round (no data).
+
+    A node whose data the task cannot use answers ``refused`` with the one-line reason and
+    no facts; the server logs it and plans without this node.
+    """
     config = _config_of(msg)
-    data = load_local_data(config, context)
+    try:
+        data = load_local_data(config, context)
+    except TaskError as exc:
+        return _refuse_data(exc, context)
     n = int(data.labels.shape[0])
     return RecordDict(
         {
             protocol.METRICS: MetricRecord(
                 {
-                    protocol.CLIENT_ID: float(data.partition_id),
+                    protocol.CLIENT_ID: float(data.client_id),
                     protocol.SAMPLE_RATE: sample_rate(n, config.batch_size),
                     protocol.STEPS: float(
                         steps_per_round(n, config.batch_size, config.local_epochs)
@@ -183,16 +151,6 @@ def read_request(msg: Message, context: Context) -> TrainRequest:
     )
 
 
-def load_local_data(config: FedveilConfig, context: Context) -> LocalData:
-    """Load this node's partition of the training pool."""
-    partition_id, num_partitions = partition_of(context)
-    data = load_data(config.dataset, config.data_dir, config.seed, config.test_fraction)
-    images, labels = local_tensors(data, config, partition_id, num_partitions)
-    return LocalData(
-        partition_id, num_partitions, images, labels, data.num_classes, data.image_shape
-    )
-
-
 def _reply(
     status: str, reason: str, metrics: dict[str, float], update: ConfigRecord | None
 ) -> RecordDict:
@@ -204,6 +162,17 @@ def _reply(
     )
     if update is not None:
         content[protocol.UPDATE] = update
+    return content
+
+
+def _refuse_data(exc: TaskError, context: Context) -> RecordDict:
+    """Return the ``refused`` reply of a node that has no usable data; nothing is spent."""
+    reason = "refused: " + " ".join(str(exc).split())  # one line, whatever a task raised
+    log.warning("node %d %s", context.node_id, reason)
+    content = _reply(
+        protocol.STATUS_REFUSED, reason, {protocol.CLIENT_ID: float(client_id_of(context))}, None
+    )
+    content.config_records[protocol.STATUS][protocol.CAUSE] = protocol.CAUSE_NO_DATA
     return content
 
 
@@ -228,7 +197,7 @@ def check_budget(
     """
     config = request.config
     n = int(data.labels.shape[0])
-    node_state = NodeState.for_node(context, config.client_state_dir, data.partition_id)
+    node_state = NodeState.for_node(context, config.client_state_dir, data.client_id)
     # The server's plan assigns σ; without one (an unplanned node) the client calibrates its
     # own. Either way the client's own accountant and budget check below have the last word.
     state = node_state.load_privacy(request.run_tag) or ClientPrivacyState(
@@ -242,7 +211,7 @@ def check_budget(
             protocol.STATUS_ALREADY_TRAINED,
             f"round {request.server_round} was already trained before a restart; "
             f"not training it twice",
-            _facts(data.partition_id, done, spent),
+            _facts(data.client_id, done, spent),
             None,
         )
     entry: HistoryEntry = (
@@ -256,22 +225,20 @@ def check_budget(
             f"refused: round {request.server_round} would take ε from {spent:.3f} to "
             f"{after:.3f}, past the budget {config.dp_budget}"
         )
-        log.info("client %d %s", data.partition_id, reason)
+        log.info("client %d %s", data.client_id, reason)
         node_state.save_privacy(state)
-        return _reply(
-            protocol.STATUS_REFUSED, reason, _facts(data.partition_id, entry, spent), None
-        )
-    return RoundBudget(data.partition_id, node_state, state, entry, after)
+        return _reply(protocol.STATUS_REFUSED, reason, _facts(data.client_id, entry, spent), None)
+    return RoundBudget(data.client_id, node_state, state, entry, after)
 
 
 def train_locally(request: TrainRequest, data: LocalData, budget: RoundBudget) -> Weights:
     """Train the global model on ``data`` with DP-SGD; return the local weights by name."""
     config = request.config
-    model = create_model(model_for(config.model, data.image_shape), data.num_classes, seed=0)
+    model = task_of(config).build_model()
     model.load_state_dict(request.global_arrays.to_torch_state_dict())
     train_dp_sgd(
         model,
-        data.images,
+        data.inputs,
         data.labels,
         DPSGDSettings(
             local_epochs=config.local_epochs,
@@ -321,7 +288,10 @@ def seal_reply(
 def run_training_round(msg: Message, context: Context) -> RecordDict:
     """Handle one train request and return the reply's content (steps 1-6 in order)."""
     request = read_request(msg, context)
-    data = load_local_data(request.config, context)
+    try:
+        data = load_local_data(request.config, context)
+    except TaskError as exc:
+        return _refuse_data(exc, context)
     budget = check_budget(request, data, context)
     if not isinstance(budget, RoundBudget):
         return budget

@@ -75,6 +75,13 @@ KEYS: dict[str, _Key] = {
     ),
     "dataset": _Key("dataset", str, "digits", _one_of(DATASETS), f"one of {DATASETS}"),
     "data-dir": _Key("data_dir", str, "", _ANY, "a folder path"),
+    "task": _Key(
+        "task",
+        str,
+        "",
+        _ANY,
+        "a task module's dotted path (mypkg.task), or empty for the built-in task `dataset` names",
+    ),
     "partitioning": _Key(
         "partitioning", str, "iid", _one_of(PARTITIONINGS), f"one of {PARTITIONINGS}"
     ),
@@ -242,6 +249,7 @@ CLIENT_KEYS: tuple[str, ...] = (
     "seed",
     "dataset",
     "data-dir",
+    "task",
     "partitioning",
     "dirichlet-alpha",
     "test-fraction",
@@ -279,6 +287,7 @@ class FedveilConfig:
     round_timeout: float
     dataset: str
     data_dir: str
+    task: str
     partitioning: str
     dirichlet_alpha: float
     test_fraction: float
@@ -349,10 +358,11 @@ class FedveilConfig:
                 f"config key `central-dp.noise-multiplier` needs `aggregation` = `fedavg` "
                 f"(its noise is calibrated to a mean), got `{self.aggregation}`"
             )
-        if self.partitioning == "by-writer" and self.dataset != "femnist":
+        if self.partitioning == "by-writer" and not self.task and self.dataset != "femnist":
             raise ConfigError(
                 "config key `partitioning` = `by-writer` needs `dataset` = `femnist` "
-                "(only FEMNIST has writers); use `iid` or `dirichlet`"
+                "(the only built-in set with writers) or a `task` whose pool has writers; "
+                "use `iid` or `dirichlet`"
             )
 
     def to_flat(self) -> dict[str, ConfigValue]:

@@ -1,8 +1,9 @@
 """Split a training pool among clients with flwr-datasets partitioners.
 
 The partitioners run on a light index table (``index``, ``label``, ``writer``) rather than on the
-images, so partitioning 60,000 MNIST images takes milliseconds and no pixels are copied. The
-result is deterministic in ``seed``.
+examples, so partitioning 60,000 MNIST images takes milliseconds and no pixels are copied. The
+result is deterministic in ``seed`` and depends only on the labels (and writers), so a task's
+pool (``task_partitions``) splits exactly as the same data set's ``ImageSet`` does.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import numpy as np
 import numpy.typing as npt
 
 from common.data import ImageSet, load_data
+from common.task import Examples, Task, TaskError, read_examples
 
 
 class PartitionError(ValueError):
@@ -30,21 +32,32 @@ class PartitionSpec:
     alpha: float = 0.5
 
 
-def _index_table(pool: ImageSet, seed: int) -> object:
+LabelArray = npt.NDArray[np.int64]
+WriterArray = npt.NDArray[np.str_]
+
+
+def _index_table(labels: LabelArray, writers: WriterArray | None, seed: int) -> object:
     from datasets import Dataset
 
     table: dict[str, list[object]] = {
-        "index": list(range(len(pool))),
-        "label": pool.labels.tolist(),
+        "index": list(range(len(labels))),
+        "label": labels.tolist(),
     }
-    if pool.writers is not None:
-        table["writer"] = pool.writers.tolist()
+    if writers is not None:
+        table["writer"] = writers.tolist()
     # IidPartitioner takes contiguous shards, so shuffle first (seeded) to make them IID.
     return Dataset.from_dict(table).shuffle(seed=seed)
 
 
 def partition_pool(pool: ImageSet, spec: PartitionSpec) -> list[npt.NDArray[np.int64]]:
     """Return, for each partition id, the indices into ``pool`` that the client owns."""
+    return partition_labels(pool.labels, spec, writers=pool.writers)
+
+
+def partition_labels(
+    labels: LabelArray, spec: PartitionSpec, *, writers: WriterArray | None = None
+) -> list[npt.NDArray[np.int64]]:
+    """Return, for each partition id, the indices into a pool of ``labels`` the client owns."""
     from flwr_datasets.partitioner import (
         DirichletPartitioner,
         IidPartitioner,
@@ -53,9 +66,9 @@ def partition_pool(pool: ImageSet, spec: PartitionSpec) -> list[npt.NDArray[np.i
 
     if spec.num_partitions < 1:
         raise PartitionError(f"need >= 1 client to split among, got {spec.num_partitions}")
-    if spec.num_partitions > len(pool):
+    if spec.num_partitions > len(labels):
         raise PartitionError(
-            f"cannot split {len(pool)} examples among {spec.num_partitions} clients; "
+            f"cannot split {len(labels)} examples among {spec.num_partitions} clients; "
             f"lower `sim.clients`"
         )
     partitioner: IidPartitioner | DirichletPartitioner | NaturalIdPartitioner
@@ -71,18 +84,18 @@ def partition_pool(pool: ImageSet, spec: PartitionSpec) -> list[npt.NDArray[np.i
             seed=spec.seed,
         )
     elif spec.scheme == "by-writer":
-        if pool.writers is None:
+        if writers is None:
             raise PartitionError("`by-writer` partitioning needs a data set with writers (femnist)")
-        writers = len(np.unique(pool.writers))
-        if spec.num_partitions > writers:
+        distinct = len(np.unique(writers))
+        if spec.num_partitions > distinct:
             raise PartitionError(
-                f"`by-writer` gives one client per writer: {writers} writers, "
-                f"{spec.num_partitions} clients asked; set `sim.clients` <= {writers}"
+                f"`by-writer` gives one client per writer: {distinct} writers, "
+                f"{spec.num_partitions} clients asked; set `sim.clients` <= {distinct}"
             )
         partitioner = NaturalIdPartitioner(partition_by="writer")
     else:
         raise PartitionError(f"unknown partitioning {spec.scheme!r}; use iid, dirichlet, by-writer")
-    partitioner.dataset = _index_table(pool, spec.seed)
+    partitioner.dataset = _index_table(labels, writers, spec.seed)
     # Read each partition's rows in one slice: its `index` Column would be fetched row by row,
     # which dominated the time of splitting a large pool among many clients.
     return [
@@ -98,3 +111,33 @@ def cached_partitions(
     """Partition a data set's training pool once per process (clients reuse it every round)."""
     pool = load_data(dataset, data_dir, seed, test_fraction).train
     return tuple(partition_pool(pool, spec))
+
+
+def task_pool(task: Task) -> Examples:
+    """Return the task's simulation pool.
+
+    Raises:
+        TaskError: the task has no pool (it is meant for nodes with their own data).
+
+    """
+    pool = read_examples(task.pool, source="the task's pool")
+    if pool is None:
+        raise TaskError(
+            "the task has no pool() to split among simulated nodes; give each node its own "
+            "data with the node config `data-path`, or add pool() to the task"
+        )
+    return pool
+
+
+@lru_cache(maxsize=8)
+def task_partitions(task: Task, spec: PartitionSpec) -> tuple[npt.NDArray[np.int64], ...]:
+    """Partition a task's simulation pool once per process (clients reuse it every round).
+
+    Raises:
+        TaskError: the task has no pool (``task_pool``).
+
+    """
+    pool = task_pool(task)
+    writers = task.pool_writers()
+    labels = pool.labels.numpy().astype(np.int64, copy=False)
+    return tuple(partition_labels(labels, spec, writers=writers))

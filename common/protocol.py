@@ -11,11 +11,14 @@ Request ``RecordDict``:
 A client reads these records and no others; a record it does not know changes nothing.
 
 Query (planning) request: ``config`` only. Reply: ``metrics`` with ``client-id``,
-``dp-sample-rate`` and ``dp-steps`` (steps per round).
+``dp-sample-rate`` and ``dp-steps`` (steps per round); a node without usable data replies
+``metrics`` with ``client-id`` only and ``status`` = ``refused`` with the reason.
 
 Reply ``RecordDict``:
     ``metrics`` MetricRecord, the DP facts of this round (``REPLY_METRICS``).
-    ``status``  ConfigRecord, ``status`` = ``trained`` or ``refused`` and a one-line ``reason``.
+    ``status``  ConfigRecord, ``status`` = ``trained`` or ``refused`` and a one-line ``reason``
+                (a refusal for lack of usable data adds ``cause`` = ``no-data`` and carries
+                ``client-id`` only in ``metrics``).
     ``update``  ConfigRecord, ``sealed``: the sealed update (``common.envelope``); only when
                 ``status`` is ``trained``.
 
@@ -51,6 +54,11 @@ STATUS_REFUSED = "refused"
 # The node trained this round before a restart lost the reply; it reports the round's DP facts
 # (so the ledger can charge it once) and does not train it twice.
 STATUS_ALREADY_TRAINED = "already-trained"
+# A refusal's cause, in the ``status`` record beside ``reason`` (absent: the budget): a node with
+# no usable data refuses with ``CAUSE_NO_DATA``; the server rejects that reply as ``no-data``
+# rather than counting it as a budget refusal, so the node is not taken for exhausted.
+CAUSE = "cause"
+CAUSE_NO_DATA = "no-data"
 
 # Metric keys of a train reply; "weight" is the aggregation weight (uniform, 1.0).
 WEIGHT = "weight"

@@ -11,8 +11,10 @@ Examples never leave the process that reads them.
 
 Checks, each a one-line ``TaskError``: ``load_task`` refuses a module that cannot be imported, has
 no ``make_task`` or returns something else, and a model Opacus cannot train (``vet_model``);
-``check_examples`` refuses data that does not fit the task. ``vet_model`` expects a model fresh
-from ``build_model`` (training mode).
+``check_examples`` refuses data that does not fit the task; ``read_examples`` turns anything a
+task's reader raises into one line. ``vet_model`` expects a model fresh
+from ``build_model`` (training mode). ``task_of(config)`` is the run's task: `task`, else the
+built-in task `dataset` names.
 """
 
 from __future__ import annotations
@@ -25,11 +27,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 import torch
 from torch import nn
+
+from common.data import DataError
+
+if TYPE_CHECKING:
+    from common.config import FedveilConfig
 
 BUILTIN_TASKS: dict[str, str] = {
     "digits": "common.tasks.digits",
@@ -170,6 +178,26 @@ def check_examples(
         raise refuse(f"{bad} input values are NaN or infinite")
 
 
+_T = TypeVar("_T")
+
+
+def read_examples(read: Callable[[], _T], *, source: str) -> _T:
+    """Call one of a task's readers; turn whatever it raises into one ``TaskError`` line.
+
+    ``TaskError`` and ``common.data.DataError`` (already one line naming the file) pass
+    unchanged; any other exception, from user code, is named with ``source``.
+    """
+    try:
+        return read()
+    except (TaskError, DataError):
+        raise
+    except Exception as exc:  # user code: every failure becomes one line, never a traceback
+        reason = " ".join(str(exc).split())
+        raise TaskError(
+            f"{source}: cannot be read by the task ({type(exc).__name__}: {reason})"
+        ) from exc
+
+
 _FIXES: tuple[tuple[tuple[type[nn.Module], ...], str], ...] = (
     (
         (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm),
@@ -291,3 +319,19 @@ def load_task(name: str, settings: TaskSettings) -> Task:
     _check_declared(task, name)
     vet_model(task.build_model())
     return task
+
+
+def task_of(config: FedveilConfig) -> Task:
+    """Return the run's task (`task`, else the built-in `dataset`), loaded once per process.
+
+    Raises:
+        TaskError: as ``load_task``.
+
+    """
+    settings = TaskSettings(
+        seed=config.seed,
+        data_dir=config.data_dir,
+        test_fraction=config.test_fraction,
+        model=config.model,
+    )
+    return load_task(config.task or config.dataset, settings)

@@ -1,4 +1,4 @@
-"""Central evaluation of the global model on the server's own test split."""
+"""Central evaluation of the global model on the server's own test examples (the task's)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from common.data import FederatedData
+from common.task import Examples
 
 
 @dataclass(frozen=True)
@@ -21,19 +22,23 @@ class Evaluation:
 
 
 class CentralEvaluator:
-    """Evaluates weights on a fixed test split that no client ever trains on.
+    """Evaluates weights on fixed test examples that no client ever trains on.
 
-    ``indices`` restricts evaluation to those examples of the split (the rest being the
-    server's root set, ``server.root_set``); ``None`` evaluates on all of it.
+    ``data`` is the task's test examples (a ``FederatedData`` stands for its test split);
+    ``indices`` restricts evaluation to those examples (the rest being the server's root set,
+    ``server.root_set``); ``None`` evaluates on all of them.
     """
 
     def __init__(
         self,
-        data: FederatedData,
+        data: Examples | FederatedData,
         batch_size: int = 1024,
         indices: npt.NDArray[np.int64] | None = None,
     ) -> None:
-        self._images, self._labels = data.tensors(data.test, indices)
+        if isinstance(data, FederatedData):
+            data = Examples(*data.tensors(data.test))
+        examples = data if indices is None else data.select(indices)
+        self._images, self._labels = examples.inputs, examples.labels
         self._batch_size = batch_size
 
     @torch.no_grad()

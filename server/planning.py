@@ -101,9 +101,18 @@ def query_messages(config: FedveilConfig, nodes: list[int]) -> list[Message]:
 
 
 def read_plan_reply(reply: Message) -> tuple[str, float, int]:
-    """Return ``(client_id, sample_rate, steps_per_round)`` from a planning reply."""
+    """Return ``(client_id, sample_rate, steps_per_round)`` from a planning reply.
+
+    Raises:
+        ValueError: the query failed, the node refused (its one-line reason: e.g. no usable
+            data), or the facts are missing or out of range.
+
+    """
     if reply.has_error():
         raise ValueError(f"planning query failed: {reply.error.reason}")
+    status = reply.content.config_records.get(protocol.STATUS)
+    if status is not None and status.get("status") == protocol.STATUS_REFUSED:
+        raise ValueError(str(status.get("reason", "refused, no reason given")))
     metrics = reply.content.metric_records.get(protocol.METRICS)
     try:
         client = metrics[protocol.CLIENT_ID]  # type: ignore[index]

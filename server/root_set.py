@@ -4,11 +4,12 @@ FLTrust (Cao et al. 2021) gives the server a small clean *root* data set and, ev
 trains the global model on it for a few steps: the resulting update is a trusted direction
 that client updates are scored against (``server.anomaly.score_updates(reference=...)``).
 
-Where the examples come from: the server already holds one split no client ever sees, its
-held-out test split (``common.data.FederatedData.test``). ``robust.root-examples`` of those,
-drawn with the run seed, become the root set, and central evaluation runs on the rest only
-(:func:`split_held_out`), so the root set is disjoint from every client's data *and* from the
-examples the reported accuracy is measured on. In a deployment this is the server's own data.
+Where the examples come from (:func:`server_examples`), when ``robust.root-examples`` > 0: the
+task's own root set (``Task.root_examples``) if it has one, all of it, with evaluation on all
+the test examples; else ``robust.root-examples`` of the server's held-out test examples
+(``Task.test_examples``), drawn with the run seed, and central evaluation on the rest only
+(:func:`split_held_out`). Either way the root set is disjoint from every client's data *and*
+from the examples the reported accuracy is measured on.
 
 Privacy: the root set is server data, never client data; computing the reference from it and
 the global model (a DP output) is post-processing and costs clients no privacy.
@@ -25,7 +26,7 @@ import torch
 from torch import nn
 
 from common.config import ConfigError
-from common.data import FederatedData
+from common.task import Examples, Task, check_examples, read_examples
 from common.weights import flatten
 
 REFERENCE_STEPS: Final = 6
@@ -56,8 +57,36 @@ def split_held_out(size: int, root_examples: int, seed: int) -> tuple[IntArray, 
     return np.sort(order[:root_examples]), np.sort(order[root_examples:])
 
 
+def server_examples(
+    task: Task, root_examples: int, seed: int, *, lr: float, max_grad_norm: float
+) -> tuple[RootSet | None, Examples]:
+    """Return the server's root set (``None`` when ``root_examples`` is 0) and its eval examples.
+
+    Both are checked against the task (``common.task.check_examples``).
+
+    Raises:
+        TaskError: the task's test or root examples do not fit it.
+        ConfigError: ``root_examples`` is too large for the test examples (``split_held_out``).
+
+    """
+    shape, classes = task.input_shape, task.num_classes
+    source = "the task's test examples"
+    test = read_examples(task.test_examples, source=source)
+    check_examples(test, num_classes=classes, input_shape=shape, source=source)
+    source = "the task's root set"
+    own = read_examples(task.root_examples, source=source) if root_examples > 0 else None
+    if own is not None:
+        check_examples(own, num_classes=classes, input_shape=shape, source=source)
+        return RootSet(own.inputs, own.labels, lr=lr, max_grad_norm=max_grad_norm), test
+    root_idx, eval_idx = split_held_out(len(test), root_examples, seed)
+    if not len(root_idx):
+        return None, test
+    root = RootSet.from_held_out(test, root_idx, lr=lr, max_grad_norm=max_grad_norm)
+    return root, test.select(eval_idx)
+
+
 class RootSet:
-    """Clean images ``(n, C, H, W)`` float32 and labels ``(n,)`` int64 held by the server."""
+    """Clean inputs ``(n, *input_shape)`` float32 and labels ``(n,)`` int64 held by the server."""
 
     def __init__(
         self, images: torch.Tensor, labels: torch.Tensor, *, lr: float, max_grad_norm: float
@@ -72,15 +101,15 @@ class RootSet:
     @classmethod
     def from_held_out(
         cls,
-        data: FederatedData,
+        data: Examples,
         indices: IntArray,
         *,
         lr: float,
         max_grad_norm: float,
     ) -> RootSet:
-        """Take the root set at ``indices`` of the server's held-out split."""
-        images, labels = data.tensors(data.test, indices)
-        return cls(images, labels, lr=lr, max_grad_norm=max_grad_norm)
+        """Take the root set at ``indices`` of the server's held-out examples."""
+        root = data.select(indices)
+        return cls(root.inputs, root.labels, lr=lr, max_grad_norm=max_grad_norm)
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])

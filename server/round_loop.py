@@ -24,9 +24,8 @@ from flwr.serverapp import Grid
 from common import protocol
 from common.codec import CodecParams
 from common.config import ConfigError, FedveilConfig
-from common.data import load_data
-from common.models import create_model, model_for
 from common.sealing import AggregatorKeyPair, load_private_key
+from common.task import task_of
 from server.anomaly import AnomalyError, DirectionEvidence
 from server.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 from server.evaluation import CentralEvaluator
@@ -40,7 +39,7 @@ from server.planning import (
     query_messages,
     read_plan_reply,
 )
-from server.root_set import RootSet, split_held_out
+from server.root_set import server_examples
 from server.rundir import RoundRecord, RunDirectory
 from server.strategy.round_book import RoundBook
 from server.strategy.sampling import BudgetAwareSampler, NotEnoughClients
@@ -97,22 +96,16 @@ class RoundLoop:
         self.on_plan = on_plan
         self.wrap_strategy = wrap_strategy
         self.book = RoundBook()
-        data = load_data(config.dataset, config.data_dir, config.seed, config.test_fraction)
-        self.model = create_model(
-            model_for(config.model, data.image_shape), data.num_classes, seed=config.seed
+        task = task_of(config)
+        self.model = task.build_model()
+        self.root_set, evaluation = server_examples(
+            task,
+            config.robust_root_examples,
+            config.seed,
+            lr=config.lr,
+            max_grad_norm=config.dp_max_grad_norm,
         )
-        # The root set (if any) and the evaluation examples split the server's held-out data.
-        root_idx, eval_idx = split_held_out(
-            len(data.test), config.robust_root_examples, config.seed
-        )
-        self.root_set = (
-            RootSet.from_held_out(
-                data, root_idx, lr=config.lr, max_grad_norm=config.dp_max_grad_norm
-            )
-            if len(root_idx)
-            else None
-        )
-        self.evaluator = CentralEvaluator(data, indices=eval_idx)
+        self.evaluator = CentralEvaluator(evaluation)
         self.arrays = ArrayRecord(self.model.state_dict())
         shapes = {k: tuple(v.shape) for k, v in self.model.state_dict().items()}
         self.shapes = shapes
@@ -131,8 +124,8 @@ class RoundLoop:
             params=CodecParams(topk=config.codec_topk, bits=config.codec_bits),
             shapes=shapes,
         )
-        self.image_shape = data.image_shape
-        self.num_classes = data.num_classes
+        self.input_shape = task.input_shape
+        self.num_classes = task.num_classes
         self.watermarker: Watermarker | None = None
         self.stack: StrategyStack | None = None
         self._restored: Checkpoint | None = None
@@ -202,7 +195,7 @@ class RoundLoop:
         key_path = self.run_dir.path / KEY_FILE
         key = new_key(key_path) if self.completed == 0 else read_key(key_path)
         self.watermarker = Watermarker(
-            key, self.image_shape, self.num_classes, anchor=self._anchor_images()
+            key, self.input_shape, self.num_classes, anchor=self._anchor_images()
         )
         if self.completed == 0:
             self.model.load_state_dict(self.arrays.to_torch_state_dict())

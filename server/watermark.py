@@ -130,7 +130,7 @@ class Watermarker:
     def __init__(
         self,
         key: bytes,
-        image_shape: tuple[int, int, int],
+        image_shape: tuple[int, ...],
         num_classes: int,
         budget: EmbedBudget | None = None,
         *,

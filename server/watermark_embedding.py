@@ -64,7 +64,7 @@ def embed_watermark(
       ``flatness`` times each tensor's mean magnitude and applies its gradient at the
       unperturbed weights, so the triggers are learnt where the loss is flat around the weights
       and a thief's changes to them move the triggers less.
-    - With ``anchor`` (images ``(m, C, H, W)``: the server's root set, never client data) each
+    - With ``anchor`` (inputs ``(m, ...)``: the server's root set, never client data) each
       step also takes, at the unperturbed weights and weighted ``ANCHOR_WEIGHT``, the KL
       divergence of the model's outputs from its pre-embedding outputs on those images and
       ``anchor_copies`` shifted copies of them (:func:`anchor_set`), which holds the model to
@@ -124,11 +124,16 @@ def embed_watermark(
 def anchor_set(images: torch.Tensor, copies: int, generator: torch.Generator) -> torch.Tensor:
     """Return ``images`` ``(m, C, H, W)`` followed by ``copies`` shifted copies of them.
 
+    Inputs that are not images (any shape but ``(m, C, H, W)``: rows of features, say) have no
+    shift that keeps their meaning, so they come back alone, without copies.
+
     Each copy moves every image by an independent whole-pixel shift of up to ``max(1,
     round(H / 14))`` pixels (2 on MNIST, 1 on 8x8 digits) in each direction, filling the
     uncovered border with the image's own minimum (its background), so a digit shifted that far
     is still a digit the model should see as before. Result: ``((copies + 1) * m, C, H, W)``.
     """
+    if images.ndim != 4:
+        return images
     m, c, h, w = images.shape
     reach = max(1, round(h / 14))
     background = images.amin(dim=(1, 2, 3), keepdim=True)

@@ -19,6 +19,7 @@ from flwr.clientapp import ClientApp
 
 from client import training_round as steps
 from client.app import query
+from client.local_data import load_local_data
 from common.config import FedveilConfig
 from simulations.adversary.client import adversary_mods
 from simulations.bench_timing import traced_train
@@ -48,7 +49,7 @@ def timed_training_round(msg: Message, context: Context) -> tuple[RecordDict, di
     with timer.time("read"):
         request = steps.read_request(msg, context)
     with timer.time("load"):
-        data = steps.load_local_data(request.config, context)
+        data = load_local_data(request.config, context)
     with timer.time("budget"):
         budget = steps.check_budget(request, data, context)
     if not isinstance(budget, steps.RoundBudget):

@@ -313,6 +313,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from client.privacy_state import PrivacyStateError
     from common.data import DataError
     from common.partition import PartitionError
+    from common.task import TaskError
     from report import ReportError
     from server.checkpoint import CheckpointError
     from server.rundir import RunDirError, RunFileError
@@ -345,6 +346,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ConfigError,
         DataError,
         PartitionError,
+        TaskError,
         RunDirError,
         RunFileError,
         CheckpointError,

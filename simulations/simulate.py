@@ -12,18 +12,20 @@ import logging
 import os
 from pathlib import Path
 
+import numpy as np
+import numpy.typing as npt
 from flwr.serverapp.strategy import Strategy
 from rich.console import Console
 
 from common.accounting import sample_rate, steps_per_round
 from common.config import FedveilConfig
-from common.data import load_data
-from common.partition import PartitionSpec, cached_partitions
+from common.partition import PartitionSpec, task_partitions, task_pool
+from common.task import check_examples, task_of
 from report.console import RoundProgress, privacy_table, summary_table
 from server.aggregation import build_aggregator
 from server.app import build_server_app
 from server.planning import check_budget_allows_a_round, expected_rounds, plan_client
-from server.root_set import split_held_out
+from server.root_set import server_examples
 from server.round_loop import RoundLoopResult
 from server.rundir import RunDirectory, RunDirError, new_run_id, read_rounds
 from server.strategy.round_book import RoundBook
@@ -34,14 +36,35 @@ from simulations.engine_noise import quiet_engine
 log = logging.getLogger(__name__)
 
 
-def check_inputs(config: FedveilConfig) -> None:
-    """Load the data and make the splits once, so bad input fails before anything starts."""
-    data = load_data(config.dataset, config.data_dir, config.seed, config.test_fraction)
-    split_held_out(len(data.test), config.robust_root_examples, config.seed)
+def _partitions(config: FedveilConfig) -> tuple[npt.NDArray[np.int64], ...]:
     spec = PartitionSpec(
         config.partitioning, config.sim_clients, config.seed, config.dirichlet_alpha
     )
-    cached_partitions(config.dataset, config.data_dir, config.seed, config.test_fraction, spec)
+    return task_partitions(task_of(config), spec)
+
+
+def check_inputs(config: FedveilConfig) -> None:
+    """Load the task, its data and the splits once, so bad input fails before anything starts.
+
+    Raises:
+        TaskError: the task cannot be loaded (its module, its model) or its data do not fit it.
+
+    """
+    task = task_of(config)
+    server_examples(
+        task,
+        config.robust_root_examples,
+        config.seed,
+        lr=config.lr,
+        max_grad_norm=config.dp_max_grad_norm,
+    )
+    check_examples(
+        task_pool(task),
+        num_classes=task.num_classes,
+        input_shape=task.input_shape,
+        source="the task's pool",
+    )
+    _partitions(config)
 
 
 def backend_config(
@@ -71,12 +94,7 @@ def check_aggregation(config: FedveilConfig) -> None:
 
 def check_plan(config: FedveilConfig) -> None:
     """Refuse a budget below one round's cost before anything starts (the server checks again)."""
-    spec = PartitionSpec(
-        config.partitioning, config.sim_clients, config.seed, config.dirichlet_alpha
-    )
-    parts = cached_partitions(
-        config.dataset, config.data_dir, config.seed, config.test_fraction, spec
-    )
+    parts = _partitions(config)
     rounds = expected_rounds(config, config.sim_clients)
     sizes = sorted({len(p) for p in parts if len(p) > 0})
     plans = [

@@ -3,12 +3,13 @@
 Requests gain a ``seal`` record with the aggregator's public key. Each reply is checked in
 this order: an error reply is rejected (``no-reply`` when the SuperLink wrote it for a node
 that never answered, else ``error``); the ``metrics`` and ``status`` records must be there
-and the node must claim the client it claimed before (``malformed``); a refusal is recorded
-and aggregates nothing; the DP facts in the clear must be in range; an ``already-trained``
-reply is charged and aggregates nothing; the sealed update must open for this run, round and
-node (``server.opening``; the envelope's reason, e.g. ``tamper``, ``replay``, ``misroute``)
-and its sealed DP facts must equal the clear ones (``tamper``). A client that says it trained
-is charged even when its update is rejected (never under-count).
+and the node must claim the client it claimed before (``malformed``); a refusal for lack of
+usable data is rejected as ``no-data``, any other refusal is recorded, neither aggregates; the
+DP facts in the clear must be in range; an ``already-trained`` reply is charged and
+aggregates nothing; the sealed update must open for this run, round and node
+(``server.opening``; the envelope's reason, e.g. ``tamper``, ``replay``, ``misroute``) and
+its sealed DP facts must equal the clear ones (``tamper``). A client that says it trained is
+charged even when its update is rejected (never under-count).
 
 The wrapped strategy receives only opened updates, as plaintext replies
 ``{"arrays": ArrayRecord(global + delta), "metrics": MetricRecord({"weight": 1.0})}``.
@@ -116,6 +117,9 @@ class SealedUpdates(StrategyWrapper):
         if known != client_id:
             raise ReplyRejected("malformed", f"node claims client {client_id}, was {known}")
         if status.get("status") == protocol.STATUS_REFUSED:
+            if status.get(protocol.CAUSE) == protocol.CAUSE_NO_DATA:
+                # Nothing spent and no budget reached: the node stays eligible for later rounds.
+                raise ReplyRejected(protocol.CAUSE_NO_DATA, str(status.get("reason", "")))
             outcome.refused.append((node, str(status.get("reason", ""))))
             return None
         if status.get("status") not in (protocol.STATUS_TRAINED, protocol.STATUS_ALREADY_TRAINED):

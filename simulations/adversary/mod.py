@@ -27,6 +27,7 @@ from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.clientapp.typing import ClientAppCallable, Mod
 
 from client import training_round as steps
+from client.local_data import load_local_data, partition_of
 from common import protocol
 from simulations.adversary.attacks import ATTACKS, UPDATE_ATTACKS, flip_labels, poison_weights
 from simulations.adversary.faults import SimulatedDrop, take_fault, tampered
@@ -103,7 +104,7 @@ def attack_mod(kind: str, attackers: Collection[int]) -> Mod:
     chosen = frozenset(attackers)
 
     def mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
-        if not _is_train(msg) or steps.partition_of(context)[0] not in chosen:
+        if not _is_train(msg) or partition_of(context)[0] not in chosen:
             return call_next(msg, context)
         return Message(content=_malicious_round(kind, msg, context), reply_to=msg)
 
@@ -113,7 +114,7 @@ def attack_mod(kind: str, attackers: Collection[int]) -> Mod:
 def _malicious_round(kind: str, msg: Message, context: Context) -> RecordDict:
     """Run the honest steps in the honest order, with the attack of ``kind`` between them."""
     request = steps.read_request(msg, context)
-    data = steps.load_local_data(request.config, context)
+    data = load_local_data(request.config, context)
     if kind == "label-flip":
         data = replace(data, labels=flip_labels(data.labels, data.num_classes))
     budget = steps.check_budget(request, data, context)

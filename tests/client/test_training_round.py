@@ -3,22 +3,27 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 
 from client import training_round as steps
 from client.app import app
+from client.local_data import load_local_data
 from client.privacy_state import STATE_KEY, ClientPrivacyState
 from common import protocol
-from common.accounting import epsilon_from_history
+from common.accounting import epsilon_from_history, sample_rate, steps_per_round
 from common.codec import CodecParams
 from common.config import CLIENT_KEYS, FedveilConfig
 from common.envelope import UpdateRejected, open_client_update
 from common.models import create_model
 from common.sealing import AggregatorKeyPair, SealContext, fingerprint
+from common.task import task_of
+from examples.tabular_csv.make_data import write_dataset
+from examples.tabular_csv.task import FEATURES
+from server.planning import read_plan_reply
 from tests.conftest import NODE_ID, RUN_ID, client_context
 
 CONFIG = FedveilConfig.from_flat({"num-server-rounds": 3, "sim.clients": 4})
@@ -147,12 +152,16 @@ def test_state_from_another_run_is_refused(train_request: Callable[..., Message]
         app(train_request(CONFIG, _global(), 1), ctx)
 
 
-def test_missing_partition_in_node_config_is_named(train_request: Callable[..., Message]) -> None:
-    from flwr.app import Context, RecordDict
-
+def test_a_node_config_naming_no_data_refuses_naming_the_keys(
+    train_request: Callable[..., Message],
+) -> None:
     ctx = Context(run_id=1, node_id=7, node_config={}, state=RecordDict(), run_config={})
-    with pytest.raises(Exception, match="partition-id"):
-        app(train_request(CONFIG, _global(), 1), ctx)
+    reply = app(train_request(CONFIG, _global(), 1), ctx)
+
+    assert _status(reply) == protocol.STATUS_REFUSED
+    reason = str(reply.content.config_records[protocol.STATUS]["reason"])
+    assert "data-path" in reason and "partition-id" in reason
+    assert STATE_KEY not in ctx.state.config_records  # no privacy spent
 
 
 def _client_keys_only(msg: Message, config: FedveilConfig, rnd: int) -> Message:
@@ -214,22 +223,12 @@ def test_read_request_reads_round_run_and_key(
     assert request.config == CONFIG
 
 
-def test_load_local_data_is_this_nodes_partition() -> None:
-    first = steps.load_local_data(CONFIG, client_context(0, 4))
-    second = steps.load_local_data(CONFIG, client_context(1, 4))
-
-    assert (first.partition_id, first.num_partitions, first.num_classes) == (0, 4, 10)
-    assert first.images.shape[0] == first.labels.shape[0] > 0
-    assert first.images.dtype == torch.float32
-    assert not torch.equal(first.labels, second.labels)
-
-
 def test_steps_compose_into_a_round_charged_before_it_is_sealed(
     train_request: Callable[..., Message], aggregator: AggregatorKeyPair
 ) -> None:
     ctx = client_context(2, 4)
     request = steps.read_request(train_request(CONFIG, _global(), 1), ctx)
-    data = steps.load_local_data(request.config, ctx)
+    data = load_local_data(request.config, ctx)
 
     budget = steps.check_budget(request, data, ctx)
     assert isinstance(budget, steps.RoundBudget)
@@ -247,3 +246,115 @@ def test_steps_compose_into_a_round_charged_before_it_is_sealed(
     again = steps.check_budget(request, data, ctx)  # the same round asked again
     assert isinstance(again, RecordDict)
     assert str(again.config_records[protocol.STATUS]["status"]) == protocol.STATUS_ALREADY_TRAINED
+
+
+# ---------------------------------------------------------------- a node's own data (data-path)
+TABULAR = "examples.tabular_csv.task"
+
+
+def _tabular(tmp_path: Path) -> FedveilConfig:
+    write_dataset(tmp_path, seed=0, train=40, test=20, node_sizes=(30,))
+    return CONFIG.replace(task=TABULAR, data_dir=str(tmp_path))
+
+
+def _own_data(path: Path) -> Context:
+    return Context(
+        run_id=RUN_ID,
+        node_id=NODE_ID,
+        node_config={"data-path": str(path)},
+        state=RecordDict(),
+        run_config={},
+    )
+
+
+def test_a_node_trains_on_its_own_csv_file(
+    tmp_path: Path, train_request: Callable[..., Message], aggregator: AggregatorKeyPair
+) -> None:
+    config = _tabular(tmp_path)
+    model = task_of(config).build_model()
+    size = sum(p.numel() for p in model.state_dict().values())
+
+    reply = app(
+        train_request(config, ArrayRecord(model.state_dict()), 1),
+        _own_data(tmp_path / "node-0.csv"),
+    )
+
+    assert _status(reply) == protocol.STATUS_TRAINED
+    facts, delta = open_client_update(
+        _sealed(reply),
+        keypair=aggregator,
+        expected=SealContext(RUN_ID, 1, NODE_ID),
+        params=PARAMS,
+        size=size,
+    )
+    assert facts.sample_rate == sample_rate(30, config.batch_size)  # node-0.csv's 30 rows
+    assert np.count_nonzero(delta) > 0
+
+
+def _refused_reason(reply: Message) -> str:
+    assert _status(reply) == protocol.STATUS_REFUSED
+    assert protocol.UPDATE not in reply.content.config_records
+    return str(reply.content.config_records[protocol.STATUS]["reason"])
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        (None, "not found"),
+        ("temperature_c,label\n60,0\n", "missing columns"),
+        ("{header}\n{row},7\n", "outside [0, 3]"),
+    ],
+    ids=["missing-file", "wrong-columns", "labels-out-of-range"],
+)
+def test_a_node_with_unusable_data_refuses_naming_the_file(
+    tmp_path: Path, train_request: Callable[..., Message], content: str | None, problem: str
+) -> None:
+    config = _tabular(tmp_path)
+    path = tmp_path / "mine.csv"
+    if content is not None:
+        header, row = ",".join(FEATURES), ",".join(str(c) for c, _ in FEATURES.values())
+        path.write_text(content.format(header=f"{header},label", row=row))
+    ctx = _own_data(path)
+    model = task_of(config).build_model()
+
+    reply = app(train_request(config, ArrayRecord(model.state_dict()), 1), ctx)
+
+    reason = _refused_reason(reply)
+    assert str(path) in reason and problem in reason and "\n" not in reason
+    assert STATE_KEY not in ctx.state.config_records  # no privacy spent
+    metrics = reply.content.metric_records[protocol.METRICS]
+    assert metrics[protocol.CLIENT_ID] == float(NODE_ID)
+    status = reply.content.config_records[protocol.STATUS]
+    assert status[protocol.CAUSE] == protocol.CAUSE_NO_DATA
+
+
+def test_a_planning_query_of_a_node_without_data_is_a_refusal_the_server_reads(
+    tmp_path: Path, train_request: Callable[..., Message]
+) -> None:
+    config = _tabular(tmp_path)
+    query = train_request(config, _global(), 1)
+    missing = tmp_path / "absent.csv"
+
+    answer = Message(content=steps.answer_plan_query(query, _own_data(missing)), reply_to=query)
+
+    with pytest.raises(ValueError, match=r"absent\.csv") as refused:
+        read_plan_reply(answer)
+    assert "\n" not in str(refused.value)
+    good = Message(
+        content=steps.answer_plan_query(query, _own_data(tmp_path / "node-0.csv")), reply_to=query
+    )
+    assert read_plan_reply(good) == (
+        str(NODE_ID),
+        sample_rate(30, config.batch_size),
+        steps_per_round(30, config.batch_size, config.local_epochs),
+    )
+
+
+def test_a_task_module_missing_on_the_node_refuses_the_round(
+    train_request: Callable[..., Message],
+) -> None:
+    config = CONFIG.replace(task="no_such_fedveil_task.task")
+
+    reply = app(train_request(config, _global(), 1), client_context(0, 4))
+
+    assert "no_such_fedveil_task.task" in _refused_reason(reply)

@@ -244,3 +244,16 @@ def test_huge_integer_for_a_float_key_is_a_config_error() -> None:
     message = refused({"lr": 10**400})
 
     assert_one_line_naming(message, "lr")
+
+
+def test_by_writer_with_a_user_task_is_left_to_the_tasks_pool() -> None:
+    config = FedveilConfig.from_flat({"task": "mypkg.task", "partitioning": "by-writer"})
+
+    assert (config.task, config.partitioning) == ("mypkg.task", "by-writer")
+
+
+def test_the_task_travels_to_clients() -> None:
+    config = FedveilConfig.from_flat({"task": "mypkg.task"})
+
+    assert config.to_client_flat()["task"] == "mypkg.task"
+    assert FedveilConfig.from_flat({}).task == ""

@@ -1,12 +1,22 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from common.data import ImageSet, load_data
-from common.partition import PartitionError, PartitionSpec, cached_partitions, partition_pool
+from common.partition import (
+    PartitionError,
+    PartitionSpec,
+    cached_partitions,
+    partition_pool,
+    task_partitions,
+)
+from common.task import Examples, Task, TaskError, TaskSettings, load_task
 
 
 @pytest.fixture(scope="module")
@@ -226,3 +236,34 @@ def test_cached_partitions_equal_a_fresh_split(digits_pool: ImageSet) -> None:
     assert isinstance(cached, tuple)
     assert all(np.array_equal(a, b) for a, b in zip(cached, fresh, strict=True))
     assert cached_partitions("digits", "", 0, 0.2, spec) is cached
+
+
+@pytest.mark.parametrize("scheme", ["iid", "dirichlet"])
+def test_a_built_in_tasks_partitions_are_the_data_sets(scheme: str) -> None:
+    spec = PartitionSpec(scheme, 7, seed=2, alpha=0.5)
+    task = load_task("digits", TaskSettings(seed=0, data_dir="", test_fraction=0.2, model="auto"))
+
+    from_task = task_partitions(task, spec)
+    from_data = cached_partitions("digits", "", 0, 0.2, spec)
+
+    assert len(from_task) == len(from_data) == 7
+    assert all(np.array_equal(a, b) for a, b in zip(from_task, from_data, strict=True))
+    assert task_partitions(task, spec) is from_task  # computed once per process
+
+
+def test_a_task_without_a_pool_cannot_be_partitioned() -> None:
+    class NodesOnly(Task):
+        num_classes = property(lambda self: 2)
+        input_shape = property(lambda self: (3,))
+
+        def build_model(self) -> torch.nn.Module:
+            return torch.nn.Linear(3, 2)
+
+        def node_examples(self, data_path: Path) -> Examples:
+            raise NotImplementedError
+
+        def test_examples(self) -> Examples:
+            raise NotImplementedError
+
+    with pytest.raises(TaskError, match="data-path"):
+        task_partitions(NodesOnly(), PartitionSpec("iid", 2, seed=0))

@@ -12,6 +12,7 @@ import pytest
 import torch
 from torch import nn
 
+from common.config import FedveilConfig
 from common.data import FEMNIST_FILE, load_data
 from common.models import create_model, model_for
 from common.task import (
@@ -22,7 +23,9 @@ from common.task import (
     TaskSettings,
     check_examples,
     load_task,
+    read_examples,
     seeded_model,
+    task_of,
     vet_model,
 )
 from common.tasks.image_sets import NODE_IDX_FILES
@@ -396,3 +399,52 @@ def test_data_folder_is_data_dir_expanded_or_the_default(tmp_path: Path) -> None
 
     assert unset.data_folder(tmp_path) == tmp_path
     assert home.data_folder(tmp_path) == Path.home() / "sets"
+
+
+def test_task_of_an_empty_task_is_the_built_in_dataset_with_the_runs_settings() -> None:
+    config = FedveilConfig.from_flat({"seed": 5, "test-fraction": 0.25, "model": "cnn"})
+
+    task = task_of(config)
+
+    assert task is load_task("digits", TaskSettings(5, "", 0.25, "cnn"))
+    assert (task.input_shape, task.num_classes) == ((1, 8, 8), 10)
+
+
+def test_task_of_a_module_path_loads_that_module(tmp_path: Path) -> None:
+    from examples.tabular_csv.make_data import write_dataset
+    from examples.tabular_csv.task import SensorTask
+
+    write_dataset(tmp_path, seed=0, train=8, test=8, node_sizes=())
+    config = FedveilConfig.from_flat(
+        {"task": "examples.tabular_csv.task", "data-dir": str(tmp_path), "dataset": "mnist"}
+    )
+
+    task = task_of(config)
+
+    assert isinstance(task, SensorTask) and task.root == tmp_path  # `dataset` is not used
+
+
+def test_read_examples_turns_a_user_readers_failure_into_one_line() -> None:
+    def broken() -> Examples:
+        raise ValueError("no column\n  `speed`")
+
+    with pytest.raises(TaskError) as refused:
+        read_examples(broken, source="/data/x.csv")
+
+    assert (
+        str(refused.value)
+        == "/data/x.csv: cannot be read by the task (ValueError: no column `speed`)"
+    )
+
+
+def test_read_examples_lets_one_line_errors_through_unchanged() -> None:
+    from common.data import DataError
+
+    for error in (TaskError("a.csv: bad"), DataError("b.idx: truncated")):
+
+        def fails(error: Exception = error) -> Examples:
+            raise error
+
+        with pytest.raises(type(error)) as raised:
+            read_examples(fails, source="ignored")
+        assert raised.value is error

@@ -30,6 +30,7 @@ from common.accounting import calibrate_noise_multiplier, sample_rate, steps_per
 from common.data import load_data
 from common.models import create_model
 from common.partition import PartitionSpec, partition_pool
+from common.task import Examples
 from common.weights import flatten
 from server.anomaly import (
     EVIDENCE_CAP,
@@ -280,9 +281,10 @@ def test_root_set_reference_and_evidence_catch_sign_flips_at_the_default_privacy
     # which no client holds. One round alone separates most draws (attacker z -5 to -9) but
     # not all (one in ~8 gave -2.5, with a wide honest spread); the accumulated evidence does.
     data = load_data("digits", "", 0, 0.2)
-    root, _ = split_held_out(len(data.test), 100, 0)
+    held_out = Examples(*data.tensors(data.test))
+    root, _ = split_held_out(len(held_out), 100, 0)
     model = create_model("mlp", 10, seed=0)
-    reference = RootSet.from_held_out(data, root, lr=1.0, max_grad_norm=1.0).reference(model)
+    reference = RootSet.from_held_out(held_out, root, lr=1.0, max_grad_norm=1.0).reference(model)
     draws = [default_round, *(_honest_round(model, _default_sigma()) for _ in range(2))]
     for seed in SEEDS:
         rng = np.random.default_rng(seed)

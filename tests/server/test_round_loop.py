@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
-from flwr.app import MessageType
+from flwr.app import Context, MessageType, RecordDict
 
+from client.app import app
 from common import protocol
 from common.config import CLIENT_KEYS, KEYS, FedveilConfig
+from examples.tabular_csv.make_data import write_dataset
 from server.round_loop import RoundLoop
 from server.rundir import RunDirectory
+from tests.conftest import RUN_ID
 from tests.server.strategy.fakes import ListGrid
 
 SERVER_ONLY = set(KEYS) - set(CLIENT_KEYS)
@@ -52,3 +56,45 @@ def test_no_request_carries_a_server_only_key(tmp_path: Path, task_identity: Non
         )
         for record in message.content.config_records.values():
             assert not SERVER_ONLY & set(record)
+
+
+def test_a_node_without_usable_data_is_rejected_and_the_round_goes_on(
+    tmp_path: Path, task_identity: None
+) -> None:
+    data = tmp_path / "data"
+    write_dataset(data, seed=0, train=60, test=40, node_sizes=(50, 60))
+    config = FedveilConfig.from_flat(
+        {
+            "num-server-rounds": 2,
+            "local-epochs": 1,
+            "task": "examples.tabular_csv.task",
+            "data-dir": str(data),
+        }
+    )
+    paths = {21: data / "node-0.csv", 22: data / "node-1.csv", 23: data / "absent.csv"}
+    contexts = {
+        node: Context(
+            run_id=RUN_ID,
+            node_id=node,
+            node_config={"data-path": str(path)},
+            state=RecordDict(),
+            run_config={},
+        )
+        for node, path in paths.items()
+    }
+    grid = ListGrid(list(paths), lambda m: app(m, contexts[int(m.metadata.dst_node_id)]))
+    run_dir = RunDirectory.create(tmp_path / "run")
+    loop = RoundLoop(grid, config, run_dir, run_id=RUN_ID, run_tag="run")
+
+    result = loop.run()
+
+    assert result.rounds_completed == 2
+    rounds = [
+        json.loads(line) for line in (run_dir.path / "metrics.jsonl").read_text().splitlines()
+    ]
+    for record in rounds:
+        assert record["clients"] == [21, 22] and record["refused"] == []
+        assert [(r["node"], r["reason"]) for r in record["rejected"]] == [(23, "no-data")]
+    privacy = json.loads((run_dir.path / "privacy.json").read_text())["clients"]
+    assert privacy["21"]["epsilon"] > 0 and privacy["22"]["epsilon"] > 0
+    assert (privacy["23"]["epsilon"], privacy["23"]["exhausted"]) == (0.0, False)  # spent nothing

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import os
@@ -26,6 +27,7 @@ from server.watermark import (
     DETECTION_P,
     FLATNESS,
     KEY_BYTES,
+    PATTERN_AMPLITUDE,
     SCORE_FLOOR,
     SCORE_STEP,
     TARGET_ACCURACY,
@@ -143,7 +145,8 @@ def test_trigger_set_fits_the_model_input() -> None:
 
 
 @pytest.mark.parametrize(
-    ("shape", "classes", "size"), [((8, 8), 10, 100), ((1, 8, 8), 1, 100), ((1, 8, 8), 10, 0)]
+    ("shape", "classes", "size"),
+    [((), 10, 100), ((8, 0), 10, 100), ((1, 8, 8), 1, 100), ((1, 8, 8), 10, 0)],
 )
 def test_trigger_set_refuses_bad_arguments(shape: tuple[int, ...], classes: int, size: int) -> None:
     with pytest.raises(WatermarkError):
@@ -396,6 +399,38 @@ def test_embedding_refuses_bad_noise_or_anchor_arguments(argument: str, value: f
     trigger = TriggerSet.from_key(KEY, (1, 8, 8), 10)
     with pytest.raises(WatermarkError, match=f"`{argument}` must be"):
         embed_watermark(model, trigger, **{argument: value})  # type: ignore[arg-type]
+
+
+def test_image_triggers_are_those_of_the_three_int_shape_hash() -> None:
+    # The seed hashes the shape and the class count as little-endian uint32s: for images
+    # (C, H, W) that is the "<4I" the format had before inputs of other shapes were allowed.
+    from server.watermark_trigger import _DOMAIN
+
+    digest = hashlib.sha256(
+        _DOMAIN + KEY + struct.pack("<4I", 1, 8, 8, 10) + struct.pack("<I", 100)
+    ).digest()
+    rng = np.random.default_rng(int.from_bytes(digest, "big"))
+    signs = rng.integers(0, 2, size=(100, 1, 8, 8), dtype=np.int8) * 2 - 1
+
+    trigger = TriggerSet.from_key(KEY, (1, 8, 8), 10)
+
+    assert np.array_equal(trigger.images.numpy(), (signs * PATTERN_AMPLITUDE).astype(np.float32))
+    assert np.array_equal(trigger.labels.numpy(), rng.integers(0, 10, size=100, dtype=np.int64))
+
+
+def test_triggers_of_feature_rows_have_the_rows_shape() -> None:
+    trigger = TriggerSet.from_key(KEY, (8,), 4, size=30)
+
+    assert trigger.images.shape == (30, 8) and int(trigger.labels.max()) < 4
+    assert not torch.equal(
+        trigger.images[:, :8], TriggerSet.from_key(KEY, (1, 8), 4, 30).images[:, 0]
+    )
+
+
+def test_feature_rows_are_anchored_without_shifted_copies() -> None:
+    rows = torch.randn(6, 8)
+
+    assert torch.equal(anchor_set(rows, 3, torch.Generator().manual_seed(0)), rows)
 
 
 @pytest.mark.parametrize(("side", "reach"), [(8, 1), (28, 2)])

@@ -152,3 +152,59 @@ def test_check_of_a_missing_folder_is_a_usage_error(
     err = capsys.readouterr().err
     assert status == 2
     assert "absent is not a directory" in err and len(err.splitlines()) == 1
+
+
+# --------------------------------------------------------------------------- a user's task
+BATCHNORM_TASK = """
+from torch import nn
+
+from common.task import Examples, Task
+
+
+class Rows(Task):
+    num_classes = property(lambda self: 2)
+    input_shape = property(lambda self: (4,))
+
+    def build_model(self):
+        return nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Linear(8, 2))
+
+    def node_examples(self, data_path):
+        raise NotImplementedError
+
+    def test_examples(self):
+        raise NotImplementedError
+
+
+def make_task(settings):
+    return Rows()
+"""
+
+
+@pytest.mark.parametrize(
+    ("module", "source", "named"),
+    [
+        ("fedveil_bn_task", BATCHNORM_TASK, "BatchNorm1d"),
+        ("fedveil_absent_task", None, "fedveil_absent_task` not found"),
+        ("fedveil_broken_task", "raise RuntimeError('no GPU here')", "RuntimeError: no GPU here"),
+    ],
+    ids=["batchnorm", "missing", "raises-on-import"],
+)
+def test_an_unusable_task_is_one_line_exit_2_before_anything_starts(
+    module: str,
+    source: str | None,
+    named: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    if source is not None:
+        (tmp_path / f"{module}.py").write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    out = tmp_path / "run"
+
+    status = main(["simulate", "--config", "quick", "--out", str(out), "--set", f"task={module}"])
+
+    err = capsys.readouterr().err.strip()
+    assert status == 2 and len(err.splitlines()) == 1
+    assert named in err and "Traceback" not in err
+    assert not out.exists()

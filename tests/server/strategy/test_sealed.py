@@ -149,3 +149,28 @@ def test_refusals_errors_and_impostors_aggregate_nothing() -> None:
     assert strategy.book.outcome.refused == [(5, "budget")]
     assert _reason(strategy) == [(6, "no-reply"), (7, "error"), (8, "malformed"), (9, "malformed")]
     assert inner.aggregated == []
+
+
+def test_a_refusal_for_lack_of_data_is_rejected_not_taken_for_a_budget_refusal() -> None:
+    strategy, inner = _strategy()
+    status = {
+        "status": protocol.STATUS_REFUSED,
+        "reason": "refused: /data/node.csv: not found",
+        protocol.CAUSE: protocol.CAUSE_NO_DATA,
+    }
+    no_data = RecordDict(
+        {
+            protocol.METRICS: MetricRecord({protocol.CLIENT_ID: 4.0}),
+            protocol.STATUS: ConfigRecord(status),  # type: ignore[arg-type]
+        }
+    )
+
+    strategy.aggregate_train(3, [reply_from(5, no_data)])
+
+    outcome = strategy.book.outcome
+    assert outcome.refused == [] and outcome.trained == []
+    assert [(r.node, r.reason, r.detail) for r in outcome.rejected] == [
+        (5, "no-data", "refused: /data/node.csv: not found")
+    ]
+    assert strategy.book.node_clients[5] == "4"
+    assert inner.aggregated == []
