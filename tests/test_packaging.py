@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import importlib
+import io
+import os
 import tomllib
+import zipfile
 from importlib import metadata, resources
 from pathlib import Path
 from typing import Any
@@ -149,3 +152,68 @@ def test_default_preset_matches_its_description() -> None:
     assert config.sim_clients == 10
     assert config.dp_target_epsilon <= 8
     assert config.dp_budget <= 8
+
+
+# ---------------------------------------------------------------- the app bundle (FAB)
+FAB_PACKAGES = ("common", "client", "server", "report", "examples")
+# Stand-ins for what a checkout may hold beside the code; none of it may reach a node.
+STRAY_FILES = (
+    "runs-flwr/20260101-000000/metrics.jsonl",
+    "runs-flwr/20260101-000000/privacy.json",
+    "runs-flwr/20260101-000000/checkpoint/state.json",
+    "runs/20260101-000000/config.json",
+    "my-runs/notes.md",
+    "tests/conftest.py",
+    "tests/server/fakes.py",
+    "benchmarks/extra_bench.py",
+    "docs/extra.md",
+    "simulations/extra.py",
+    "deployment/extra.py",
+    ".venv/lib/python3.11/site-packages/x.py",
+    "README.md",
+    "server/notes.md",
+)
+
+
+def checkout_files() -> dict[str, bytes | Path]:
+    """The checkout as Flower's ``collect_files`` sees it, without walking ``.venv``/``.git``."""
+    files: dict[str, bytes | Path] = {}
+    for dirpath, dirnames, filenames in os.walk(REPO):
+        dirnames[:] = [d for d in dirnames if d not in {".venv", ".git"}]
+        for name in filenames:
+            path = Path(dirpath) / name
+            if not path.is_symlink():
+                files[path.relative_to(REPO).as_posix()] = path
+    return files
+
+
+def test_app_bundle_ships_only_what_nodes_and_the_serverapp_run() -> None:
+    from flwr.cli.build import build_fab_from_files
+
+    files = checkout_files()
+    for stray in STRAY_FILES:
+        files.setdefault(stray, b"{}\n")
+    expected = {
+        path.relative_to(REPO).as_posix()
+        for package in FAB_PACKAGES
+        for path in (REPO / package).rglob("*.py")
+        if "__pycache__" not in path.parts
+    }
+
+    fab, _ = build_fab_from_files(files)
+    names = set(zipfile.ZipFile(io.BytesIO(fab)).namelist())
+
+    assert names - {"pyproject.toml", ".info/CONTENT"} == expected
+    assert {"server/app.py", "client/app.py", "report/write.py"} <= names
+
+
+def test_app_bundle_pyproject_names_the_apps() -> None:
+    from flwr.cli.build import build_fab_from_files
+
+    fab, _ = build_fab_from_files(checkout_files())
+    shipped = tomllib.loads(zipfile.ZipFile(io.BytesIO(fab)).read("pyproject.toml").decode())
+
+    assert shipped["tool"]["flwr"]["app"]["components"] == {
+        "serverapp": "server.app:app",
+        "clientapp": "client.app:app",
+    }
