@@ -858,15 +858,24 @@ def _wrong_private_files(tmp_path: Path, keypair: AggregatorKeyPair) -> dict[str
     }
 
 
-def test_wrong_private_key_files_are_one_line_value_errors_naming_the_file(tmp_path: Path) -> None:
-    keypair = AggregatorKeyPair.generate()
-    for case, path in _wrong_private_files(tmp_path, keypair).items():
+def _assert_each_refused_in_one_line(
+    load: Callable[[Path], object], cases: dict[str, Path], keypair: AggregatorKeyPair
+) -> None:
+    """``load`` refuses every file of ``cases`` with a one-line ValueError naming it, no secret."""
+    for case, path in cases.items():
         with pytest.raises(ValueError) as info:
-            load_private_key(path)
+            load(path)
         message = str(info.value)
         assert str(path) in message, case
         assert "\n" not in message, case
         _assert_no_secret(message, keypair)
+
+
+def test_wrong_private_key_files_are_one_line_value_errors_naming_the_file(tmp_path: Path) -> None:
+    keypair = AggregatorKeyPair.generate()
+    _assert_each_refused_in_one_line(
+        load_private_key, _wrong_private_files(tmp_path, keypair), keypair
+    )
 
 
 def test_wrong_public_key_files_are_one_line_value_errors_naming_the_file(tmp_path: Path) -> None:
@@ -890,13 +899,7 @@ def test_wrong_public_key_files_are_one_line_value_errors_naming_the_file(tmp_pa
     cases["garbage"].write_bytes(b"-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n")
     cases["raw-bytes"].write_bytes(keypair.public_bytes)
     cases["ed25519"].write_bytes(ed_pub)
-    for case, path in cases.items():
-        with pytest.raises(ValueError) as info:
-            load_public_key(path)
-        message = str(info.value)
-        assert str(path) in message, case
-        assert "\n" not in message, case
-        _assert_no_secret(message, keypair)
+    _assert_each_refused_in_one_line(load_public_key, cases, keypair)
 
 
 def test_repr_hides_the_private_key() -> None:
