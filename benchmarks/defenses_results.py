@@ -9,7 +9,7 @@ the watermark's cost is accuracy without minus with it, paired by seed.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import astuple, dataclass
 from typing import Any
 
@@ -163,56 +163,53 @@ def cost_summary(dataset: str, plain: Sequence[float], marked: Sequence[float]) 
     )
 
 
+def _table(title: str, columns: Sequence[str], rows: Iterable[Sequence[str]]) -> Table:
+    table = Table(title=title)
+    for col in columns:
+        table.add_column(col, justify="right")
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
 def robustness_table(rows: list[RobustnessRow]) -> Table:
     """Render the robustness results."""
-    table = Table(title="Robust aggregation under 20 % attackers (final accuracy, flags)")
     columns = ("data", "aggregation", "attack", "seeds", "accuracy", "flag precision")
-    for col in (*columns, "flag recall", "honest flagged"):
-        table.add_column(col, justify="right")
-    for r in rows:
-        table.add_row(
-            r.dataset,
-            r.aggregation,
-            r.attack,
-            str(r.seeds),
-            f"{r.accuracy:.4f} ± {r.accuracy_std:.4f}" if r.seeds > 1 else f"{r.accuracy:.4f}",
-            f"{r.flag_precision:.2f}",
-            f"{r.flag_recall:.2f}",
-            f"{r.honest_flag_rate:.2f}",
-        )
-    return table
+    title = "Robust aggregation under 20 % attackers (final accuracy, flags)"
+    return _table(title, (*columns, "flag recall", "honest flagged"), map(_robustness_cells, rows))
+
+
+def _robustness_cells(r: RobustnessRow) -> tuple[str, ...]:
+    accuracy = f"{r.accuracy:.4f} ± {r.accuracy_std:.4f}" if r.seeds > 1 else f"{r.accuracy:.4f}"
+    rates = (f"{rate:.2f}" for rate in (r.flag_precision, r.flag_recall, r.honest_flag_rate))
+    return (r.dataset, r.aggregation, r.attack, str(r.seeds), accuracy, *rates)
 
 
 def cost_table(rows: list[WatermarkCost]) -> Table:
     """Render the watermark's main-task cost."""
-    table = Table(title="Watermark cost (main accuracy without - with, same seeds)")
-    for col in ("data", "seeds", "without", "with", "mean cost", "std", "worst"):
-        table.add_column(col, justify="right")
-    for r in rows:
-        table.add_row(
-            r.dataset,
-            str(r.seeds),
-            f"{r.plain_accuracy:.4f}",
-            f"{r.marked_accuracy:.4f}",
-            f"{100 * r.mean_cost:+.2f} pt",
-            f"{100 * r.std_cost:.2f} pt",
-            f"{100 * r.worst_cost:+.2f} pt",
-        )
-    return table
+    columns = ("data", "seeds", "without", "with", "mean cost", "std", "worst")
+    title = "Watermark cost (main accuracy without - with, same seeds)"
+    return _table(title, columns, map(_cost_cells, rows))
+
+
+def _cost_cells(r: WatermarkCost) -> tuple[str, ...]:
+    accuracies = (f"{a:.4f}" for a in (r.plain_accuracy, r.marked_accuracy))
+    costs = (
+        f"{100 * r.mean_cost:+.2f} pt",
+        f"{100 * r.std_cost:.2f} pt",
+        f"{100 * r.worst_cost:+.2f} pt",
+    )
+    return (r.dataset, str(r.seeds), *accuracies, *costs)
 
 
 def watermark_table(rows: list[WatermarkRow]) -> Table:
     """Render the watermark results (fine-tuning rows: mean, lowest, highest, detections)."""
-    table = Table(title="Watermark: main accuracy, trigger accuracy, joint p-value")
-    for col in ("data", "model", "main accuracy", "trigger accuracy", "joint p", "detected"):
-        table.add_column(col, justify="right")
-    for r in rows:
-        table.add_row(
-            r.dataset,
-            r.transform,
-            f"{r.main_accuracy:.4f}",
-            f"{r.trigger_accuracy:.2f}",
-            f"{r.p_value:.2e}",
-            f"{r.detections}/{r.attacks}" if r.attacks > 1 else ("yes" if r.detected else "no"),
-        )
-    return table
+    columns = ("data", "model", "main accuracy", "trigger accuracy", "joint p", "detected")
+    title = "Watermark: main accuracy, trigger accuracy, joint p-value"
+    return _table(title, columns, map(_watermark_cells, rows))
+
+
+def _watermark_cells(r: WatermarkRow) -> tuple[str, ...]:
+    detected = f"{r.detections}/{r.attacks}" if r.attacks > 1 else ("yes" if r.detected else "no")
+    accuracies = f"{r.main_accuracy:.4f}", f"{r.trigger_accuracy:.2f}"
+    return (r.dataset, r.transform, *accuracies, f"{r.p_value:.2e}", detected)
