@@ -8,8 +8,6 @@ This is what ``fedveil watermark verify`` runs.
 
 from __future__ import annotations
 
-import json
-import struct
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Final
@@ -21,6 +19,8 @@ from torch import nn
 
 from common.models import MODELS, create_model
 from common.weights import NamedArrays, WeightsError, load_safetensors
+from server.json_checks import RunFileError
+from server.rundir import read_model_shapes
 from server.watermark_detection import DETECTION_P, WatermarkVerdict, verify_watermark
 from server.watermark_key import WatermarkError, read_key
 from server.watermark_trigger import TriggerSet
@@ -30,8 +30,6 @@ MAX_CLASSES: Final = 10_000
 
 INPUT_SHAPES: Final[Mapping[str, tuple[int, int, int]]] = {"mlp": (1, 8, 8), "cnn": (1, 28, 28)}
 """Input shape of each registered model, to rebuild the trigger set from a model file alone."""
-
-_MAX_HEADER_BYTES: Final = 1 << 20
 
 
 def state_of(model: nn.Module) -> NamedArrays:
@@ -48,27 +46,12 @@ def load_state(model: nn.Module, state: Mapping[str, npt.ArrayLike]) -> None:
 
 def _header_shapes(path: Path) -> dict[str, tuple[int, ...]]:
     """Read the tensor names and shapes from a safetensors header, without the data."""
+    if not path.is_file():
+        raise WatermarkError(f"cannot read {path} (no such file)")
     try:
-        with path.open("rb") as fh:
-            prefix = fh.read(8)
-            if len(prefix) != 8:
-                raise WatermarkError(f"{path} is not a safetensors file (too short)")
-            (length,) = struct.unpack("<Q", prefix)
-            if not 2 <= length <= _MAX_HEADER_BYTES:
-                raise WatermarkError(f"{path} is not a safetensors file (bad header length)")
-            raw = fh.read(length)
-    except OSError as exc:
-        raise WatermarkError(f"cannot read {path} ({exc.strerror})") from None
-    try:
-        header = json.loads(raw.decode("utf-8"))
-        shapes = {
-            str(name): tuple(int(d) for d in entry["shape"])
-            for name, entry in header.items()
-            if name != "__metadata__"
-        }
-    except (UnicodeDecodeError, ValueError, TypeError, KeyError, AttributeError):
-        raise WatermarkError(f"{path} is not a safetensors file (unreadable header)") from None
-    return shapes
+        return read_model_shapes(path)
+    except RunFileError as exc:
+        raise WatermarkError(str(exc)) from None
 
 
 def _model_shapes(name: str, num_classes: int) -> dict[str, tuple[int, ...]]:
@@ -100,31 +83,35 @@ def identify_model(shapes: Mapping[str, tuple[int, ...]]) -> tuple[str, int] | N
 
 
 def verify_model_file(
-    model_path: Path, key_path: Path, *, threshold: float = DETECTION_P
+    model_path: Path,
+    key_path: Path,
+    *,
+    threshold: float = DETECTION_P,
+    task_model: nn.Module | None = None,
+    input_shape: tuple[int, ...] | None = None,
 ) -> WatermarkVerdict:
     """Test a safetensors model file for the watermark of a key file.
 
-    The model is whichever registered model (``common.models.MODELS``) has exactly the file's
-    tensor names and shapes; its class count comes from the shapes too.
+    Without ``task_model`` the model is whichever registered model (``common.models.MODELS``)
+    has exactly the file's tensor names and shapes; its class count comes from the shapes too.
+    A user task's model is given as ``task_model`` (a fresh instance of the task's architecture)
+    with the task's ``input_shape``; its classes are its output width.
 
     Raises:
         WatermarkError: One line: the key file is missing, unsafe or not a watermark key; the
-            model file is missing or not safetensors; or its tensors fit no registered model.
+            model file is missing or not safetensors; or its tensors fit no registered model
+            (or not the given task model).
 
     """
     model_path, key_path = Path(model_path), Path(key_path)
     key = read_key(key_path)
     shapes = _header_shapes(model_path)
-    found = identify_model(shapes)
-    if found is None:
-        listed = ", ".join(f"{k} {list(v)}" for k, v in list(shapes.items())[:6])
-        raise WatermarkError(
-            f"{model_path}: tensors fit no registered model {sorted(MODELS)} ({listed})"
-        )
-    name, num_classes = found
-    if name not in INPUT_SHAPES:
-        raise WatermarkError(f"{model_path}: no input shape known for model {name!r}")
-    model = create_model(name, num_classes, seed=0)
+    if task_model is not None:
+        if input_shape is None:
+            raise WatermarkError("a task model needs its input shape")
+        model, shape = task_model, input_shape
+    else:
+        model, shape = _registered_model(model_path, shapes)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     try:
         arrays = load_safetensors(model_path, expected)
@@ -133,5 +120,24 @@ def verify_model_file(
     if not all(np.isfinite(a).all() for a in arrays.values()):
         raise WatermarkError(f"{model_path}: the model holds non-finite weights")
     load_state(model, arrays)
-    trigger = TriggerSet.from_key(key, INPUT_SHAPES[name], num_classes)
+    model.eval()
+    with torch.no_grad():
+        num_classes = int(model(torch.zeros((1, *shape))).shape[-1])
+    trigger = TriggerSet.from_key(key, shape, num_classes)
     return verify_watermark(model, trigger, threshold=threshold)
+
+
+def _registered_model(
+    model_path: Path, shapes: Mapping[str, tuple[int, ...]]
+) -> tuple[nn.Module, tuple[int, ...]]:
+    found = identify_model(shapes)
+    if found is None:
+        listed = ", ".join(f"{k} {list(v)}" for k, v in list(shapes.items())[:6])
+        raise WatermarkError(
+            f"{model_path}: tensors fit no registered model {sorted(MODELS)} ({listed}); "
+            f"for a user task's model give --task MODULE"
+        )
+    name, num_classes = found
+    if name not in INPUT_SHAPES:
+        raise WatermarkError(f"{model_path}: no input shape known for model {name!r}")
+    return create_model(name, num_classes, seed=0), INPUT_SHAPES[name]

@@ -29,6 +29,11 @@ def add_watermark_parser(sub: Any) -> None:
     verify.add_argument("model", type=Path, metavar="MODEL", help="a model.safetensors file")
     verify.add_argument("--key", type=Path, required=True, help="the run's watermark.key")
     verify.add_argument(
+        "--task",
+        help="the run's `task` when it is a user task module (its model's architecture); "
+        "built-in models are recognised from the file",
+    )
+    verify.add_argument(
         "--threshold",
         type=float,
         default=DETECTION_P,
@@ -38,6 +43,7 @@ def add_watermark_parser(sub: Any) -> None:
 
 def cmd_watermark_verify(args: argparse.Namespace) -> int:
     """Run ``fedveil watermark verify``; print accuracy and p-value, return the exit status."""
+    from common.task import TaskError, TaskSettings, load_task
     from server.watermark import WatermarkError, verify_model_file
 
     if not 0 < args.threshold < 1:
@@ -46,8 +52,20 @@ def cmd_watermark_verify(args: argparse.Namespace) -> int:
         )
         return EXIT_ERROR
     try:
-        verdict = verify_model_file(args.model, args.key, threshold=args.threshold)
-    except WatermarkError as exc:
+        if args.task:
+            task = load_task(
+                args.task, TaskSettings(seed=0, data_dir="", test_fraction=0.2, model="auto")
+            )
+            verdict = verify_model_file(
+                args.model,
+                args.key,
+                threshold=args.threshold,
+                task_model=task.build_model(),
+                input_shape=task.input_shape,
+            )
+        else:
+            verdict = verify_model_file(args.model, args.key, threshold=args.threshold)
+    except (WatermarkError, TaskError) as exc:
         print(f"fedveil: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
     state = "detected" if verdict.detected else "not detected"

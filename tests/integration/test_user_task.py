@@ -14,6 +14,7 @@ import pytest
 from common.weights import load_safetensors
 from examples.tabular_csv.make_data import write_dataset
 from examples.tabular_csv.task import SensorMLP
+from server.watermark import write_key
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow
@@ -102,6 +103,23 @@ def test_the_tabular_example_task_runs_end_to_end(tmp_path: Path) -> None:
     shapes = {k: tuple(v.shape) for k, v in SensorMLP().state_dict().items()}
     assert set(load_safetensors(out / "model.safetensors", shapes)) == set(shapes)
     assert json.loads((out / "config.json").read_text())["task"] == "examples.tabular_csv.task"
+    verify = [sys.executable, "-m", "simulations.cli", "watermark", "verify"]
+    verify += [str(out / "model.safetensors"), "--task", "examples.tabular_csv.task", "--key"]
+    own = subprocess.run(
+        [*verify, str(out / "watermark.key")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+        check=False,
+    )
+    assert own.returncode == 0, own.stdout + own.stderr
+    other = tmp_path / "other.key"
+    write_key(other, bytes(range(32)))
+    stranger = subprocess.run(
+        [*verify, str(other)], capture_output=True, text=True, timeout=120, cwd=REPO, check=False
+    )
+    assert stranger.returncode == 1, stranger.stdout + stranger.stderr
 
 
 def test_a_task_module_outside_the_repository_runs_from_pythonpath(tmp_path: Path) -> None:
