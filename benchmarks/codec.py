@@ -41,6 +41,7 @@ from benchmarks.codec_results import (
     verdict,
     verdict_lines,
 )
+from benchmarks.command_line import add_assignments, benchmark_parser, config_keys, refuse
 from benchmarks.provenance import RESULTS_DIR, write_json
 from benchmarks.runs import BenchmarkError, run_simulation
 from common.codec import CodecParams
@@ -149,14 +150,12 @@ def check_mnist(data_dir: Path) -> None:
 
 def user_overrides(assignments: Sequence[str]) -> dict[str, ConfigValue]:
     """Parse ``--set KEY=VALUE`` options; codec keys are refused (each setting sets them)."""
-    from common.config import ConfigError, parse_assignment
+    from common.config import ConfigError
 
-    flat: dict[str, ConfigValue] = {}
-    for text in assignments:
-        key, value = parse_assignment(text)
+    flat = config_keys(assignments)
+    for key in flat:
         if key.startswith("codec."):
             raise ConfigError(f"config key `{key}` is set by each benchmark setting; drop it")
-        flat[key] = value
     return flat
 
 
@@ -183,7 +182,7 @@ def build_plan(args: argparse.Namespace) -> Plan:
         if args.data_dir is None:
             skipped["mnist"] = "no --data-dir given"
         else:
-            data_dir = args.data_dir.expanduser().resolve()
+            data_dir = Path(args.data_dir).expanduser().resolve()
             check_mnist(data_dir)
             scenarios.append(Scenario("mnist", {**mnist_keys(args, data_dir), **extra}))
         plan = Plan(tuple(scenarios), skipped, (CNN_SIZE, LARGE_SIZE), RAW_SIZES, args.repeats)
@@ -322,14 +321,8 @@ def _result_extras(r: RunResult) -> dict[str, float]:
 
 def build_parser() -> argparse.ArgumentParser:
     """Return the benchmark's argument parser."""
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.codec",
-        description="Uplink bytes, accuracy and sealing cost of dense float32 vs codec settings.",
-    )
-    parser.add_argument(
-        "--data-dir",
-        type=Path,
-        help="folder holding MNIST's IDX files, directly or in mnist/ (without it: digits only)",
+    parser = benchmark_parser(
+        "codec", "Uplink bytes, accuracy and sealing cost of dense float32 vs codec settings."
     )
     parser.add_argument("--rounds-digits", type=_positive_int, default=15)
     parser.add_argument("--rounds-mnist", type=_positive_int, default=8)
@@ -341,14 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="timing samples per microbenchmark (the median is reported)",
     )
     parser.add_argument("--seed", type=int, default=0, help="the runs' `seed` config key")
-    parser.add_argument(
-        "--set",
-        dest="assignments",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="another config key for every run, e.g. local-epochs=1 (not codec.*)",
-    )
+    add_assignments(parser, "another config key for every run, e.g. local-epochs=1 (not codec.*)")
     parser.add_argument(
         "--quick",
         action="store_true",
@@ -434,8 +420,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             with tempfile.TemporaryDirectory(prefix="bench-codec-") as tmp:
                 report = run(args, Path(tmp))
     except (BenchmarkError, ConfigError, DataError, RunDirError) as exc:
-        print(f"benchmarks.codec: error: {exc}", file=sys.stderr)
-        return 2
+        return refuse("codec", exc)
     trial = args.quick or args.micro_only
     path = args.json or (QUICK_JSON if trial else DEFAULT_JSON)
     write_json(path, report)

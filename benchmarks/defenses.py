@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 from rich.console import Console
 
+from benchmarks.command_line import benchmark_parser, refuse
 from benchmarks.defenses_results import (
     FlagCounts,
     RobustnessRow,
@@ -231,13 +232,8 @@ def report_json(
 
 def build_parser() -> argparse.ArgumentParser:
     """Return the benchmark's argument parser."""
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.defenses",
-        description="Robust aggregation under Byzantine clients, and watermark robustness.",
-    )
-    parser.add_argument(
-        "--data-dir",
-        help="folder holding the file data sets' IDX files (without it: digits only)",
+    parser = benchmark_parser(
+        "defenses", "Robust aggregation under Byzantine clients, and watermark robustness."
     )
     parser.add_argument("--datasets", default="digits,mnist")
     parser.add_argument("--quick", action="store_true", help="few rounds (a smoke test)")
@@ -287,8 +283,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     console = Console(stderr=True)
     problem = bad_options(args)
     if problem is not None:
-        print(f"benchmarks.defenses: error: {problem}", file=sys.stderr)
-        return 2
+        return refuse("defenses", problem)
     datasets = [d for d in args.datasets.split(",") if d]
     aggregators = [a for a in args.aggregators.split(",") if a]
     parts = set(args.parts.split(","))
@@ -315,8 +310,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     costs.append(cost)
                     marks += watermark(dataset, plain, marked, settings)
     except (BenchmarkError, ConfigError, DataError, RunDirError) as exc:
-        print(f"benchmarks.defenses: error: {exc}", file=sys.stderr)
-        return 2
+        return refuse("defenses", exc)
     out = Console()
     if not out.is_terminal:  # a file or pipe: keep every column readable
         out = Console(width=160)

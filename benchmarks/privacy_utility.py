@@ -29,9 +29,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from benchmarks.command_line import add_assignments, config_keys, refuse
 from benchmarks.provenance import RESULTS_DIR, stamp, write_json
 from benchmarks.runs import BenchmarkError, run_simulation
-from common.config import ConfigError, FedveilConfig, parse_assignment
+from common.config import ConfigError, FedveilConfig
 
 EPSILONS = (1.0, 3.0, 8.0)
 PARTITIONINGS = ("iid", "dirichlet")
@@ -216,14 +217,6 @@ def plot(results: dict[str, dict[str, Any]], epsilons: Sequence[float], path: Pa
     fig.savefig(path)
 
 
-def _assignments(texts: Sequence[str]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for text in texts:
-        key, value = parse_assignment(text)
-        out[key] = value
-    return out
-
-
 def build_parser() -> argparse.ArgumentParser:
     """Return the command's argument parser."""
     p = argparse.ArgumentParser(
@@ -236,10 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="folder for the table, plot, runs")
     p.add_argument("--epsilons", default=",".join(f"{e:g}" for e in EPSILONS))
     p.add_argument("--partitionings", default=",".join(PARTITIONINGS))
-    p.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument(
-        "--plain-set", dest="plain_assignments", action="append", default=[], metavar="KEY=VALUE"
-    )
+    add_assignments(p)
+    add_assignments(p, flag="--plain-set", dest="plain_assignments")
     p.add_argument("--no-baseline", action="store_true", help="skip the no-DP cells")
     p.add_argument("--rerun", action="store_true", help="run cells already in results.jsonl")
     p.add_argument(
@@ -275,13 +266,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         parts = [p for p in args.partitionings.split(",") if p]
         if not set(parts) <= set(PARTITIONINGS):
             raise ConfigError(f"--partitionings takes {PARTITIONINGS}, got {parts}")
-        base = {**TUNED, **_assignments(args.assignments)}
-        plain = {**PLAIN, **_assignments(args.plain_assignments)}
+        base = {**TUNED, **config_keys(args.assignments)}
+        plain = {**PLAIN, **config_keys(args.plain_assignments)}
         config = private_config(base, "iid", 1.0, args.data_dir, str(out))
         load_data(config.dataset, config.data_dir, config.seed, config.test_fraction)
     except (ConfigError, DataError, ValueError) as exc:
-        print(f"benchmarks.privacy_utility: error: {exc}", file=sys.stderr)
-        return 2
+        return refuse("privacy_utility", exc)
     logging.getLogger("flwr").setLevel(logging.WARNING)
     out.mkdir(parents=True, exist_ok=True)
     results_path = out / "results.jsonl"
@@ -304,8 +294,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 config = private_config(base, part, eps, args.data_dir, str(out))
                 result = run_private(config, run_path)
         except (BenchmarkError, RunDirError) as exc:
-            print(f"benchmarks.privacy_utility: error: {name}: {exc}", file=sys.stderr)
-            return 2
+            return refuse("privacy_utility", f"{name}: {exc}")
         cell = {"cell": name, "partitioning": part, "target_epsilon": eps, "load": load, **result}
         row = stamp({**cell, "config": config.to_flat()})
         with results_path.open("a") as fh:
