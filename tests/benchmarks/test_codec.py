@@ -16,7 +16,6 @@ from benchmarks.codec import (
     accuracy_table,
     build_parser,
     build_plan,
-    main,
     report_json,
 )
 from benchmarks.codec_micro import MicroRow
@@ -24,7 +23,6 @@ from benchmarks.codec_results import attach_costs, summarize_metrics
 from benchmarks.provenance import write_json
 from benchmarks.runs import read_rounds
 from common.models import create_model
-from tests.benchmarks.cli_support import refusal
 
 
 def _fake_run(folder: Path, sealed: int, accuracies: list[float]) -> Path:
@@ -77,21 +75,6 @@ def test_without_a_data_folder_the_plan_runs_digits_only() -> None:
     (digits,) = plan.scenarios
     assert digits.dataset == "digits" and "--data-dir" in plan.skipped["mnist"]
     assert digits.flat["num-server-rounds"] == 4 and str(digits.flat["lr"]) == "0.1"
-
-
-@pytest.mark.parametrize(
-    ("args", "named"),
-    [
-        (["--set", "codec.bits=4"], "codec.bits"),
-        (["--set", "nonsense-key=1"], "nonsense-key"),
-        (["--set", "seed"], "KEY=VALUE"),
-        (["--data-dir", "/nonexistent/fedveil-data"], "/nonexistent/fedveil-data"),
-    ],
-)
-def test_bad_input_is_one_line_exit_2_before_any_run(
-    args: list[str], named: str, capsys: pytest.CaptureFixture[str]
-) -> None:
-    assert named in refusal(main, [*args, "--json", "/nonexistent/never-written.json"], capsys)
 
 
 def test_json_from_fabricated_runs_has_every_number_and_its_provenance(tmp_path: Path) -> None:

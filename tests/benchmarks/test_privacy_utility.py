@@ -12,7 +12,6 @@ from benchmarks.privacy_utility import (
     DELTA,
     TUNED,
     cell_name,
-    main,
     markdown_table,
     plain_config,
     private_cell,
@@ -20,7 +19,6 @@ from benchmarks.privacy_utility import (
     read_results,
     summary_json,
 )
-from tests.benchmarks.cli_support import refusal
 
 
 def _cell(accuracy: float, epsilon: float | None) -> dict[str, Any]:
@@ -99,21 +97,3 @@ def test_summary_json_holds_the_cells_and_the_table() -> None:
         "cells": cells,
         "table": "| table |",
     }
-
-
-@pytest.mark.parametrize(
-    ("args", "named"),
-    [
-        (["--partitionings", "iid,random"], "--partitionings"),
-        (["--epsilons", "one"], "one"),
-        (["--set", "nonsense-key=1"], "nonsense-key"),
-        (["--data-dir", "/nonexistent/fedveil-data"], "/nonexistent/fedveil-data"),
-    ],
-)
-def test_bad_input_is_one_line_exit_2_before_any_run(
-    args: list[str], named: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    argv = ["--data-dir", str(tmp_path), "--out", str(tmp_path / "out"), *args]
-
-    assert named in refusal(main, [*argv, "--json", str(tmp_path / "never.json")], capsys)
-    assert not (tmp_path / "out").exists()
