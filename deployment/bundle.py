@@ -1,12 +1,15 @@
 """The Flower app a local federation runs: fedveil's ServerApp and ClientApp, staged alone.
 
 ``stage_app`` copies the whole packages the two apps import (``APP_PACKAGES``: ``common``,
-``client``, ``server``; never ``deployment`` or ``simulations``) into a folder of their own with
-a generated ``pyproject.toml`` that names ``server.app:app`` and ``client.app:app`` and lists
-every config key with its default, ``run-dir`` and ``resume`` included (``flwr run
---run-config`` may only override keys the app declares). ``flwr run`` builds its FAB from that
-folder, so a SuperNode runs exactly what was staged; a first-party import outside
-``APP_PACKAGES`` would fail on a host where fedveil is not installed.
+``client``, ``server``, and ``report``, which the ServerApp imports lazily to write the run's
+report; never ``deployment`` or ``simulations``) into a folder of their own with a generated
+``pyproject.toml`` that names ``server.app:app`` and ``client.app:app`` and lists every config
+key with its default, ``run-dir`` and ``resume`` included (``flwr run --run-config`` may only
+override keys the app declares). When the run's ``task`` is a module of a top-level package (or
+module) in the working directory, that package's Python files alone are staged too (no data
+files, nothing else of the folder): a SuperNode imports the user's task from the app it is sent.
+``flwr run`` builds its FAB from that folder, so a SuperNode runs exactly what was staged; a
+first-party import outside the staged packages would fail on a host without fedveil.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from deployment.commands import toml_lines
 
 SERVER_COMPONENT: Final = "server.app:app"
 CLIENT_COMPONENT: Final = "client.app:app"
-APP_PACKAGES: Final = ("common", "client", "server")
+APP_PACKAGES: Final = ("common", "client", "server", "report")
 
 
 def source_root() -> Path:
@@ -64,8 +67,34 @@ def staged_pyproject(defaults: Mapping[str, ConfigValue]) -> str:
     return "\n".join(lines)
 
 
-def stage_app(target: Path, defaults: Mapping[str, ConfigValue]) -> None:
-    """Replace ``target`` with the app: ``APP_PACKAGES`` whole, and its ``pyproject.toml``."""
+def task_source(task: str, cwd: Path) -> Path | None:
+    """Return the top-level package (or module) of ``task`` in ``cwd``, if it is there.
+
+    ``None`` for an empty or built-in task, a task of an app package, or one imported from
+    elsewhere (an installed package: the nodes must have it installed too).
+    """
+    top = task.split(".")[0].strip()
+    if not top or top in APP_PACKAGES or not top.isidentifier():
+        return None
+    if (cwd / top / "__init__.py").is_file():
+        return cwd / top
+    return cwd / f"{top}.py" if (cwd / f"{top}.py").is_file() else None
+
+
+def _python_only(folder: str, names: list[str]) -> set[str]:
+    """``copytree`` filter: keep ``.py`` files and sub-packages, drop everything else."""
+
+    def keep(path: Path) -> bool:
+        return (path / "__init__.py").is_file() if path.is_dir() else path.suffix == ".py"
+
+    return {name for name in names if not keep(Path(folder) / name)}
+
+
+def stage_app(target: Path, defaults: Mapping[str, ConfigValue], cwd: Path | None = None) -> None:
+    """Replace ``target`` with the app: ``APP_PACKAGES`` whole, the task's package, pyproject.
+
+    ``cwd`` is where the run's ``task`` module is looked for (default: the working directory).
+    """
     source = source_root()
     shutil.rmtree(target, ignore_errors=True)
     for package in APP_PACKAGES:
@@ -74,4 +103,9 @@ def stage_app(target: Path, defaults: Mapping[str, ConfigValue]) -> None:
             target / package,
             ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
         )
+    task = task_source(str(defaults.get("task", "")), Path.cwd() if cwd is None else cwd)
+    if task is not None and task.is_dir():
+        shutil.copytree(task, target / task.name, ignore=_python_only)
+    elif task is not None:
+        shutil.copy2(task, target / task.name)
     (target / "pyproject.toml").write_text(staged_pyproject(defaults))

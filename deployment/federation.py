@@ -1,8 +1,9 @@
 """``fedveil federation up``: run fedveil on a real Flower deployment on this host.
 
-``federation_up`` checks the request, makes or checks the key material, stages the app
-(``deployment.bundle``: ``server.app:app`` and ``client.app:app``), starts a SuperLink and N
-SuperNodes (``deployment.local``), runs the app with ``flwr run <staged app> fedveil
+``federation_up`` checks the request (the task loads; each SuperNode's own data and Python
+environment, ``deployment.nodes``), makes or checks the key material, stages the app
+(``deployment.bundle``: ``server.app:app``, ``client.app:app`` and the task's package), starts a
+SuperLink and N SuperNodes (``deployment.local``), runs the app with ``flwr run <staged app> fedveil
 --run-config <file> --stream`` and tears everything down, also on Ctrl-C, SIGTERM, SIGHUP and
 failure. The run config carries ``run-dir`` (the run directory) and ``resume``; the ServerApp
 refuses a run directory that already holds a run unless ``resume`` is true. Success is read from
@@ -22,7 +23,7 @@ import shutil
 import signal
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -36,6 +37,7 @@ from deployment.layout import Layout
 from deployment.local import LocalDeployment
 from deployment.logs import json_file, last_line, metric_rows, read_from, size
 from deployment.material import aggregator_key_path, prepare_material
+from deployment.nodes import node_data_paths
 from deployment.record import DeploymentRecord
 
 if TYPE_CHECKING:
@@ -100,17 +102,35 @@ def federation_up(
     out: Path | None,
     keep_dir: Path | None,
     console: Console,
+    node_data: Sequence[Path] = (),
+    node_env: Path | None = None,
     verbose: bool = False,
 ) -> tuple[Path, RunOutcome]:
-    """Start a federation, run ``config`` on it, tear it down; return the run directory."""
+    """Start a federation, run ``config`` on it, tear it down; return the run directory.
+
+    ``node_data``: each SuperNode's own data (``deployment.nodes``), else partitions;
+    ``node_env``: the Python environment the SuperNodes run from, else this one.
+    """
+    from common.task import task_of
     from server.rundir import new_run_id
 
     check_deployable(config, nodes)
+    task_of(config)  # an unusable task is one line now, not a failed ServerApp later
+    data_paths = node_data_paths(node_data, nodes)
+    env = str(node_env.expanduser().resolve()) if node_env is not None else ""
     run_dir = (out if out is not None else Path(config.out_dir) / new_run_id()).resolve()
     if run_dir.exists() and any(run_dir.iterdir()):
         raise DeployError(f"{run_dir} already holds files; choose a new --out folder")
     layout = Layout((keep_dir if keep_dir is not None else run_dir / "deployment").resolve())
-    record = DeploymentRecord(str(layout.root), nodes, tls, auth, aggregator_fingerprint="")
+    record = DeploymentRecord(
+        str(layout.root),
+        nodes,
+        tls,
+        auth,
+        aggregator_fingerprint="",
+        node_data=data_paths,
+        node_env=env,
+    )
     local = LocalDeployment(layout, run_dir, record, console=console)
     created = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)

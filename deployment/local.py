@@ -4,8 +4,11 @@ One ``flower-superlink`` (Fleet API on one free ``127.0.0.1`` port, Control and 
 API on another, its own ``FLWR_HOME`` and SQLite state file, so node registrations survive a
 restart) and N ``flower-supernode`` processes, each with its own Runtime API port,
 ``FLWR_HOME``, durable state directory and node config (``partition-id``, ``num-partitions``,
-``state-dir``, ``aggregator-fingerprint``). A work directory is held by one orchestrator at a
-time (a lock file); taking it first stops what a killed orchestrator left running.
+``state-dir``, ``aggregator-fingerprint``, and ``data-path`` when the node has its own data).
+SuperNodes run from the record's ``node_env`` (else this environment), in their own folder,
+without this process's ``PYTHONPATH`` when ``node_env`` is set. A work directory is held by one
+orchestrator at a time (a lock file); taking it first stops what a killed orchestrator left
+running.
 
 Supervision: a SuperNode that dies after connecting is restarted with the same key and state
 directory, as ``Restart=on-failure`` would, at most ``MAX_NODE_RESTARTS`` times; one that cannot
@@ -32,6 +35,7 @@ from deployment.errors import DeployError, FederationError
 from deployment.footprint import FootprintMonitor
 from deployment.layout import HOST, Layout, Ports, accepts, state_dir
 from deployment.logs import last_line, read_from
+from deployment.nodes import node_bin
 from deployment.record import DeploymentRecord
 from deployment.supervisor import NODE_PREFIX, Managed, ProcessTable
 
@@ -68,6 +72,7 @@ class LocalDeployment:
         self.record = record
         self.console = console
         self.bin_dir = Path(sys.executable).parent
+        self.node_bin = node_bin(record.node_env, self.bin_dir)
         self.table = ProcessTable(layout.pids, layout.root)
         self.ports = Ports.pick(record.nodes)
         self.monitor: FootprintMonitor | None = None
@@ -91,12 +96,19 @@ class LocalDeployment:
         if stale:
             self.console.print(f"stopped leftovers of an earlier federation: {', '.join(stale)}")
 
-    def env(self, home: Path) -> dict[str, str]:
-        """Environment of a Flower process: its own ``FLWR_HOME``, this env's ``bin/`` first."""
-        env = {k: v for k, v in os.environ.items() if k != "FLWR_INTERNAL_GRPC_CONTROL_API"}
+    def env(self, home: Path, bin_dir: Path | None = None) -> dict[str, str]:
+        """Environment of a Flower process: its own ``FLWR_HOME``, ``bin_dir`` first on PATH.
+
+        A process from another environment (``bin_dir`` given) gets no ``PYTHONPATH``: it
+        imports only what that environment and the shipped app hold.
+        """
+        dropped = {"FLWR_INTERNAL_GRPC_CONTROL_API"}
+        if bin_dir is not None and bin_dir != self.bin_dir:
+            dropped |= {"PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV"}
+        env = {k: v for k, v in os.environ.items() if k not in dropped}
         env.update(
             FLWR_HOME=str(home),
-            PATH=f"{self.bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+            PATH=f"{bin_dir or self.bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
             FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
             FLWR_TELEMETRY_ENABLED="0",
             FLWR_DISABLE_UPDATE_CHECK="1",
@@ -177,21 +189,26 @@ class LocalDeployment:
 
     def node_config(self, index: int) -> str:
         """Return SuperNode ``index``'s ``--node-config``."""
-        return commands.node_config_arg(
-            {
-                "partition-id": index,
-                "num-partitions": self.record.nodes,
-                "state-dir": str(state_dir(self.run_dir, index)),
-                "aggregator-fingerprint": self.record.aggregator_fingerprint,
-            }
-        )
+        values: dict[str, str | int] = {
+            "partition-id": index,
+            "num-partitions": self.record.nodes,
+            "state-dir": str(state_dir(self.run_dir, index)),
+            "aggregator-fingerprint": self.record.aggregator_fingerprint,
+        }
+        if self.record.node_data:
+            values["data-path"] = self.record.node_data[index]
+        return commands.node_config_arg(values)
 
     def start_supernode(self, index: int) -> Managed:
-        """Start SuperNode ``index`` (again, after a crash: same key, same state directory)."""
+        """Start SuperNode ``index`` (again, after a crash: same key, same state directory).
+
+        It runs in its own folder (``nodes/node-<i>/``: its key and ``FLWR_HOME``), never in a
+        folder that holds fedveil's source.
+        """
         home = self.layout.node(index) / "flwr-home"
         home.mkdir(parents=True, exist_ok=True)
         command = commands.supernode_command(
-            self.bin_dir,
+            self.node_bin,
             self.layout,
             self.ports,
             index,
@@ -200,7 +217,11 @@ class LocalDeployment:
             node_config=self.node_config(index),
         )
         return self.table.start(
-            f"{NODE_PREFIX}{index}", command, self.env(home), self.layout.logs / f"node-{index}.log"
+            f"{NODE_PREFIX}{index}",
+            command,
+            self.env(home, self.node_bin),
+            self.layout.logs / f"node-{index}.log",
+            cwd=self.layout.node(index),
         )
 
     def start_supernodes(self) -> None:

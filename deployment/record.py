@@ -3,8 +3,10 @@
 Version 1, written atomically whenever it changes: ``kind`` (``"fedveil-deployment"``), the
 ``flwr`` version, ``work_dir``, ``nodes``, ``tls``, ``auth``, ``aggregator_fingerprint`` (the
 key every node pins), ``superlink`` (its ``control`` and ``fleet`` addresses), ``node_ids``
-(SuperNode index to Flower node id) and ``flower_runs`` (``run_id`` and final ``status`` of each
-``flwr run``, oldest first). A missing, corrupt or unknown-version file is one ``DeployError``.
+(SuperNode index to Flower node id), ``flower_runs`` (``run_id`` and final ``status`` of each
+``flwr run``, oldest first), ``node_data`` (each SuperNode's ``data-path``; empty: partitions)
+and ``node_env`` (the environment the SuperNodes run from; empty: the orchestrator's; both
+optional on read). A missing, corrupt or unknown-version file is one ``DeployError``.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ class DeploymentRecord:
     superlink: dict[str, str] = field(default_factory=dict)
     node_ids: dict[str, int] = field(default_factory=dict)
     flower_runs: list[dict[str, Any]] = field(default_factory=list)
+    node_data: list[str] = field(default_factory=list)
+    node_env: str = ""
 
     def to_json(self) -> dict[str, Any]:
         """Return the JSON document."""
@@ -46,6 +50,8 @@ class DeploymentRecord:
             "tls": self.tls,
             "auth": self.auth,
             "aggregator_fingerprint": self.aggregator_fingerprint,
+            "node_data": self.node_data,
+            "node_env": self.node_env,
             "superlink": self.superlink,
             "node_ids": self.node_ids,
             "flower_runs": self.flower_runs,
@@ -65,6 +71,8 @@ class DeploymentRecord:
                 tls=bool(doc["tls"]),
                 auth=bool(doc["auth"]),
                 aggregator_fingerprint=str(doc["aggregator_fingerprint"]),
+                node_data=[str(p) for p in doc.get("node_data", [])],
+                node_env=str(doc.get("node_env", "")),
                 superlink=dict(doc.get("superlink", {})),
                 node_ids={str(k): int(v) for k, v in doc.get("node_ids", {}).items()},
                 flower_runs=list(doc.get("flower_runs", [])),

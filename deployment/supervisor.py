@@ -61,8 +61,19 @@ class ProcessTable:
         self._lock = threading.Lock()
         self._wrote_record = False
 
-    def start(self, name: str, command: list[str], env: dict[str, str], log_path: Path) -> Managed:
-        """Start ``command`` in a new session, its output appended to ``log_path``."""
+    def start(
+        self,
+        name: str,
+        command: list[str],
+        env: dict[str, str],
+        log_path: Path,
+        *,
+        cwd: Path | None = None,
+    ) -> Managed:
+        """Start ``command`` in a new session (in ``cwd``, else the table's folder).
+
+        Its output is appended to ``log_path``.
+        """
         log_path.parent.mkdir(parents=True, exist_ok=True)
         offset = log_path.stat().st_size if log_path.exists() else 0
         log_file = log_path.open("ab")
@@ -74,7 +85,7 @@ class ProcessTable:
             stdout=log_file,
             stderr=subprocess.STDOUT,
             env=env,
-            cwd=self.cwd,
+            cwd=cwd or self.cwd,
             start_new_session=True,
         )
         managed = Managed(

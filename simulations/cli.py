@@ -115,6 +115,23 @@ def _add_federation_parser(sub: Any) -> None:
     up.add_argument("--tls", action="store_true", help="TLS with a CA and certificate it makes")
     up.add_argument("--auth", action="store_true", help="SuperNode authentication (needs --tls)")
     up.add_argument(
+        "--node-data",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="a SuperNode's own data (its node config `data-path`, read only by that node): "
+        "repeat once per node, in node order, or give one folder holding node-0.*, node-1.*, "
+        "...; without it each node trains on a partition of the task's pool",
+    )
+    up.add_argument(
+        "--node-env",
+        type=Path,
+        metavar="VENV",
+        help="run the SuperNodes from this Python environment (e.g. a venv with only the "
+        "client install, as on an edge device; see docs/deployment.md); default: this one",
+    )
+    up.add_argument(
         "--keep-dir",
         type=Path,
         help="where certificates, keys and process state live (default: RUN_DIR/deployment)",
@@ -219,6 +236,8 @@ def cmd_federation_up(args: argparse.Namespace, console: Console) -> int:
             "--set": bool(args.assignments),
             "--out": args.out is not None,
             "--keep-dir": args.keep_dir is not None,
+            "--node-data": bool(args.node_data),
+            "--node-env": args.node_env is not None,
         }
         extra = [flag for flag, present in given.items() if present]
         if extra:
@@ -246,6 +265,8 @@ def cmd_federation_up(args: argparse.Namespace, console: Console) -> int:
             out=args.out,
             keep_dir=args.keep_dir,
             console=console,
+            node_data=args.node_data,
+            node_env=args.node_env,
             verbose=args.verbose,
         )
 

@@ -23,7 +23,7 @@ from flwr.cli.build import build_fab_from_disk
 from flwr.common.config import flatten_dict, validate_config
 
 from common.config import KEYS, FedveilConfig
-from deployment.bundle import APP_PACKAGES, stage_app, staged_pyproject
+from deployment.bundle import APP_PACKAGES, stage_app, staged_pyproject, task_source
 from tests.conftest import REPO
 
 DEFAULTS = FedveilConfig.from_flat({})
@@ -54,7 +54,63 @@ def test_staged_pyproject_is_a_valid_flower_app_with_every_key() -> None:
 
 def test_the_bundle_holds_exactly_the_app_packages(app: Path) -> None:
     assert sorted(p.name for p in app.iterdir()) == sorted([*APP_PACKAGES, "pyproject.toml"])
+    assert "report" in APP_PACKAGES  # the ServerApp writes the run's report at its end
     assert not any("__pycache__" in str(p) for p in app.rglob("*"))
+
+
+def _user_project(root: Path) -> Path:
+    """A user's folder: a task package with data, notes and bytecode beside its modules."""
+    package = root / "mypkg"
+    (package / "sub" / "data").mkdir(parents=True)
+    (package / "__pycache__").mkdir()
+    for name in ("__init__.py", "task.py", "sub/__init__.py", "sub/model.py"):
+        (package / name).write_text("")
+    (package / "sub" / "data" / "node-0.csv").write_text("label\n0\n")
+    (package / "README.md").write_text("notes")
+    (package / "__pycache__" / "task.cpython-311.pyc").write_bytes(b"")
+    (root / "runs").mkdir()
+    (root / "loose.py").write_text("")
+    return root
+
+
+def test_the_task_package_ships_its_python_files_only(tmp_path: Path) -> None:
+    project = _user_project(tmp_path / "project")
+    target = tmp_path / "app"
+
+    stage_app(target, DEFAULTS.replace(task="mypkg.task").to_flat(), project)
+
+    shipped = sorted(str(p.relative_to(target / "mypkg")) for p in (target / "mypkg").rglob("*"))
+    assert shipped == ["__init__.py", "sub", "sub/__init__.py", "sub/model.py", "task.py"]
+    assert sorted(p.name for p in target.iterdir()) == sorted(
+        [*APP_PACKAGES, "mypkg", "pyproject.toml"]
+    )
+
+
+@pytest.mark.parametrize(
+    ("task", "found"),
+    [
+        ("mypkg.task", "mypkg"),
+        ("loose", "loose.py"),
+        ("", None),
+        ("digits", None),  # a built-in task: fedveil's own
+        ("common.tasks.digits", None),  # already in the app
+        ("installed.task", None),  # not in the folder: the nodes must have it installed
+    ],
+)
+def test_task_source_is_the_task_top_level_package_in_the_folder(
+    tmp_path: Path, task: str, found: str | None
+) -> None:
+    project = _user_project(tmp_path)
+
+    assert task_source(task, project) == (None if found is None else project / found)
+
+
+def test_the_example_task_ships_without_its_data(tmp_path: Path) -> None:
+    stage_app(tmp_path / "app", DEFAULTS.replace(task="examples.tabular_csv.task").to_flat(), REPO)
+
+    shipped = [p for p in (tmp_path / "app" / "examples").rglob("*") if p.is_file()]
+    assert tmp_path / "app" / "examples" / "tabular_csv" / "task.py" in shipped
+    assert all(p.suffix == ".py" for p in shipped)
 
 
 @pytest.mark.filterwarnings("ignore:GitWildMatchPattern:DeprecationWarning")  # inside flwr build

@@ -99,6 +99,10 @@ def test_keys_generate_tls_and_node(tmp_path: Path, capsys: pytest.CaptureFixtur
         (["federation", "up", "--nodes", "2", "--set", "nope=1"], "unknown config key `nope`"),
         (["federation", "up", "--resume", "RUN", "--nodes", "2"], "drop --nodes"),
         (["federation", "up", "--resume", "RUN"], "was not made by `fedveil federation up`"),
+        (["federation", "up", "--resume", "RUN", "--node-data", "DIR"], "drop --node-data"),
+        (["federation", "up", "--nodes", "2", "--node-env", "DIR"], "no bin/flower-supernode"),
+        (["federation", "up", "--nodes", "2", "--node-data", "DIR"], "not found"),
+        (["federation", "up", "--nodes", "2", "--set", "task=nosuch.task"], "`nosuch.task` not"),
         (["keys", "generate", "--host", "h", "DIR"], "use it with --tls"),
         (["keys", "generate", "--tls", "--days", "0", "DIR"], "`days` must be >= 1"),
     ],
@@ -111,6 +115,20 @@ def test_bad_input_is_one_line_and_exit_2(
 
     assert code == 2 and out == ""
     assert len(err.strip().splitlines()) == 1 and words in err, err
+
+
+def test_node_data_without_a_file_for_each_node_stops_before_anything_starts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "node-0.csv").write_text("label\n")
+    argv = ["federation", "up", "--nodes", "2", "--node-data", str(tmp_path / "data")]
+
+    code, _, err = _run([*argv, "--out", str(tmp_path / "run")], capsys)
+
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "no `node-1.*` for SuperNode 1" in err
+    assert not (tmp_path / "run").exists()
 
 
 def test_federation_up_refuses_an_occupied_run_directory(

@@ -16,6 +16,8 @@ def test_deployment_record_round_trips(tmp_path: Path) -> None:
         "/work", 3, True, True, "sha256:" + "00" * 32, {"fleet": "127.0.0.1:1"}, {"0": 2**63}
     )
     record.flower_runs.append({"run_id": "5", "status": "finished:completed"})
+    record.node_data = ["/data/node-0.csv", "/data/node-1.csv", "/data/node-2"]
+    record.node_env = "/opt/edge-venv"
     record.save(tmp_path)
 
     loaded = DeploymentRecord.load(tmp_path)
@@ -43,3 +45,16 @@ def test_bad_deployment_record_is_one_line(tmp_path: Path, content: str | None, 
         DeploymentRecord.load(tmp_path)
 
     assert words in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_a_record_without_node_data_or_node_env_reads_as_partitions_and_this_env(
+    tmp_path: Path,
+) -> None:
+    DeploymentRecord("/work", 2, False, False, "sha256:" + "00" * 32).save(tmp_path)
+    doc = json.loads((tmp_path / "deployment.json").read_text())
+    del doc["node_data"], doc["node_env"]  # as written before these fields existed
+    (tmp_path / "deployment.json").write_text(json.dumps(doc))
+
+    loaded = DeploymentRecord.load(tmp_path)
+
+    assert loaded.node_data == [] and loaded.node_env == ""
