@@ -144,16 +144,7 @@ def client_round_times(config: FedveilConfig, *, repeats: int) -> dict[str, floa
             t1 = time.process_time()
             model = create_model(name, data.num_classes, seed=0)
             t2 = time.process_time()
-            train_sgd(
-                model,
-                images,
-                labels,
-                epochs=config.local_epochs,
-                batch_size=config.batch_size,
-                lr=config.lr,
-                momentum=config.momentum,
-                generator=torch.Generator().manual_seed(i),
-            )
+            train_sgd(model, images, labels, config, torch.Generator().manual_seed(i))
             t3 = time.process_time()
             if i > 0:  # the first pair warms up imports and caches
                 dp.append(t1 - t0)

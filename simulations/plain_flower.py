@@ -91,15 +91,16 @@ def train_sgd(
     model: nn.Module,
     images: torch.Tensor,
     labels: torch.Tensor,
-    *,
-    epochs: int,
-    batch_size: int,
-    lr: float,
-    momentum: float,
+    config: FedveilConfig,
     generator: torch.Generator,
 ) -> float:
-    """Train ``model`` in place with shuffled minibatch SGD; return the mean batch loss."""
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
+    """Train ``model`` in place with shuffled minibatch SGD; return the mean batch loss.
+
+    ``config`` gives ``local-epochs``, ``batch-size``, ``lr`` and ``momentum``; ``generator``
+    shuffles.
+    """
+    epochs, batch_size = config.local_epochs, config.batch_size
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum)
     criterion = nn.CrossEntropyLoss()
     model.train()
     n = int(labels.shape[0])
@@ -130,16 +131,7 @@ def train(msg: Message, context: Context) -> Message:
     model.load_state_dict(msg.content.array_records["arrays"].to_torch_state_dict())
     gen = torch.Generator()
     gen.manual_seed(config.seed * 1_000_003 + server_round * 10_007 + pid)
-    loss = train_sgd(
-        model,
-        images,
-        labels,
-        epochs=config.local_epochs,
-        batch_size=config.batch_size,
-        lr=config.lr,
-        momentum=config.momentum,
-        generator=gen,
-    )
+    loss = train_sgd(model, images, labels, config, gen)
     reply = RecordDict(
         {
             "arrays": ArrayRecord(model.state_dict()),
