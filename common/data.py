@@ -16,6 +16,7 @@ import math
 import struct
 import zipfile
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -76,18 +77,65 @@ class FederatedData:
         return torch.from_numpy(x), torch.from_numpy(labels.astype(np.int64))
 
 
+_STATS_BLOCK = 1 << 20
+"""Pixels standardised at a time while computing a pool's statistics."""
+
+
+def _pairwise_sum(
+    values: Callable[[int, int], npt.NDArray[np.float32]], start: int, stop: int
+) -> np.float32:
+    # numpy sums a contiguous float32 array pairwise, splitting n at n // 2 rounded down to a
+    # multiple of 8; following the same splits over blocks gives its result bit for bit without
+    # the whole pool as float32 in memory.
+    n = stop - start
+    if n <= _STATS_BLOCK:
+        return np.float32(np.add.reduce(values(start, stop)))
+    half = n // 2
+    half -= half % 8
+    return np.float32(
+        _pairwise_sum(values, start, start + half) + _pairwise_sum(values, start + half, stop)
+    )
+
+
+def pool_statistics(
+    images: npt.NDArray[np.floating] | npt.NDArray[np.uint8], pixel_scale: float
+) -> tuple[float, float]:
+    """Return ``(mean, std)`` of ``images / pixel_scale`` in float32, as numpy's would be.
+
+    Bit-identical to ``scaled.mean()`` and ``scaled.std()`` of the float32 array
+    ``images.astype(np.float32) / pixel_scale``, computed block by block.
+    """
+    flat = np.ascontiguousarray(images).reshape(-1)
+    n = int(flat.size)
+
+    def scaled(start: int, stop: int) -> npt.NDArray[np.float32]:
+        return flat[start:stop].astype(np.float32) / pixel_scale
+
+    total = _pairwise_sum(scaled, 0, n)
+    mean = np.true_divide(total, n, dtype=np.float32)
+
+    def squared(start: int, stop: int) -> npt.NDArray[np.float32]:
+        block = scaled(start, stop)
+        block -= mean
+        block *= block
+        return block
+
+    variance = np.true_divide(_pairwise_sum(squared, 0, n), n, dtype=np.float32)
+    return float(mean), float(np.sqrt(variance))
+
+
 def _finish(
     name: str, train: ImageSet, test: ImageSet, num_classes: int, pixel_scale: float
 ) -> FederatedData:
-    scaled = train.images.astype(np.float32) / pixel_scale
+    mean, std = pool_statistics(train.images, pixel_scale)
     return FederatedData(
         name=name,
         train=train,
         test=test,
         num_classes=num_classes,
         pixel_scale=pixel_scale,
-        mean=float(scaled.mean()),
-        std=float(scaled.std()) or 1.0,
+        mean=mean,
+        std=std or 1.0,
     )
 
 

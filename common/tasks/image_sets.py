@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
+import torch
 from torch import nn
 
 from common.data import DataError, FederatedData, ImageSet, load_data, read_idx
@@ -69,10 +70,10 @@ class ImageSetTask(Task):
 
     @cached_property
     def _pool(self) -> Examples:
-        return Examples(*self.data.tensors(self.data.train))
+        return StandardisedPool(self.data)
 
     def pool(self) -> Examples:
-        """Return the standardised training pool (computed once per task)."""
+        """Return the training pool, standardised lazily (``StandardisedPool``; one per task)."""
         return self._pool
 
     def pool_writers(self) -> npt.NDArray[np.str_] | None:
@@ -104,6 +105,34 @@ class ImageSetTask(Task):
                 f"values in [0, {high:g}], not already scaled ones"
             )
         return Examples(*self.data.tensors(ImageSet(images, labels.astype(np.int64))))
+
+
+class StandardisedPool(Examples):
+    """A data set's training pool as ``Examples`` whose pixels stay raw until asked for.
+
+    ``select`` standardises only the selected rows, so a node holds its partition as float32
+    and the pool as stored (``uint8`` for the file sets); ``inputs``, the whole pool
+    standardised, is computed on first use. Either way the values are exactly
+    ``FederatedData.tensors``'s.
+    """
+
+    _data: FederatedData
+
+    def __init__(self, data: FederatedData) -> None:
+        object.__setattr__(self, "labels", torch.from_numpy(data.train.labels.astype(np.int64)))
+        object.__setattr__(self, "_data", data)
+
+    @cached_property
+    def inputs(self) -> torch.Tensor:
+        """The whole pool standardised, float32 ``(n, 1, H, W)``."""
+        return self._data.tensors(self._data.train)[0]
+
+    def select(self, indices: npt.NDArray[np.int64]) -> Examples:
+        """Return the standardised examples at ``indices``, in that order."""
+        return Examples(*self._data.tensors(self._data.train, np.asarray(indices, dtype=np.int64)))
+
+    def __repr__(self) -> str:
+        return f"StandardisedPool({self._data.name}, {len(self)} examples)"
 
 
 def _read_npz(path: Path) -> tuple[npt.NDArray[np.floating], npt.NDArray[np.int64]]:

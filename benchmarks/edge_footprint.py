@@ -1,0 +1,183 @@
+"""Peak memory of one training ClientApp: a fresh process per case, as a SuperNode starts one.
+
+Each case runs in its own Python process that does what ``flwr-clientapp`` does for one train
+request: import ``client.app``, receive a train request built as the server builds it, load the
+node's data, train one round of DP-SGD, seal, and exit. The process reports its peak resident
+set (``VmHWM``) and which heavy libraries the round imported. Cases: ``baseline`` (only
+``import torch, opacus``: the floor), ``digits`` (partition 0 of 10), ``mnist`` (partition 0 of
+20 of the IDX files in ``--data-dir``; skipped without it) and ``tabular`` (the example tabular
+task with a node ``data-path`` CSV).
+
+Run from the repository root: ``python -m benchmarks.edge_footprint [--data-dir DIR]``; prints a
+table and writes ``results/edge_footprint.json`` stamped with date, commit and machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from benchmarks.provenance import RESULTS_DIR, write_json
+
+REPO = Path(__file__).resolve().parent.parent
+CASES = ("baseline", "digits", "mnist", "tabular")
+HEAVY_MODULES = ("sklearn", "scipy", "matplotlib", "flwr_datasets", "datasets", "pandas", "pyarrow")
+"""Libraries a deployed node's round should import only when its task needs them."""
+TABULAR_TASK = "examples.tabular_csv.task"
+MIB = 1024 * 1024
+
+
+def peak_rss_bytes(status_text: str) -> int:
+    """Return the peak resident set (``VmHWM``) in bytes from a ``/proc/<pid>/status`` text."""
+    for line in status_text.splitlines():
+        if line.startswith("VmHWM:"):
+            value, unit = line.split()[1:3]
+            if unit != "kB":
+                raise ValueError(f"unexpected VmHWM unit {unit!r}")
+            return int(value) * 1024
+    raise ValueError("no VmHWM line in the status text")
+
+
+def heavy_imports(modules: Sequence[str]) -> list[str]:
+    """Return the ``HEAVY_MODULES`` among loaded module names (top-level packages only)."""
+    top = {name.partition(".")[0] for name in modules}
+    return [name for name in HEAVY_MODULES if name in top]
+
+
+def _config(case: str, data_dir: str, work: Path) -> dict[str, Any]:
+    flat: dict[str, Any] = {"num-server-rounds": 3, "client-state-dir": str(work / "state")}
+    if case == "digits":
+        flat.update({"dataset": "digits", "sim.clients": 10})
+    elif case == "mnist":
+        flat.update({"dataset": "mnist", "data-dir": data_dir, "sim.clients": 20})
+    elif case == "tabular":
+        flat.update({"task": TABULAR_TASK, "sim.clients": 3})
+    return flat
+
+
+def _node_config(case: str, work: Path) -> dict[str, Any]:
+    if case == "tabular":
+        from examples.tabular_csv.make_data import write_dataset
+
+        write_dataset(work, seed=0, train=40, test=20, node_sizes=(2000,))
+        return {"data-path": str(work / "node-0.csv"), "state-dir": str(work / "node-state")}
+    count = 10 if case == "digits" else 20
+    return {"partition-id": 0, "num-partitions": count}
+
+
+def _train_once(case: str, data_dir: str, work: Path) -> str:
+    """Do one train request as a ClientApp does; return the reply's status."""
+    from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
+    from flwr.supercore.task_identity import TaskIdentity
+
+    from client.app import app
+    from common import protocol
+    from common.config import FedveilConfig
+    from common.sealing import AggregatorKeyPair
+    from common.task import task_of
+
+    # A Message outside a SuperNode needs Flower's per-process task identity (private API).
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
+    config = FedveilConfig.from_flat(_config(case, data_dir, work))
+    node_config = _node_config(case, work)
+    # The server's global model: the task's fresh model, built as the ServerApp builds it.
+    arrays = ArrayRecord(task_of(config).build_model().state_dict())
+    content = RecordDict(
+        {
+            protocol.ARRAYS: arrays,
+            protocol.CONFIG: protocol.config_record(config.to_flat(), 1),
+            protocol.SEAL: ConfigRecord(
+                {protocol.PUBLIC_KEY: AggregatorKeyPair.generate().public_bytes}
+            ),
+        }
+    )
+    msg = Message(content=content, dst_node_id=7, message_type=MessageType.TRAIN)
+    context = Context(
+        run_id=1, node_id=7, node_config=node_config, state=RecordDict(), run_config={}
+    )
+    reply = app(msg, context)
+    return str(reply.content.config_records[protocol.STATUS]["status"])
+
+
+def run_child(case: str, data_dir: str) -> dict[str, Any]:
+    """Run one case in this process (meant to be a fresh one) and return its measurements."""
+    if case == "baseline":
+        import opacus  # noqa: F401
+        import torch  # noqa: F401
+
+        status = "imported"
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            status = _train_once(case, data_dir, Path(tmp))
+    return {
+        "case": case,
+        "status": status,
+        "peak_rss_bytes": peak_rss_bytes(Path("/proc/self/status").read_text()),
+        "heavy_imports": heavy_imports(list(sys.modules)),
+    }
+
+
+def measure(case: str, data_dir: str) -> dict[str, Any]:
+    """Run ``case`` in a fresh interpreter and return what it reported."""
+    # Fixed arguments from this module: nothing from outside reaches a shell.
+    command = [sys.executable, "-m", "benchmarks.edge_footprint", "--child", case]
+    done = subprocess.run(  # noqa: S603
+        [*command, "--data-dir", data_dir],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        tail = done.stderr.strip().splitlines()[-1:] or ["no output"]
+        raise RuntimeError(f"case {case} failed: {tail[0]}")
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+def table(results: Sequence[dict[str, Any]]) -> str:
+    """Return the results as a Markdown table (peak RSS in MiB, and above the baseline)."""
+    base = next((r["peak_rss_bytes"] for r in results if r["case"] == "baseline"), None)
+    lines = [
+        "| case | status | peak RSS (MiB) | above torch+opacus (MiB) | heavy imports |",
+        "|---|---|---:|---:|---|",
+    ]
+    for r in results:
+        peak = r["peak_rss_bytes"] / MIB
+        above = "-" if base is None else f"{(r['peak_rss_bytes'] - base) / MIB:.0f}"
+        heavy = ", ".join(r["heavy_imports"]) or "none"
+        lines.append(f"| {r['case']} | {r['status']} | {peak:.0f} | {above} | {heavy} |")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Measure every case (``mnist`` only with ``--data-dir``), print a table, write JSON."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", default="", help="folder of the MNIST IDX files")
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR / "edge_footprint.json")
+    parser.add_argument("--cases", nargs="+", choices=CASES, default=list(CASES))
+    parser.add_argument("--child", choices=CASES, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        print(json.dumps(run_child(args.child, args.data_dir)))
+        return 0
+    cases = [c for c in args.cases if c != "mnist" or args.data_dir]
+    try:
+        results = [measure(case, args.data_dir) for case in cases]
+    except RuntimeError as exc:
+        print(f"edge_footprint: {exc}", file=sys.stderr)
+        return 1
+    print(table(results))
+    write_json(args.out, {"benchmark": "edge_footprint", "results": results})
+    print(args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
