@@ -3,8 +3,8 @@
 ``run_child`` imports the variant's module (``simulations.bench_plain_variant`` or
 ``simulations.bench_fedveil_variant``; the import is timed apart, since each imports its own
 stack), runs it on Flower's simulation engine (locally, or on the Ray cluster at
-``ray_address``) and returns its rounds, per-round server seconds (``SERVER_PHASES``), the
-clients' traces and the planning seconds, as JSON-ready data.
+``ray_address``) and returns its rounds (each a ``round_row``), per-round server seconds
+(``SERVER_PHASES``), the clients' traces and the planning seconds, as JSON-ready data.
 """
 
 from __future__ import annotations
@@ -32,6 +32,20 @@ def ray_backend(config: FedveilConfig, address: str) -> BackendConfig:
         "client_resources": {"num_cpus": config.sim_cpus_per_client, "num_gpus": 0.0},
         "init_args": {"address": address, "logging_level": "ERROR", "log_to_driver": False},
         "actor": {"tensorflow": 0},
+    }
+
+
+def round_row(
+    round_: int, accuracy: float, seconds: float, uplink_bytes: int, clients: int, **extra: int
+) -> dict[str, Any]:
+    """Return one round as a variant's ``run`` reports it; ``extra``: the variant's own counts."""
+    return {
+        "round": round_,
+        "accuracy": accuracy,
+        "seconds": seconds,
+        "uplink_bytes": uplink_bytes,
+        "clients": clients,
+        **extra,
     }
 
 

@@ -25,6 +25,7 @@ from server.rundir import RoundRecord, read_rounds
 from server.strategy.round_book import RoundBook
 from server.strategy.stack import StrategyWrap
 from simulations import simulate
+from simulations.bench_child import round_row
 from simulations.bench_client import bench_client_app
 from simulations.bench_timing import RoundClock, TimingStrategy
 
@@ -74,13 +75,13 @@ def run(
     if not results:
         raise RuntimeError("the fedveil variant ended without finishing its server loop")
     return [
-        {
-            "round": r.round,
-            "accuracy": r.accuracy,
-            "seconds": r.seconds,
-            "uplink_bytes": r.bytes_sealed,
-            "dense_bytes": r.bytes_dense,
-            "clients": len(r.clients),
-        }
+        round_row(
+            r.round,
+            r.accuracy,
+            r.seconds,
+            r.bytes_sealed,
+            len(r.clients),
+            dense_bytes=r.bytes_dense,
+        )
         for r in read_rounds(run_path)
     ]

@@ -18,6 +18,7 @@ from flwr.clientapp import ClientApp
 
 from common.config import FedveilConfig
 from simulations import plain_flower
+from simulations.bench_child import round_row
 from simulations.bench_timing import RoundClock, TimingStrategy, traced_train
 
 PLAIN_LR, PLAIN_MOMENTUM = 0.05, 0.9
@@ -47,12 +48,6 @@ def run(
         wrap_strategy=lambda strategy: TimingStrategy(strategy, clock),
     )
     return [
-        {
-            "round": r.round,
-            "accuracy": r.accuracy,
-            "seconds": r.seconds,
-            "uplink_bytes": r.bytes_dense,
-            "clients": len(r.clients),
-        }
+        round_row(r.round, r.accuracy, r.seconds, r.bytes_dense, len(r.clients))
         for r in result.rounds
     ]
