@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,7 +14,7 @@ from common.config import FedveilConfig
 from simulations.bench import build_config, build_parser, main
 from simulations.bench_process import BenchError, TreeSampler, run_variant
 from simulations.bench_steps import MODES, step_times
-from tests.conftest import REPO
+from tests.integration.cli import fedveil
 
 
 def _config(*argv: str) -> FedveilConfig:
@@ -68,28 +66,11 @@ def test_a_tiny_fedveil_run_writes_its_figures(tmp_path: Path) -> None:
     # The smallest run the CLI allows (2 clients, 2 rounds, one actor, no step bench); the
     # baseline's hooks are run by tests/simulations/test_plain_flower.py.
     out = tmp_path / "bench"
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "simulations.bench",
-            "--only",
-            "fedveil",
-            "--no-steps",
-            "--set",
-            "sim.clients=2",
-            "--set",
-            "num-server-rounds=2",
-            "--set",
-            "sim.cpus-per-client=2",
-            "--out",
-            str(out),
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
+    sets = ("sim.clients=2", "num-server-rounds=2", "sim.cpus-per-client=2")
+    flags = [arg for key in sets for arg in ("--set", key)]
+
+    done = fedveil(
+        "bench", "--only", "fedveil", "--no-steps", *flags, "--out", str(out), timeout=180
     )
 
     assert done.returncode == 0, done.stderr[-3000:]
