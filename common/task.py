@@ -7,7 +7,8 @@ from the working directory or ``PYTHONPATH``; that module defines
 Where each part runs: ``build_model`` everywhere; ``node_examples`` only on the node that owns the
 data (a deployment's ``data-path``); ``pool``/``pool_writers`` only in simulation, where one data
 set is partitioned into many nodes; ``test_examples``/``root_examples`` only on the server.
-Examples never leave the process that reads them.
+Examples never leave the process that reads them. ``FileTask`` is a ``Task`` whose parties all
+read files with one reader.
 
 Checks, each a one-line ``TaskError``: ``load_task`` refuses a module that cannot be imported, has
 no ``make_task`` or returns something else, and a model Opacus cannot train (``vet_model``);
@@ -138,6 +139,46 @@ class Task(abc.ABC):
     def root_examples(self) -> Examples | None:
         """Return a small trusted root set held by the server, if the task has one."""
         return None
+
+
+class FileTask(Task):
+    """A task whose every party reads its examples with one reader, from a file or a folder.
+
+    A subclass declares ``num_classes``, ``input_shape``, ``network`` (called with no arguments
+    to build the model; ``build_model`` seeds its initial weights) and ``read`` (a static
+    method from a path to ``Examples``, raising ``TaskError`` naming the path). A simulation's
+    pool is ``root / pool_file``, the server's test set ``root / test_file``; a deployed node
+    reads its own `data-path`.
+    """
+
+    network: Callable[[], nn.Module]
+    pool_file = "train"
+    test_file = "test"
+
+    def __init__(self, root: Path, seed: int) -> None:
+        self.root = root
+        self.seed = seed
+
+    @staticmethod
+    @abc.abstractmethod
+    def read(path: Path, /) -> Examples:
+        """Read the examples at ``path``."""
+
+    def build_model(self) -> nn.Module:
+        """Return a fresh ``network()`` whose initial weights depend only on the seed."""
+        return seeded_model(self.seed, self.network)
+
+    def node_examples(self, data_path: Path) -> Examples:
+        """Read the node's own `data-path`."""
+        return self.read(data_path)
+
+    def pool(self) -> Examples:
+        """Read ``root / pool_file``, which a simulation splits among its nodes."""
+        return self.read(self.root / self.pool_file)
+
+    def test_examples(self) -> Examples:
+        """Read the server's ``root / test_file``."""
+        return self.read(self.root / self.test_file)
 
 
 def check_examples(

@@ -20,7 +20,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch import nn
 
-from common.task import Examples, Task, TaskError, TaskSettings, seeded_model
+from common.task import Examples, FileTask, TaskError, TaskSettings
 
 CLASSES = ("circle", "square", "triangle", "cross")
 """Folder names, in class-index order."""
@@ -84,38 +84,13 @@ class ShapesCNN(nn.Module):
         return logits
 
 
-class ShapesTask(Task):
+class ShapesTask(FileTask):
     """The task: ``ShapesCNN`` on ``root/train`` and ``root/test``, or a node's own folder."""
 
-    def __init__(self, root: Path, seed: int) -> None:
-        self.root = root
-        self.seed = seed
-
-    @property
-    def num_classes(self) -> int:
-        """Number of shapes."""
-        return len(CLASSES)
-
-    @property
-    def input_shape(self) -> tuple[int, int, int]:
-        """One grayscale image."""
-        return (1, SIZE, SIZE)
-
-    def build_model(self) -> nn.Module:
-        """Return a fresh ``ShapesCNN`` whose initial weights depend only on the seed."""
-        return seeded_model(self.seed, ShapesCNN)
-
-    def node_examples(self, data_path: Path) -> Examples:
-        """Read the node's own ``<label>/*.png`` folder."""
-        return read_folder(data_path)
-
-    def pool(self) -> Examples:
-        """Return ``train/``, which a simulation splits among its nodes."""
-        return read_folder(self.root / "train")
-
-    def test_examples(self) -> Examples:
-        """Return the server's ``test/``."""
-        return read_folder(self.root / "test")
+    num_classes = len(CLASSES)
+    input_shape = (1, SIZE, SIZE)  # one grayscale image
+    network = ShapesCNN
+    read = staticmethod(read_folder)
 
 
 def make_task(settings: TaskSettings) -> ShapesTask:

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from common.task import Examples, Task, TaskError, TaskSettings, seeded_model
+from common.task import Examples, FileTask, TaskError, TaskSettings
 
 CLASSES = ("normal", "overheating", "bearing-wear", "electrical-fault")
 """Class names; the ``label`` column holds their index."""
@@ -97,38 +97,14 @@ class SensorMLP(nn.Module):
         return logits
 
 
-class SensorTask(Task):
-    """The task: ``SensorMLP`` on CSV files from ``root`` (server, simulation) or a node's file."""
+class SensorTask(FileTask):
+    """The task: ``SensorMLP`` on ``root/train.csv`` and ``root/test.csv``, or a node's own file."""
 
-    def __init__(self, root: Path, seed: int) -> None:
-        self.root = root
-        self.seed = seed
-
-    @property
-    def num_classes(self) -> int:
-        """Number of machine states."""
-        return len(CLASSES)
-
-    @property
-    def input_shape(self) -> tuple[int]:
-        """One row of features."""
-        return (len(FEATURES),)
-
-    def build_model(self) -> nn.Module:
-        """Return a fresh ``SensorMLP`` whose initial weights depend only on the seed."""
-        return seeded_model(self.seed, SensorMLP)
-
-    def node_examples(self, data_path: Path) -> Examples:
-        """Read the node's own CSV file."""
-        return read_csv(data_path)
-
-    def pool(self) -> Examples:
-        """Return ``train.csv``, which a simulation splits among its nodes."""
-        return read_csv(self.root / "train.csv")
-
-    def test_examples(self) -> Examples:
-        """Return the server's ``test.csv``."""
-        return read_csv(self.root / "test.csv")
+    pool_file, test_file = "train.csv", "test.csv"
+    num_classes = len(CLASSES)
+    input_shape = (len(FEATURES),)  # one row of features
+    network = SensorMLP
+    read = staticmethod(read_csv)
 
 
 def make_task(settings: TaskSettings) -> SensorTask:
