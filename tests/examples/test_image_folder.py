@@ -7,10 +7,10 @@ import pytest
 import torch
 from PIL import Image
 
-from common.task import TaskError, TaskSettings, check_examples, load_task
+from common.task import TaskError
 from examples.image_folder.make_data import write_dataset
 from examples.image_folder.task import CLASSES, SIZE, ShapesTask, read_folder
-from tests.examples.dp_round import assert_one_dp_sgd_round_trains
+from tests.examples.checks import assert_one_dp_sgd_round_trains, load_example, read_each_party
 
 MODULE = "examples.image_folder.task"
 
@@ -21,22 +21,15 @@ def data(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def settings(data_dir: Path) -> TaskSettings:
-    return TaskSettings(seed=0, data_dir=str(data_dir), test_fraction=0.2, model="auto")
-
-
 def test_the_task_loads_by_module_path_and_reads_each_folder(data: Path) -> None:
-    task = load_task(MODULE, settings(data))
-    pool, test = task.pool(), task.test_examples()
-    node = task.node_examples(data / "node-1")
+    task = load_example(MODULE, data)
 
-    assert isinstance(task, ShapesTask)
-    assert pool is not None
+    pool, test, node = read_each_party(task, data / "node-1")
+
+    assert isinstance(task, ShapesTask) and task.num_classes == len(CLASSES)
     assert (len(pool), len(test), len(node)) == (16, 8, 9)
     assert pool.inputs.shape == (16, 1, SIZE, SIZE)
     assert torch.bincount(pool.labels).tolist() == [4, 4, 4, 4]
-    for examples, source in ((pool, "train"), (test, "test"), (node, "node-1")):
-        check_examples(examples, num_classes=4, input_shape=task.input_shape, source=source)
 
 
 def test_images_are_grayscale_resized_and_fixed_scaled(tmp_path: Path) -> None:
@@ -63,7 +56,7 @@ def test_a_node_missing_a_class_keeps_the_class_indices(tmp_path: Path) -> None:
 
 
 def test_one_dp_sgd_round_trains_the_cnn(data: Path) -> None:
-    task = load_task(MODULE, settings(data))
+    task = load_example(MODULE, data)
     pool = task.pool()
     assert pool is not None
     model = task.build_model()

@@ -6,10 +6,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from common.task import TaskError, TaskSettings, check_examples, load_task
+from common.task import TaskError
 from examples.tabular_csv.make_data import write_dataset
 from examples.tabular_csv.task import CLASSES, FEATURES, SensorTask
-from tests.examples.dp_round import assert_one_dp_sgd_round_trains
+from tests.examples.checks import assert_one_dp_sgd_round_trains, load_example, read_each_party
 
 REPO = Path(__file__).resolve().parents[2]
 MODULE = "examples.tabular_csv.task"
@@ -28,21 +28,14 @@ def data(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def settings(data_dir: Path, seed: int = 0) -> TaskSettings:
-    return TaskSettings(seed=seed, data_dir=str(data_dir), test_fraction=0.2, model="auto")
-
-
 def test_the_task_loads_by_module_path_and_reads_each_file(data: Path) -> None:
-    task = load_task(MODULE, settings(data))
-    pool, test = task.pool(), task.test_examples()
-    node = task.node_examples(data / "node-1.csv")
+    task = load_example(MODULE, data)
 
-    assert isinstance(task, SensorTask)
-    assert pool is not None
+    pool, test, node = read_each_party(task, data / "node-1.csv")
+
+    assert isinstance(task, SensorTask) and task.num_classes == len(CLASSES)
     assert (len(pool), len(test), len(node)) == (60, 20, 25)
-    assert task.input_shape == (len(FEATURES),) and task.num_classes == len(CLASSES)
-    for examples, source in ((pool, "train.csv"), (test, "test.csv"), (node, "node-1.csv")):
-        check_examples(examples, num_classes=4, input_shape=task.input_shape, source=source)
+    assert task.input_shape == (len(FEATURES),)
 
 
 def test_generated_nodes_differ_in_size_and_label_mix(tmp_path: Path) -> None:
@@ -75,20 +68,20 @@ def test_scaling_is_fixed_so_every_file_scales_a_row_identically(tmp_path: Path)
 
 
 def test_the_model_is_seeded_and_maps_rows_to_logits(data: Path) -> None:
-    task = load_task(MODULE, settings(data))
+    task = load_example(MODULE, data)
     test = task.test_examples()
 
     logits = task.build_model()(test.inputs)
 
     assert logits.shape == (20, len(CLASSES))
-    same, other = task.build_model(), load_task(MODULE, settings(data, seed=1)).build_model()
+    same, other = task.build_model(), load_example(MODULE, data, seed=1).build_model()
     first = next(iter(task.build_model().parameters()))
     assert torch.equal(first, next(iter(same.parameters())))
     assert not torch.equal(first, next(iter(other.parameters())))
 
 
 def test_one_dp_sgd_round_trains_the_model(data: Path) -> None:
-    task = load_task(MODULE, settings(data))
+    task = load_example(MODULE, data)
     pool = task.pool()
     assert pool is not None
     model = task.build_model()
