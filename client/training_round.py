@@ -165,15 +165,54 @@ def _reply(
     return content
 
 
+NO_DATA_REASON = "refused: this node has no usable data for the task (its log says why)"
+"""What a no-data refusal tells the server: the file, the problem and any values read stay on
+the node (its log), since the reason travels in the clear."""
+
+
 def _refuse_data(exc: TaskError, context: Context) -> RecordDict:
-    """Return the ``refused`` reply of a node that has no usable data; nothing is spent."""
-    reason = "refused: " + " ".join(str(exc).split())  # one line, whatever a task raised
-    log.warning("node %d %s", context.node_id, reason)
+    """Return the ``refused`` reply of a node that has no usable data; nothing is spent.
+
+    The node's owner gets one line naming the file and the problem (the node's log); the
+    server gets only the category (``cause`` = ``no-data``).
+    """
+    log.warning("node %d refused: %s", context.node_id, " ".join(str(exc).split()))
     content = _reply(
-        protocol.STATUS_REFUSED, reason, {protocol.CLIENT_ID: float(client_id_of(context))}, None
+        protocol.STATUS_REFUSED,
+        NO_DATA_REASON,
+        {protocol.CLIENT_ID: float(client_id_of(context))},
+        None,
     )
     content.config_records[protocol.STATUS][protocol.CAUSE] = protocol.CAUSE_NO_DATA
     return content
+
+
+def already_trained(request: TrainRequest, context: Context) -> RecordDict | None:
+    """Return the ``already-trained`` reply if this node trained this round before a restart.
+
+    Checked before the node's data is read: a round that was trained is reported (so the
+    server charges it once) even if the data can no longer be read.
+    """
+    client_id = client_id_of(context)
+    node_state = NodeState.for_node(context, request.config.client_state_dir, client_id)
+    state = node_state.load_privacy(request.run_tag)
+    return None if state is None else _trained_before(request, state, client_id)
+
+
+def _trained_before(
+    request: TrainRequest, state: ClientPrivacyState, client_id: int
+) -> RecordDict | None:
+    if request.server_round not in state.rounds:
+        return None
+    config = request.config
+    spent = state.epsilon(delta=config.dp_delta, accountant=config.dp_accountant)
+    done = state.history[state.rounds.index(request.server_round)]
+    return _reply(
+        protocol.STATUS_ALREADY_TRAINED,
+        f"round {request.server_round} was already trained before a restart; not training it twice",
+        _facts(client_id, done, spent),
+        None,
+    )
 
 
 def _facts(client_id: int, entry: HistoryEntry, epsilon: float) -> dict[str, float]:
@@ -204,16 +243,10 @@ def check_budget(
         run_tag=request.run_tag,
         noise_multiplier=request.assigned_noise or planned_noise_multiplier(config, n),
     )
+    done = _trained_before(request, state, data.client_id)
+    if done is not None:
+        return done
     spent = state.epsilon(delta=config.dp_delta, accountant=config.dp_accountant)
-    if request.server_round in state.rounds:
-        done = state.history[state.rounds.index(request.server_round)]
-        return _reply(
-            protocol.STATUS_ALREADY_TRAINED,
-            f"round {request.server_round} was already trained before a restart; "
-            f"not training it twice",
-            _facts(data.client_id, done, spent),
-            None,
-        )
     entry: HistoryEntry = (
         request.assigned_noise or state.noise_multiplier,
         sample_rate(n, config.batch_size),
@@ -288,6 +321,9 @@ def seal_reply(
 def run_training_round(msg: Message, context: Context) -> RecordDict:
     """Handle one train request and return the reply's content (steps 1-6 in order)."""
     request = read_request(msg, context)
+    done = already_trained(request, context)
+    if done is not None:
+        return done
     try:
         data = load_local_data(request.config, context)
     except TaskError as exc:

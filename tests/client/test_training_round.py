@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
@@ -153,14 +154,15 @@ def test_state_from_another_run_is_refused(train_request: Callable[..., Message]
 
 
 def test_a_node_config_naming_no_data_refuses_naming_the_keys(
-    train_request: Callable[..., Message],
+    train_request: Callable[..., Message], caplog: pytest.LogCaptureFixture
 ) -> None:
     ctx = Context(run_id=1, node_id=7, node_config={}, state=RecordDict(), run_config={})
-    reply = app(train_request(CONFIG, _global(), 1), ctx)
+    with caplog.at_level(logging.WARNING, logger="client.training_round"):
+        reply = app(train_request(CONFIG, _global(), 1), ctx)
 
-    assert _status(reply) == protocol.STATUS_REFUSED
-    reason = str(reply.content.config_records[protocol.STATUS]["reason"])
-    assert "data-path" in reason and "partition-id" in reason
+    assert _refused_reason(reply) == steps.NO_DATA_REASON
+    said = _node_log(caplog)
+    assert "data-path" in said and "partition-id" in said
     assert STATE_KEY not in ctx.state.config_records  # no privacy spent
 
 
@@ -297,6 +299,13 @@ def _refused_reason(reply: Message) -> str:
     return str(reply.content.config_records[protocol.STATUS]["reason"])
 
 
+def _node_log(caplog: pytest.LogCaptureFixture) -> str:
+    """The one line a refusing node writes to its own log (never sent to the server)."""
+    lines = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+    assert len(lines) == 1 and "\n" not in lines[0]
+    return lines[0]
+
+
 @pytest.mark.parametrize(
     ("content", "problem"),
     [
@@ -307,7 +316,11 @@ def _refused_reason(reply: Message) -> str:
     ids=["missing-file", "wrong-columns", "labels-out-of-range"],
 )
 def test_a_node_with_unusable_data_refuses_naming_the_file(
-    tmp_path: Path, train_request: Callable[..., Message], content: str | None, problem: str
+    tmp_path: Path,
+    train_request: Callable[..., Message],
+    caplog: pytest.LogCaptureFixture,
+    content: str | None,
+    problem: str,
 ) -> None:
     config = _tabular(tmp_path)
     path = tmp_path / "mine.csv"
@@ -317,10 +330,13 @@ def test_a_node_with_unusable_data_refuses_naming_the_file(
     ctx = _own_data(path)
     model = task_of(config).build_model()
 
-    reply = app(train_request(config, ArrayRecord(model.state_dict()), 1), ctx)
+    with caplog.at_level(logging.WARNING, logger="client.training_round"):
+        reply = app(train_request(config, ArrayRecord(model.state_dict()), 1), ctx)
 
-    reason = _refused_reason(reply)
-    assert str(path) in reason and problem in reason and "\n" not in reason
+    said = _node_log(caplog)
+    assert str(path) in said and problem in said
+    # The server learns only that the node has no usable data: no path, no values read.
+    assert _refused_reason(reply) == steps.NO_DATA_REASON
     assert STATE_KEY not in ctx.state.config_records  # no privacy spent
     metrics = reply.content.metric_records[protocol.METRICS]
     assert metrics[protocol.CLIENT_ID] == float(NODE_ID)
@@ -337,9 +353,9 @@ def test_a_planning_query_of_a_node_without_data_is_a_refusal_the_server_reads(
 
     answer = Message(content=steps.answer_plan_query(query, _own_data(missing)), reply_to=query)
 
-    with pytest.raises(ValueError, match=r"absent\.csv") as refused:
+    with pytest.raises(ValueError, match="no usable data") as refused:
         read_plan_reply(answer)
-    assert "\n" not in str(refused.value)
+    assert "absent.csv" not in str(refused.value) and "\n" not in str(refused.value)
     good = Message(
         content=steps.answer_plan_query(query, _own_data(tmp_path / "node-0.csv")), reply_to=query
     )
@@ -351,10 +367,30 @@ def test_a_planning_query_of_a_node_without_data_is_a_refusal_the_server_reads(
 
 
 def test_a_task_module_missing_on_the_node_refuses_the_round(
-    train_request: Callable[..., Message],
+    train_request: Callable[..., Message], caplog: pytest.LogCaptureFixture
 ) -> None:
     config = CONFIG.replace(task="no_such_fedveil_task.task")
 
-    reply = app(train_request(config, _global(), 1), client_context(0, 4))
+    with caplog.at_level(logging.WARNING, logger="client.training_round"):
+        reply = app(train_request(config, _global(), 1), client_context(0, 4))
 
-    assert "no_such_fedveil_task.task" in _refused_reason(reply)
+    assert _refused_reason(reply) == steps.NO_DATA_REASON
+    assert "no_such_fedveil_task.task" in _node_log(caplog)
+
+
+def test_a_round_trained_before_a_restart_is_reported_even_if_the_data_is_gone(
+    tmp_path: Path, train_request: Callable[..., Message]
+) -> None:
+    config = _tabular(tmp_path)
+    path = tmp_path / "mine.csv"
+    path.write_text((tmp_path / "node-0.csv").read_text())
+    ctx = _own_data(path)
+    arrays = ArrayRecord(task_of(config).build_model().state_dict())
+    assert _status(app(train_request(config, arrays, 1), ctx)) == protocol.STATUS_TRAINED
+
+    path.unlink()  # the reply was lost, then the data file went away
+    again = app(train_request(config, arrays, 1), ctx)
+
+    assert _status(again) == protocol.STATUS_ALREADY_TRAINED
+    facts = again.content.metric_records[protocol.METRICS]
+    assert facts[protocol.STEPS] >= 1 and facts[protocol.EPSILON] > 0
