@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
@@ -31,6 +32,7 @@ class NotEnoughClients(RuntimeError):  # noqa: N818 (a stop condition, not a bug
     """Fewer eligible clients remain than a round needs."""
 
 
+@dataclass(frozen=True, kw_only=True)
 class BudgetAwareSampler:
     """Samples ``max(min_clients, floor(fraction * connected))`` eligible nodes, seeded per round.
 
@@ -38,20 +40,11 @@ class BudgetAwareSampler:
     nodes never seen before are eligible, since their first round is checked by the client.
     """
 
-    def __init__(
-        self,
-        *,
-        fraction: float,
-        min_clients: int,
-        seed: int,
-        eligible: Callable[[int], bool],
-        wait_seconds: float = 300.0,
-    ) -> None:
-        self.fraction = fraction
-        self.min_clients = min_clients
-        self.seed = seed
-        self.eligible = eligible
-        self.wait_seconds = wait_seconds
+    fraction: float
+    min_clients: int
+    seed: int
+    eligible: Callable[[int], bool]
+    wait_seconds: float = 300.0
 
     def connected(self, grid: Grid) -> list[int]:
         """Return connected node ids (sorted), waiting until ``min_clients`` are connected."""
