@@ -96,8 +96,8 @@ def partition_labels(
     else:
         raise PartitionError(f"unknown partitioning {spec.scheme!r}; use iid, dirichlet, by-writer")
     partitioner.dataset = _index_table(labels, writers, spec.seed)
-    # Read each partition's rows in one slice: its `index` Column would be fetched row by row,
-    # which dominated the time of splitting a large pool among many clients.
+    # Read each partition's rows in one slice: its `index` Column would otherwise be fetched
+    # row by row.
     return [
         np.sort(np.asarray(partitioner.load_partition(pid)[:]["index"], dtype=np.int64))
         for pid in range(spec.num_partitions)
@@ -129,7 +129,14 @@ def task_pool(task: Task) -> Examples:
     return pool
 
 
-@lru_cache(maxsize=8)
+_TASK_PARTITIONS: dict[
+    tuple[int, PartitionSpec], tuple[Task, tuple[npt.NDArray[np.int64], ...]]
+] = {}
+"""Partitions per (task object, spec). Keyed by identity, not hash: a user's task need not be
+hashable (a plain ``@dataclass`` is not); the task is kept beside its entry so its id cannot be
+reused by another object."""
+
+
 def task_partitions(task: Task, spec: PartitionSpec) -> tuple[npt.NDArray[np.int64], ...]:
     """Partition a task's simulation pool once per process (clients reuse it every round).
 
@@ -137,7 +144,13 @@ def task_partitions(task: Task, spec: PartitionSpec) -> tuple[npt.NDArray[np.int
         TaskError: the task has no pool (``task_pool``).
 
     """
+    key = (id(task), spec)
+    cached = _TASK_PARTITIONS.get(key)
+    if cached is not None and cached[0] is task:
+        return cached[1]
     pool = task_pool(task)
     writers = task.pool_writers()
     labels = pool.labels.numpy().astype(np.int64, copy=False)
-    return tuple(partition_labels(labels, spec, writers=writers))
+    parts = tuple(partition_labels(labels, spec, writers=writers))
+    _TASK_PARTITIONS[key] = (task, parts)
+    return parts

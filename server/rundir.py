@@ -181,11 +181,14 @@ class RunDirectory:
             fh.write(json.dumps(record.to_json()) + "\n")
 
     def truncate_rounds(self, last_round: int) -> None:
-        """Drop ``metrics.jsonl`` lines after ``last_round`` (written after the last checkpoint)."""
+        """Drop ``metrics.jsonl`` lines after ``last_round`` (written after the last checkpoint).
+
+        A last line torn by a crash inside ``append_round`` is dropped too.
+        """
         path = self.path / METRICS
         if not path.exists():
             return
-        kept = [r for r in read_rounds(self.path) if r.round <= last_round]
+        kept = [r for r in read_rounds(self.path, growing=True) if r.round <= last_round]
         write_atomic(path, "".join(json.dumps(r.to_json()) + "\n" for r in kept).encode())
 
     def write_model(self, arrays: Mapping[str, npt.NDArray[np.float32]]) -> None:

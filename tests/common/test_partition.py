@@ -267,3 +267,35 @@ def test_a_task_without_a_pool_cannot_be_partitioned() -> None:
 
     with pytest.raises(TaskError, match="data-path"):
         task_partitions(NodesOnly(), PartitionSpec("iid", 2, seed=0))
+
+
+def test_a_task_that_is_not_hashable_partitions_like_any_other() -> None:
+    from dataclasses import dataclass
+
+    @dataclass  # eq=True without frozen: instances are unhashable, as a user's may be
+    class Blobs(Task):
+        n: int = 40
+
+        num_classes = property(lambda self: 2)
+        input_shape = property(lambda self: (3,))
+
+        def build_model(self) -> torch.nn.Module:
+            return torch.nn.Linear(3, 2)
+
+        def pool(self) -> Examples:
+            labels = torch.arange(self.n) % 2
+            return Examples(torch.zeros(self.n, 3), labels.to(torch.int64))
+
+        def node_examples(self, data_path: Path) -> Examples:
+            raise NotImplementedError
+
+        def test_examples(self) -> Examples:
+            raise NotImplementedError
+
+    task, spec = Blobs(), PartitionSpec("iid", 4, seed=0)
+
+    parts = task_partitions(task, spec)
+
+    assert sorted(np.concatenate(parts).tolist()) == list(range(40))
+    assert task_partitions(task, spec) is parts
+    assert task_partitions(Blobs(), spec) is not parts  # another object, its own entry

@@ -106,6 +106,19 @@ def test_truncate_keeps_the_rounds_up_to_the_checkpoint_byte_for_byte(tmp_path: 
     assert (run.path / METRICS).read_text() == first_two
 
 
+def test_truncate_drops_a_last_line_torn_by_a_crash(tmp_path: Path) -> None:
+    run = RunDirectory.create(tmp_path / "run")
+    for rnd in (1, 2):
+        run.append_round(record(rnd))
+    whole = (run.path / METRICS).read_text()
+    with (run.path / METRICS).open("a") as fh:
+        fh.write('{"round": 3, "accur')  # the process died inside append_round
+
+    run.truncate_rounds(2)
+
+    assert (run.path / METRICS).read_text() == whole
+
+
 def test_old_rounds_without_later_fields_read_with_defaults(tmp_path: Path) -> None:
     doc = record(1).to_json()
     for key in ("refused", "faults", "epsilon_max"):
