@@ -16,6 +16,7 @@ Byte layout and the measurements behind the defaults: docs/codec.md.
 
 from __future__ import annotations
 
+import enum
 import struct
 from dataclasses import dataclass
 from typing import Final
@@ -64,14 +65,19 @@ __all__ = [
 _MAGIC: Final = b"FV"
 _VERSION: Final = 1
 _HEADER = struct.Struct("<2sBBBIII")
-_MODE_DENSE: Final = 0
-_MODE_BITMAP: Final = 1
-_MODE_VARINT: Final = 2
-_MODE_SEEDED: Final = 3
 _MODE_MASK: Final = 0b011
 _FLAG_ZSTD: Final = 0b100
 # zstd's default level: hundreds of MB/s, cheap next to the top-k selection.
 _ZSTD_LEVEL: Final = 3
+
+
+class _Mode(enum.IntEnum):
+    """Where the kept values go: the flags' two low bits (all four are taken)."""
+
+    DENSE = 0  # every coordinate; no index section
+    BITMAP = 1  # a bit per coordinate
+    VARINT = 2  # varint gaps between kept indices
+    SEEDED = 3  # a seed for seeded_mask
 
 
 @dataclass(frozen=True, eq=False)
@@ -115,12 +121,12 @@ def encode_update(
     k = kept_count(size, params.topk)
 
     if k == size:
-        mode = _MODE_DENSE
+        mode = _Mode.DENSE
         kept = vector
         index_section = b""
         mask: npt.NDArray[np.bool_] | None = None
     elif params.mask == "random":
-        mode = _MODE_SEEDED
+        mode = _Mode.SEEDED
         index_section = rng.bytes(SEED_BYTES)
         mask = seeded_mask(index_section, size, k)
         kept = vector[mask]
@@ -136,10 +142,10 @@ def encode_update(
         gap_lengths = varint_lengths(gaps)
         bitmap_nbytes = -(-size // 8)
         if int(gap_lengths.sum()) < bitmap_nbytes:
-            mode = _MODE_VARINT
+            mode = _Mode.VARINT
             index_section = varint_encode(gaps, gap_lengths)
         else:
-            mode = _MODE_BITMAP
+            mode = _Mode.BITMAP
             index_section = np.packbits(mask, bitorder="little").tobytes()
 
     if params.bits == 32:
@@ -153,7 +159,7 @@ def encode_update(
         value_section = pack_codes(codes, params.bits)
 
     body = b"".join((index_section, scale_section, value_section))
-    flags = mode
+    flags = int(mode)
     compressed = zstandard.ZstdCompressor(level=_ZSTD_LEVEL, write_content_size=True).compress(body)
     if len(compressed) < len(body):
         body = compressed
@@ -215,14 +221,14 @@ def decode_update(
     if claimed_k != k:
         raise CodecError(f"payload keeps {claimed_k} values, expected {k} for size {size}")
 
-    mode = flags & _MODE_MASK
-    if mode == _MODE_DENSE:
+    mode = _Mode(flags & _MODE_MASK)
+    if mode == _Mode.DENSE:
         if k != size or index_nbytes != 0:
             raise CodecError("dense index mode needs k == size and no index section")
-    elif mode == _MODE_BITMAP:
+    elif mode == _Mode.BITMAP:
         if index_nbytes != -(-size // 8):
             raise CodecError(f"bitmap of {index_nbytes} bytes for size {size}")
-    elif mode == _MODE_VARINT:
+    elif mode == _Mode.VARINT:
         if not k <= index_nbytes <= MAX_VARINT_BYTES * k:
             raise CodecError(f"varint section of {index_nbytes} bytes for {k} indices")
     # The two mode bits are all taken; a new index mode would need a new version.
@@ -254,12 +260,12 @@ def decode_update(
         codes = unpack_codes(value_section, k, bits)
         values = dequantize(scales, codes, bits)
 
-    if mode == _MODE_DENSE:
+    if mode == _Mode.DENSE:
         return values
     out = np.zeros(size, dtype=np.float32)
-    if mode == _MODE_BITMAP:
+    if mode == _Mode.BITMAP:
         out[bitmap_decode(index_section, size, k)] = values
-    elif mode == _MODE_SEEDED:
+    elif mode == _Mode.SEEDED:
         out[seeded_mask(bytes(index_section), size, k)] = values
     else:
         out[varint_indices(index_section, size, k)] = values
