@@ -2,8 +2,9 @@
 
 1. ``read_request``: the round, the run config (``common.config.CLIENT_KEYS`` suffice), the
    global model, and the aggregator's key, checked against a pinned fingerprint first.
-2. ``load_local_data`` (``client.local_data``): the node's own ``data-path``, else its
-   partition of the task's pool; data the task cannot use refuses the round, spending nothing.
+2. ``load_data``: a round trained before a restart is answered ``already-trained`` first; then
+   the node's own ``data-path``, else its partition of the task's pool
+   (``client.local_data``); data the task cannot use refuses the round, spending nothing.
 3. ``check_budget``: the round's ``(σ, q, steps)`` and ε after it; a round past the budget, or
    one already trained before a restart, ends here with the reply that says so.
 4. ``train_locally``: DP-SGD from the global model.
@@ -318,16 +319,27 @@ def seal_reply(
     )
 
 
-def run_training_round(msg: Message, context: Context) -> RecordDict:
-    """Handle one train request and return the reply's content (steps 1-6 in order)."""
-    request = read_request(msg, context)
+def load_data(request: TrainRequest, context: Context) -> LocalData | RecordDict:
+    """Return this node's data for the round, or the reply that ends the round without it.
+
+    A round trained before a restart is answered ``already-trained`` first, so unreadable
+    data cannot hide it; data the task cannot use is refused (``_refuse_data``).
+    """
     done = already_trained(request, context)
     if done is not None:
         return done
     try:
-        data = load_local_data(request.config, context)
+        return load_local_data(request.config, context)
     except TaskError as exc:
         return _refuse_data(exc, context)
+
+
+def run_training_round(msg: Message, context: Context) -> RecordDict:
+    """Handle one train request and return the reply's content (steps 1-6 in order)."""
+    request = read_request(msg, context)
+    data = load_data(request, context)
+    if not isinstance(data, LocalData):
+        return data
     budget = check_budget(request, data, context)
     if not isinstance(budget, RoundBudget):
         return budget

@@ -19,7 +19,7 @@ from flwr.clientapp import ClientApp
 
 from client import training_round as steps
 from client.app import query
-from client.local_data import load_local_data
+from client.local_data import LocalData
 from common.config import FedveilConfig
 from simulations.adversary.client import adversary_mods
 from simulations.bench_timing import traced_train
@@ -49,7 +49,9 @@ def timed_training_round(msg: Message, context: Context) -> tuple[RecordDict, di
     with timer.time("read"):
         request = steps.read_request(msg, context)
     with timer.time("load"):
-        data = load_local_data(request.config, context)
+        data = steps.load_data(request, context)
+    if not isinstance(data, LocalData):
+        return data, timer.seconds
     with timer.time("budget"):
         budget = steps.check_budget(request, data, context)
     if not isinstance(budget, steps.RoundBudget):

@@ -27,7 +27,7 @@ from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.clientapp.typing import ClientAppCallable, Mod
 
 from client import training_round as steps
-from client.local_data import load_local_data, partition_of
+from client.local_data import LocalData, partition_of
 from common import protocol
 from simulations.adversary.attacks import ATTACKS, UPDATE_ATTACKS, flip_labels, poison_weights
 from simulations.adversary.faults import SimulatedDrop, take_fault, tampered
@@ -114,7 +114,9 @@ def attack_mod(kind: str, attackers: Collection[int]) -> Mod:
 def _malicious_round(kind: str, msg: Message, context: Context) -> RecordDict:
     """Run the honest steps in the honest order, with the attack of ``kind`` between them."""
     request = steps.read_request(msg, context)
-    data = load_local_data(request.config, context)
+    data = steps.load_data(request, context)
+    if not isinstance(data, LocalData):
+        return data
     if kind == "label-flip":
         data = replace(data, labels=flip_labels(data.labels, data.num_classes))
     budget = steps.check_budget(request, data, context)

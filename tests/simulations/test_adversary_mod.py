@@ -303,6 +303,24 @@ def test_an_attacker_trains_accounts_and_seals_like_any_client(
     assert status == protocol.STATUS_REFUSED  # an attacker never passes its budget either
 
 
+def test_an_attacker_without_usable_data_refuses_like_an_honest_node(
+    train_request: Callable[..., Message],
+) -> None:
+    node = Context(
+        run_id=RUN_ID,
+        node_id=NODE_ID,
+        node_config={"partition-id": 1, "num-partitions": 4, "data-path": "/no/such/file.npz"},
+        state=RecordDict(),
+        run_config={},
+    )
+
+    reply = _app(attack_mod("sign-flip", {1}))(train_request(CONFIG, _global(), 1), node)
+
+    status = reply.content.config_records[protocol.STATUS]
+    assert (status["status"], status[protocol.CAUSE]) == ("refused", protocol.CAUSE_NO_DATA)
+    assert STATE_KEY not in node.state.config_records
+
+
 def test_unknown_attack_is_refused() -> None:
     with pytest.raises(ValueError, match="sign-flip"):
         attack_mod("backdoor", {0})
