@@ -104,16 +104,18 @@ class UpCommand:
         assert isinstance(doc, dict)
         return doc
 
-    def until(self, what: str, check: Callable[[], T], timeout: float) -> T:
+    def until(self, what: str, check: Callable[[], T | None], timeout: float) -> T:
         """Poll ``check`` until it returns something true; return that."""
         deadline = time.monotonic() + timeout
-        while not (found := check()):
+        while True:
+            found = check()
+            if found:
+                return found
             assert self.proc is None or self.proc.poll() is None, (
                 f"the federation ended while waiting for {what}: {self.stderr[-3000:]}"
             )
             assert time.monotonic() < deadline, f"timed out waiting for {what}"
             time.sleep(0.2)
-        return found
 
     def kill_tree(self, name: str) -> None:
         """SIGKILL a recorded process and its tree, as a crash of its host would."""
@@ -233,7 +235,7 @@ def test_tls_auth_three_nodes_two_sealed_rounds_and_an_unregistered_node_is_refu
     assert deployment["tls"] is True and deployment["auth"] is True
     assert deployment["flower_runs"][-1]["status"] == "finished:completed"
     staged = sorted(p.name for p in (federation.keep / "app").iterdir())
-    assert staged == ["client", "common", "pyproject.toml", "server"]
+    assert staged == ["client", "common", "pyproject.toml", "report", "server"]
     assert (REPO / "pyproject.toml").read_bytes() == pyproject
     footprint = json.loads((federation.keep / "logs" / "footprint.json").read_text())
     assert footprint["clientapp"]["messages"] >= 6  # a plan query and 2 rounds on 3 nodes
