@@ -9,27 +9,16 @@ from PIL import Image
 
 from common.task import TaskError
 from examples.image_folder.make_data import write_dataset
-from examples.image_folder.task import CLASSES, SIZE, ShapesTask, read_folder
-from tests.examples.checks import assert_one_dp_sgd_round_trains, load_example, read_each_party
-
-MODULE = "examples.image_folder.task"
+from examples.image_folder.task import CLASSES, SIZE, read_folder
 
 
-@pytest.fixture
-def data(tmp_path: Path) -> Path:
-    write_dataset(tmp_path, seed=0, per_class=4, test_per_class=2, node_sizes=(6, 9))
-    return tmp_path
+def test_the_generated_train_and_test_folders_are_balanced(tmp_path: Path) -> None:
+    write_dataset(tmp_path, seed=0, per_class=4, test_per_class=2, node_sizes=())
 
+    pool, test = read_folder(tmp_path / "train"), read_folder(tmp_path / "test")
 
-def test_the_task_loads_by_module_path_and_reads_each_folder(data: Path) -> None:
-    task = load_example(MODULE, data)
-
-    pool, test, node = read_each_party(task, data / "node-1")
-
-    assert isinstance(task, ShapesTask) and task.num_classes == len(CLASSES)
-    assert (len(pool), len(test), len(node)) == (16, 8, 9)
-    assert pool.inputs.shape == (16, 1, SIZE, SIZE)
     assert torch.bincount(pool.labels).tolist() == [4, 4, 4, 4]
+    assert torch.bincount(test.labels).tolist() == [2, 2, 2, 2]
 
 
 def test_images_are_grayscale_resized_and_fixed_scaled(tmp_path: Path) -> None:
@@ -53,16 +42,6 @@ def test_a_node_missing_a_class_keeps_the_class_indices(tmp_path: Path) -> None:
     got = read_folder(tmp_path)
 
     assert got.labels.tolist() == [CLASSES.index("cross"), CLASSES.index("triangle")]
-
-
-def test_one_dp_sgd_round_trains_the_cnn(data: Path) -> None:
-    task = load_example(MODULE, data)
-    pool = task.pool()
-    assert pool is not None
-    model = task.build_model()
-    assert model(pool.inputs).shape == (16, len(CLASSES))
-
-    assert_one_dp_sgd_round_trains(model, pool, batch_size=8)
 
 
 @pytest.mark.parametrize("case", ["missing", "unknown label", "empty", "corrupt"])
