@@ -165,7 +165,17 @@ class RoundLoop:
                 steps_per_round=steps,
                 planned_rounds=rounds,
             )
-        check_budget_allows_a_round(self.config, list(fresh.values()))
+        # One node that cannot afford a round (a tiny data set under a fixed σ, say) is left
+        # out by the sampler; only a run in which no client can train is refused.
+        check_budget_allows_a_round(self.config, [*self.ledger.plan.values(), *fresh.values()])
+        for client_id, planned in fresh.items():
+            if planned.one_round_epsilon > self.config.dp_budget:
+                log.warning(
+                    "client %s is not sampled: one round costs it ε %.4f, past `dp.budget` %g",
+                    client_id,
+                    planned.one_round_epsilon,
+                    self.config.dp_budget,
+                )
         self.ledger.plan.update(fresh)
         self._stack().sampling.assign_noise(
             {

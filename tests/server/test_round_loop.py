@@ -98,3 +98,49 @@ def test_a_node_without_usable_data_is_rejected_and_the_round_goes_on(
     privacy = json.loads((run_dir.path / "privacy.json").read_text())["clients"]
     assert privacy["21"]["epsilon"] > 0 and privacy["22"]["epsilon"] > 0
     assert (privacy["23"]["epsilon"], privacy["23"]["exhausted"]) == (0.0, False)  # spent nothing
+
+
+def test_a_node_joining_mid_run_that_cannot_afford_one_round_is_left_out(
+    tmp_path: Path, task_identity: None
+) -> None:
+    data = tmp_path / "data"
+    write_dataset(data, seed=0, train=60, test=40, node_sizes=(400, 400, 4))
+    config = FedveilConfig.from_flat(
+        {
+            "num-server-rounds": 2,
+            "local-epochs": 1,
+            "task": "examples.tabular_csv.task",
+            "data-dir": str(data),
+            "dp.noise-multiplier": 3.0,  # fixed σ: the 4-row node pays q = 1 per step
+            "dp.budget": 1.2,
+        }
+    )
+    contexts = {
+        20 + i: Context(
+            run_id=RUN_ID,
+            node_id=20 + i,
+            node_config={"data-path": str(data / f"node-{i}.csv")},
+            state=RecordDict(),
+            run_config={},
+        )
+        for i in range(3)
+    }
+    grid = ListGrid([20, 21], lambda m: app(m, contexts[int(m.metadata.dst_node_id)]))
+
+    def tiny_node_joins(*_: object) -> None:
+        if 22 not in grid.nodes:
+            grid.nodes.append(22)
+
+    run_dir = RunDirectory.create(tmp_path / "run")
+    loop = RoundLoop(grid, config, run_dir, run_id=RUN_ID, run_tag="run", on_round=tiny_node_joins)
+
+    result = loop.run()
+
+    assert result.rounds_completed == 2
+    plan = loop.ledger.plan
+    assert plan["22"].one_round_epsilon > config.dp_budget
+    assert max(plan["20"].one_round_epsilon, plan["21"].one_round_epsilon) < config.dp_budget
+    rounds = [
+        json.loads(line) for line in (run_dir.path / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert [record["clients"] for record in rounds] == [[20, 21], [20, 21]]
