@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
-from common.accounting import epsilon_from_history
 from tests.integration.cli import fedveil, simulate_args
+from tests.integration.run_files import metrics_rows, privacy, recomputed_epsilon
 
 pytestmark = pytest.mark.slow
 
@@ -30,29 +29,17 @@ def test_tight_budget_stops_clients_and_the_run_and_accounts_central_dp(tmp_path
     )
 
     assert done.returncode == 0, done.stderr[-3000:]
-    ledger = json.loads((run / "privacy.json").read_text())
+    ledger = privacy(run)
     assert ledger["stopped_reason"] and "budget" in ledger["stopped_reason"]
     for cid, client in ledger["clients"].items():
         assert client["rounds"] == [1, 2, 3], cid
         assert client["epsilon"] <= 7.5
-        assert client["epsilon"] == pytest.approx(
-            epsilon_from_history(
-                [tuple(e) for e in client["history"]],
-                delta=ledger["delta"],
-                accountant=ledger["accountant"],
-            )
-        )
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        assert client["epsilon"] == pytest.approx(recomputed_epsilon(client, ledger))
+    rows = metrics_rows(run)
     assert [r["round"] for r in rows] == [1, 2, 3]
     central = ledger["central"]
     assert central is not None and len(central["history"]) == 3
-    assert central["epsilon"] == pytest.approx(
-        epsilon_from_history(
-            [tuple(e) for e in central["history"]],
-            delta=ledger["delta"],
-            accountant=ledger["accountant"],
-        )
-    )
+    assert central["epsilon"] == pytest.approx(recomputed_epsilon(central, ledger))
     assert (run / "model.safetensors").is_file()
     assert "budget" in (run / "report.md").read_text()
 

@@ -17,6 +17,7 @@ from deployment.processes import process_tree, start_time
 from deployment.supervisor import stop_tree
 from tests.conftest import REPO
 from tests.integration.cli import FEDVEIL, fedveil, simulate_args
+from tests.integration.run_files import metrics_rows, privacy
 
 pytestmark = pytest.mark.slow
 
@@ -68,12 +69,12 @@ def test_sigkilled_run_resumes_with_continuous_privacy_history(tmp_path: Path) -
     done = fedveil("resume", str(run), timeout=600)
 
     assert done.returncode == 0, done.stderr[-3000:]
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    rows = metrics_rows(run)
     assert [r["round"] for r in rows] == [1, 2, 3, 4, 5]
-    ledger = json.loads((run / "privacy.json").read_text())
+    ledger = privacy(run)
     for cid, client in ledger["clients"].items():
         assert client["rounds"] == [1, 2, 3, 4, 5], cid  # none lost, none twice
-        own = json.loads((run / "client-state" / f"partition-{cid}" / "privacy.json").read_text())
+        own = privacy(run / "client-state" / f"partition-{cid}")
         assert own["rounds"] == client["rounds"]  # the client never restarted from zero
         assert own["history"] == client["history"]
         assert client["epsilon"] <= client["budget"]

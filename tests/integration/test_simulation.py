@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from common.accounting import epsilon_from_history
 from tests.conftest import REPO
 from tests.integration.cli import fedveil, simulate_args
+from tests.integration.run_files import metrics_rows, privacy, recomputed_epsilon
 
 CONTRACT = REPO.parent / "shared" / "checks" / "run_contract.py"
 
@@ -47,28 +47,23 @@ def test_run_directory_keeps_the_contract(faulty_run: Path) -> None:
             check=False,
         )
         assert check.returncode == 0, check.stdout
-    rows = [json.loads(line) for line in (faulty_run / "metrics.jsonl").read_text().splitlines()]
+    rows = metrics_rows(faulty_run)
     assert [r["round"] for r in rows] == [1, 2, 3]
     config = json.loads((faulty_run / "config.json").read_text())
     assert config["sim.clients"] == 4 and config["seed"] == 0
 
 
 def test_every_epsilon_recomputes_from_its_history(faulty_run: Path) -> None:
-    ledger = json.loads((faulty_run / "privacy.json").read_text())
+    ledger = privacy(faulty_run)
     assert len(ledger["clients"]) == 4
     for client in ledger["clients"].values():
-        recomputed = epsilon_from_history(
-            [tuple(e) for e in client["history"]],
-            delta=ledger["delta"],
-            accountant=ledger["accountant"],
-        )
-        assert client["epsilon"] == pytest.approx(recomputed, rel=1e-9)
+        assert client["epsilon"] == pytest.approx(recomputed_epsilon(client, ledger), rel=1e-9)
         assert client["epsilon"] <= client["budget"]
         assert len(client["history"]) == len(client["rounds"]) <= 3
 
 
 def test_injected_faults_are_rejected_exactly_with_their_reason(faulty_run: Path) -> None:
-    rows = [json.loads(line) for line in (faulty_run / "metrics.jsonl").read_text().splitlines()]
+    rows = metrics_rows(faulty_run)
     kinds = set()
     for row in rows:
         injected = {(f["node"], f["kind"]) for f in row["faults"]}
@@ -85,7 +80,7 @@ def test_every_epsilon_agrees_with_an_independent_accountant(faulty_run: Path) -
     import dp_accounting
     from opacus.accountants import RDPAccountant
 
-    ledger = json.loads((faulty_run / "privacy.json").read_text())
+    ledger = privacy(faulty_run)
     for cid, client in ledger["clients"].items():
         event = dp_accounting.ComposedDpEvent(
             [
@@ -119,7 +114,7 @@ def test_random_mask_updates_are_opened_by_a_server_that_was_not_told_the_mask(
         "codec.bits=4",
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    rows = metrics_rows(out)
     assert [r["round"] for r in rows] == [1, 2]
     for row in rows:
         assert row["rejected"] == [] and len(row["clients"]) == 3
@@ -142,7 +137,7 @@ def test_a_watermarked_run_embeds_every_round_and_its_model_verifies(tmp_path: P
     assert done.returncode == 0, done.stderr[-3000:]
     key = out / KEY_FILE
     assert key.stat().st_mode & 0o777 == 0o600
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    rows = metrics_rows(out)
     assert [r["round"] for r in rows] == [1, 2]
     assert all(r["watermark_accuracy"] >= TARGET_ACCURACY for r in rows)
 
