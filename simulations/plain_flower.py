@@ -37,13 +37,13 @@ from flwr.serverapp.strategy import FedAvg, Strategy
 from torch import nn
 
 from common.config import ConfigValue, FedveilConfig
-from common.data import load_data
-from common.models import create_model, model_for
-from common.partition import PartitionSpec, cached_partitions
+from common.partition import PartitionSpec, task_partitions, task_pool
+from common.task import task_of
 
 log = logging.getLogger(__name__)
 
 TASK_KEYS = (
+    "task",
     "dataset",
     "data-dir",
     "seed",
@@ -79,12 +79,10 @@ def _node_partition(context: Context) -> tuple[int, int]:
 
 def local_data(config: FedveilConfig, pid: int, count: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Return partition ``pid`` of ``count`` as fedveil's clients see it (cached per process)."""
-    data = load_data(config.dataset, config.data_dir, config.seed, config.test_fraction)
+    task = task_of(config)
     spec = PartitionSpec(config.partitioning, count, config.seed, config.dirichlet_alpha)
-    parts = cached_partitions(
-        config.dataset, config.data_dir, config.seed, config.test_fraction, spec
-    )
-    return data.tensors(data.train, parts[pid])
+    part = task_pool(task).select(task_partitions(task, spec)[pid])
+    return part.inputs, part.labels
 
 
 def train_sgd(
@@ -126,8 +124,7 @@ def train(msg: Message, context: Context) -> Message:
     server_round = int(request.get("server-round", 0))  # type: ignore[arg-type]
     pid, count = _node_partition(context)
     images, labels = local_data(config, pid, count)
-    data = load_data(config.dataset, config.data_dir, config.seed, config.test_fraction)
-    model = create_model(model_for(config.model, data.image_shape), data.num_classes, seed=0)
+    model = task_of(config).build_model()
     model.load_state_dict(msg.content.array_records["arrays"].to_torch_state_dict())
     gen = torch.Generator()
     gen.manual_seed(config.seed * 1_000_003 + server_round * 10_007 + pid)
@@ -214,11 +211,9 @@ def build_plain_server_app(
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
         started = time.perf_counter()
-        data = load_data(config.dataset, config.data_dir, config.seed, config.test_fraction)
-        model = create_model(
-            model_for(config.model, data.image_shape), data.num_classes, seed=config.seed
-        )
-        evaluator = CentralEvaluator(data)
+        task = task_of(config)
+        model = task.build_model()
+        evaluator = CentralEvaluator(task.test_examples())
         strategy = MeasuredFedAvg(
             fraction_train=config.fraction_train,
             fraction_evaluate=0.0,

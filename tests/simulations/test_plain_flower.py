@@ -122,3 +122,31 @@ def test_run_simulation_with_flower_fedavg_learns(tmp_path: Path) -> None:
     assert all(3 * dense < r.bytes_dense < 3 * (dense + 256 * len(state)) for r in run.rounds)
     rows = (tmp_path / "plain" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["round"] for line in rows] == [1, 2]
+
+
+def test_the_baseline_trains_a_user_task_on_the_same_partition_as_fedveil(
+    tmp_path: Path, task_identity: None
+) -> None:
+    from client.local_data import load_local_data
+    from common.task import task_of
+    from examples.tabular_csv.make_data import write_dataset
+
+    write_dataset(tmp_path, seed=0, train=90, test=30, node_sizes=())
+    config = CONFIG.replace(task="examples.tabular_csv.task", data_dir=str(tmp_path))
+    model = task_of(config).build_model()
+    content = RecordDict(
+        {
+            "arrays": ArrayRecord(model.state_dict()),
+            "config": ConfigRecord({**task_config(config), "server-round": 1}),
+        }
+    )
+    request = Message(content=content, dst_node_id=7, message_type=MessageType.TRAIN)
+
+    reply = app(request, _context(1))
+
+    assert not reply.has_error()
+    fedveil_sees = load_local_data(config, _context(1))
+    examples = reply.content.metric_records["metrics"][NUM_EXAMPLES]
+    assert examples == float(fedveil_sees.labels.shape[0])
+    trained = reply.content.array_records["arrays"]
+    assert set(trained) == set(model.state_dict())
