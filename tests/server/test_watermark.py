@@ -150,7 +150,7 @@ def test_trigger_set_fits_the_model_input() -> None:
 )
 def test_trigger_set_refuses_bad_arguments(shape: tuple[int, ...], classes: int, size: int) -> None:
     with pytest.raises(WatermarkError):
-        TriggerSet.from_key(KEY, shape, classes, size)  # type: ignore[arg-type]
+        TriggerSet.from_key(KEY, shape, classes, size)
 
 
 def test_binomial_p_value_is_exact() -> None:
