@@ -79,8 +79,8 @@ class StateStore:
     def save_residual(self, residual: npt.NDArray[np.float32]) -> None:
         """Write the residual atomically, without fsync: it is cheap to lose (``load_residual``).
 
-        Profiled, the two fsyncs per round (privacy state and residual) were a fifth of a digits
-        client's training call; the privacy state keeps its fsync.
+        An fsync per round costs a noticeable share of a small client's round
+        (docs/performance.md); the privacy state, which must never be lost, keeps its fsync.
         """
         save_safetensors(self.folder / RESIDUAL_FILE, {"residual": residual}, durable=False)
 

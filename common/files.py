@@ -61,6 +61,8 @@ def write_atomic(path: Path, data: bytes, *, mode: int = 0o644, durable: bool = 
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    if durable:
+        fsync_dir(path.parent)  # the rename itself survives a power loss only once flushed
 
 
 def write_new(path: Path, data: bytes, *, mode: int) -> None:
