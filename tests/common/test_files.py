@@ -61,7 +61,9 @@ def test_write_atomic_secret_is_never_readable_by_others_while_written(
     real_fsync = os.fsync
 
     def spy(fd: int) -> None:
-        modes.append(stat.S_IMODE(os.fstat(fd).st_mode))
+        st = os.fstat(fd)
+        if stat.S_ISREG(st.st_mode):  # the folder is flushed too, after the rename
+            modes.append(stat.S_IMODE(st.st_mode))
         real_fsync(fd)
 
     monkeypatch.setattr(os, "fsync", spy)
