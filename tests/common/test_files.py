@@ -202,3 +202,21 @@ def test_write_new_is_always_durable(tmp_path: Path, monkeypatch: pytest.MonkeyP
     write_new(tmp_path / "server.key", b"secret", mode=SECRET_MODE)
 
     assert len(calls) >= 1
+
+
+@pytest.mark.parametrize("durable", [True, False])
+def test_write_atomic_flushes_the_folder_only_when_durable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, durable: bool
+) -> None:
+    folders: list[int] = []
+    real_fsync = os.fsync
+
+    def spy(fd: int) -> None:
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            folders.append(fd)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", spy)
+    write_atomic(tmp_path / "privacy.json", b"{}", durable=durable)
+
+    assert bool(folders) is durable
