@@ -5,8 +5,9 @@ request: import ``client.app``, receive a train request built as the server buil
 node's data, train one round of DP-SGD, seal, and exit. The process reports its peak resident
 set (``VmHWM``) and which heavy libraries the round imported. Cases: ``baseline`` (only
 ``import torch, opacus``: the floor), ``digits`` (partition 0 of 10), ``mnist`` (partition 0 of
-20 of the IDX files in ``--data-dir``; skipped without it) and ``tabular`` (the example tabular
-task with a node ``data-path`` CSV).
+20 of the IDX files in ``--data-dir``), ``mnist-node`` (a node's own ``data-path`` npz of as many
+raw MNIST images; both skipped without ``--data-dir``) and ``tabular`` (the example tabular task
+with a node ``data-path`` CSV).
 
 Run from the repository root: ``python -m benchmarks.edge_footprint [--data-dir DIR]``; prints a
 table and writes ``results/edge_footprint.json`` stamped with date, commit and machine.
@@ -26,7 +27,10 @@ from typing import Any
 from benchmarks.provenance import RESULTS_DIR, write_json
 
 REPO = Path(__file__).resolve().parent.parent
-CASES = ("baseline", "digits", "mnist", "tabular")
+CASES = ("baseline", "digits", "mnist", "mnist-node", "tabular")
+NEEDS_DATA_DIR = ("mnist", "mnist-node")
+NODE_EXAMPLES = 3000
+"""Examples in a node's own file: one twentieth of MNIST's training pool, as partition 0 of 20."""
 HEAVY_MODULES = ("sklearn", "scipy", "matplotlib", "flwr_datasets", "datasets", "pandas", "pyarrow")
 """Libraries a deployed node's round should import only when its task needs them."""
 TABULAR_TASK = "examples.tabular_csv.task"
@@ -54,21 +58,43 @@ def _config(case: str, data_dir: str, work: Path) -> dict[str, Any]:
     flat: dict[str, Any] = {"num-server-rounds": 3, "client-state-dir": str(work / "state")}
     if case == "digits":
         flat.update({"dataset": "digits", "sim.clients": 10})
-    elif case == "mnist":
+    elif case in NEEDS_DATA_DIR:
         flat.update({"dataset": "mnist", "data-dir": data_dir, "sim.clients": 20})
     elif case == "tabular":
         flat.update({"task": TABULAR_TASK, "sim.clients": 3})
     return flat
 
 
-def _node_config(case: str, work: Path) -> dict[str, Any]:
+def prepare(case: str, data_dir: str, work: Path) -> None:
+    """Write the node's own file for ``case`` into ``work`` (outside the measured process)."""
     if case == "tabular":
         from examples.tabular_csv.make_data import write_dataset
 
         write_dataset(work, seed=0, train=40, test=20, node_sizes=(2000,))
-        return {"data-path": str(work / "node-0.csv"), "state-dir": str(work / "node-state")}
+    elif case == "mnist-node":
+        _write_node_npz(data_dir, work / "node.npz")
+
+
+def _node_config(case: str, work: Path) -> dict[str, Any]:
+    state = str(work / "node-state")
+    if case == "tabular":
+        return {"data-path": str(work / "node-0.csv"), "state-dir": state}
+    if case == "mnist-node":
+        return {"data-path": str(work / "node.npz"), "state-dir": state}
     count = 10 if case == "digits" else 20
     return {"partition-id": 0, "num-partitions": count}
+
+
+def _write_node_npz(data_dir: str, path: Path) -> None:
+    """Write a node's own file: the first ``NODE_EXAMPLES`` raw MNIST training images, as npz."""
+    import numpy as np
+
+    from common.data import read_idx
+
+    folder = Path(data_dir) / "mnist" if (Path(data_dir) / "mnist").is_dir() else Path(data_dir)
+    images = read_idx(folder / "train-images-idx3-ubyte.gz")[:NODE_EXAMPLES]
+    labels = read_idx(folder / "train-labels-idx1-ubyte.gz")[:NODE_EXAMPLES]
+    np.savez(path, x=images, y=labels)
 
 
 def _train_once(case: str, data_dir: str, work: Path) -> str:
@@ -84,8 +110,8 @@ def _train_once(case: str, data_dir: str, work: Path) -> str:
 
     # A Message outside a SuperNode needs Flower's per-process task identity (private API).
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
-    config = FedveilConfig.from_flat(_config(case, data_dir, work))
     node_config = _node_config(case, work)
+    config = FedveilConfig.from_flat(_config(case, data_dir, work))
     # The server's global model: the task's fresh model, built as the ServerApp builds it.
     arrays = ArrayRecord(task_of(config).build_model().state_dict())
     content = RecordDict(
@@ -105,7 +131,7 @@ def _train_once(case: str, data_dir: str, work: Path) -> str:
     return str(reply.content.config_records[protocol.STATUS]["status"])
 
 
-def run_child(case: str, data_dir: str) -> dict[str, Any]:
+def run_child(case: str, data_dir: str, work: Path) -> dict[str, Any]:
     """Run one case in this process (meant to be a fresh one) and return its measurements."""
     if case == "baseline":
         import opacus  # noqa: F401
@@ -113,8 +139,7 @@ def run_child(case: str, data_dir: str) -> dict[str, Any]:
 
         status = "imported"
     else:
-        with tempfile.TemporaryDirectory() as tmp:
-            status = _train_once(case, data_dir, Path(tmp))
+        status = _train_once(case, data_dir, work)
     return {
         "case": case,
         "status": status,
@@ -126,14 +151,16 @@ def run_child(case: str, data_dir: str) -> dict[str, Any]:
 def measure(case: str, data_dir: str) -> dict[str, Any]:
     """Run ``case`` in a fresh interpreter and return what it reported."""
     # Fixed arguments from this module: nothing from outside reaches a shell.
-    command = [sys.executable, "-m", "benchmarks.edge_footprint", "--child", case]
-    done = subprocess.run(  # noqa: S603
-        [*command, "--data-dir", data_dir],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    with tempfile.TemporaryDirectory() as tmp:
+        prepare(case, data_dir, Path(tmp))
+        command = [sys.executable, "-m", "benchmarks.edge_footprint", "--child", case]
+        done = subprocess.run(  # noqa: S603
+            [*command, "--data-dir", data_dir, "--work", tmp],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
     if done.returncode != 0:
         tail = done.stderr.strip().splitlines()[-1:] or ["no output"]
         raise RuntimeError(f"case {case} failed: {tail[0]}")
@@ -163,11 +190,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "edge_footprint.json")
     parser.add_argument("--cases", nargs="+", choices=CASES, default=list(CASES))
     parser.add_argument("--child", choices=CASES, help=argparse.SUPPRESS)
+    parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        print(json.dumps(run_child(args.child, args.data_dir)))
+        print(json.dumps(run_child(args.child, args.data_dir, args.work)))
         return 0
-    cases = [c for c in args.cases if c != "mnist" or args.data_dir]
+    cases = [c for c in args.cases if c not in NEEDS_DATA_DIR or args.data_dir]
     try:
         results = [measure(case, args.data_dir) for case in cases]
     except RuntimeError as exc:

@@ -12,13 +12,14 @@ client asks for its partition as normalised float32 tensors.
 from __future__ import annotations
 
 import gzip
+import io
 import math
 import struct
 import zipfile
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -51,15 +52,21 @@ class FederatedData:
 
     ``pixel_scale`` maps raw pixels to [0, 1]; ``mean`` and ``std`` are computed on the
     training pool after scaling, and are used to standardise both splits identically.
+    ``test`` is read by ``read_test`` on first use, so a client never loads it.
     """
 
     name: str
     train: ImageSet
-    test: ImageSet
+    read_test: Callable[[], ImageSet]
     num_classes: int
     pixel_scale: float
     mean: float
     std: float
+
+    @cached_property
+    def test(self) -> ImageSet:
+        """The server's test split, read on first use."""
+        return self.read_test()
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -125,13 +132,17 @@ def pool_statistics(
 
 
 def _finish(
-    name: str, train: ImageSet, test: ImageSet, num_classes: int, pixel_scale: float
+    name: str,
+    train: ImageSet,
+    test: ImageSet | Callable[[], ImageSet],
+    num_classes: int,
+    pixel_scale: float,
 ) -> FederatedData:
     mean, std = pool_statistics(train.images, pixel_scale)
     return FederatedData(
         name=name,
         train=train,
-        test=test,
+        read_test=test if callable(test) else lambda: test,
         num_classes=num_classes,
         pixel_scale=pixel_scale,
         mean=mean,
@@ -153,31 +164,49 @@ def load_digits_data(seed: int, test_fraction: float) -> FederatedData:
     return _finish("digits", ImageSet(x_tr, y_tr), ImageSet(x_te, y_te), 10, 16.0)
 
 
-def _open_maybe_gzip(path: Path) -> bytes:
-    try:
-        raw = path.read_bytes()
-        return gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw
-    except (OSError, EOFError, zlib.error) as exc:  # BadGzipFile is an OSError
-        raise DataError(f"cannot read {path} ({exc}); replace it with an intact copy") from None
+_READ_BLOCK = 1 << 20
+"""Bytes read at a time into an IDX array, so a file is never held twice in memory."""
+
+
+def _read_idx_stream(path: Path, fh: io.BufferedIOBase) -> npt.NDArray[np.uint8]:
+    head = fh.read(4)
+    if len(head) < 4 or head[0] != 0 or head[1] != 0 or head[2] != IDX_UBYTE:
+        raise DataError(f"{path} is not an IDX file of unsigned bytes; replace it")
+    ndim = head[3]
+    shape_bytes = fh.read(4 * ndim)
+    if ndim == 0 or len(shape_bytes) < 4 * ndim:
+        raise DataError(f"{path} has a truncated IDX header; replace it with an intact copy")
+    dims = struct.unpack(f">{ndim}I", shape_bytes)
+    header, expected = 4 + 4 * ndim, math.prod(dims)
+    out = np.empty(expected, dtype=np.uint8)
+    view, got = out.data, 0
+    while got < expected:
+        count = fh.readinto(view[got : got + _READ_BLOCK])
+        if not count:
+            break
+        got += count
+    trailing = len(fh.read(1)) if got == expected else 0  # reaching the end checks gzip's CRC
+    if got != expected or trailing:
+        size = f"{header + got} bytes" if got < expected else "more bytes"
+        raise DataError(
+            f"{path} holds {size} but its header promises {header + expected}; "
+            f"the file is truncated or corrupt, replace it"
+        )
+    return out.reshape(dims)
 
 
 def read_idx(path: Path) -> npt.NDArray[np.uint8]:
     """Read an IDX file of unsigned bytes (gzip-compressed or not) into an array."""
-    raw = _open_maybe_gzip(path)
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != IDX_UBYTE:
-        raise DataError(f"{path} is not an IDX file of unsigned bytes; replace it")
-    ndim = raw[3]
-    header = 4 + 4 * ndim
-    if ndim == 0 or len(raw) < header:
-        raise DataError(f"{path} has a truncated IDX header; replace it with an intact copy")
-    dims = struct.unpack(f">{ndim}I", raw[4:header])
-    expected = header + math.prod(dims)
-    if len(raw) != expected:
-        raise DataError(
-            f"{path} holds {len(raw)} bytes but its header promises {expected}; "
-            f"the file is truncated or corrupt, replace it"
-        )
-    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
+    try:
+        with path.open("rb") as raw:
+            compressed = raw.read(2) == b"\x1f\x8b"
+            raw.seek(0)
+            if not compressed:
+                return _read_idx_stream(path, raw)
+            with gzip.GzipFile(fileobj=raw) as unpacked:
+                return _read_idx_stream(path, unpacked)
+    except (OSError, EOFError, zlib.error) as exc:  # BadGzipFile is an OSError
+        raise DataError(f"cannot read {path} ({exc}); replace it with an intact copy") from None
 
 
 def _find_idx(folder: Path, stem: str) -> Path:
@@ -199,18 +228,23 @@ def _subfolder(data_dir: Path, name: str) -> Path:
 def load_idx_data(name: str, data_dir: Path) -> FederatedData:
     """MNIST or Fashion-MNIST in the IDX layout; the official t10k split is the server's."""
     folder = _subfolder(data_dir, name)
-    parts: dict[str, npt.NDArray[np.uint8]] = {}
-    for split in ("train", "t10k"):
-        images = read_idx(_find_idx(folder, f"{split}-images-idx3-ubyte"))
-        labels = read_idx(_find_idx(folder, f"{split}-labels-idx1-ubyte"))
+    files = {
+        split: (
+            _find_idx(folder, f"{split}-images-idx3-ubyte"),
+            _find_idx(folder, f"{split}-labels-idx1-ubyte"),
+        )
+        for split in ("train", "t10k")
+    }
+
+    def read_split(split: str) -> ImageSet:
+        images, labels = (read_idx(path) for path in files[split])
         if images.ndim != 3 or labels.ndim != 1 or images.shape[0] != labels.shape[0]:
             raise DataError(
                 f"{folder}: {split} images {images.shape} and labels {labels.shape} do not match"
             )
-        parts[f"{split}-x"], parts[f"{split}-y"] = images, labels
-    train = ImageSet(parts["train-x"][:, None], parts["train-y"].astype(np.int64))
-    test = ImageSet(parts["t10k-x"][:, None], parts["t10k-y"].astype(np.int64))
-    return _finish(name, train, test, 10, 255.0)
+        return ImageSet(images[:, None], labels.astype(np.int64))
+
+    return _finish(name, read_split("train"), lambda: read_split("t10k"), 10, 255.0)
 
 
 FEMNIST_FILE = "femnist_leaf_subset.npz"
@@ -299,7 +333,12 @@ def load_hub_data(name: str, seed: int, test_fraction: float) -> FederatedData:
 
 @lru_cache(maxsize=4)
 def load_data(name: str, data_dir: str, seed: int, test_fraction: float) -> FederatedData:
-    """Load a data set by its config name, once per process.
+    """Load a data set by its config name, once per process (``read_data``, cached)."""
+    return read_data(name, data_dir, seed, test_fraction)
+
+
+def read_data(name: str, data_dir: str, seed: int, test_fraction: float) -> FederatedData:
+    """Read a data set by its config name.
 
     ``seed`` and ``test_fraction`` matter only for ``digits`` and the hub's FEMNIST, which have
     no official test split. Without ``data_dir`` the file data sets come from the hub.

@@ -15,6 +15,7 @@ needs the data set itself too (``data-dir``, or the hub; digits is embedded).
 from __future__ import annotations
 
 import zipfile
+from dataclasses import replace
 from functools import cached_property
 from pathlib import Path
 
@@ -23,7 +24,7 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
-from common.data import DataError, FederatedData, ImageSet, load_data, read_idx
+from common.data import DataError, FederatedData, ImageSet, load_data, read_data, read_idx
 from common.models import create_model, model_for
 from common.task import Examples, Task, TaskError, TaskSettings
 
@@ -69,6 +70,17 @@ class ImageSetTask(Task):
         return load_data(self.name, s.data_dir, s.seed, s.test_fraction)
 
     @cached_property
+    def _scaling(self) -> FederatedData:
+        # A node standardises its own file with the pool's statistics but never trains on the
+        # pool: read it uncached and keep only the statistics, so it is freed before training.
+        if "data" in self.__dict__:
+            return self.data
+        s = self.settings
+        full = read_data(self.name, s.data_dir, s.seed, s.test_fraction)
+        empty = ImageSet(full.train.images[:0].copy(), full.train.labels[:0].copy())
+        return replace(full, train=empty, read_test=_no_test)
+
+    @cached_property
     def _pool(self) -> Examples:
         return StandardisedPool(self.data)
 
@@ -98,13 +110,14 @@ class ImageSetTask(Task):
             )
         if images.ndim == 3:
             images = images[:, None]
-        high = self.data.pixel_scale
+        scaling = self._scaling
+        high = scaling.pixel_scale
         if images.size and (float(images.min()) < 0 or float(images.max()) > high):
             raise TaskError(
                 f"{data_path}: pixels span [{images.min()}, {images.max()}]; give raw pixel "
                 f"values in [0, {high:g}], not already scaled ones"
             )
-        return Examples(*self.data.tensors(ImageSet(images, labels.astype(np.int64))))
+        return Examples(*scaling.tensors(ImageSet(images, labels.astype(np.int64))))
 
 
 class StandardisedPool(Examples):
@@ -133,6 +146,10 @@ class StandardisedPool(Examples):
 
     def __repr__(self) -> str:
         return f"StandardisedPool({self._data.name}, {len(self)} examples)"
+
+
+def _no_test() -> ImageSet:
+    raise TaskError("a node's task holds no test split; only the server evaluates")
 
 
 def _read_npz(path: Path) -> tuple[npt.NDArray[np.floating], npt.NDArray[np.int64]]:

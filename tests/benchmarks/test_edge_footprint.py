@@ -28,8 +28,8 @@ def test_heavy_imports_name_top_level_packages_in_a_fixed_order() -> None:
     assert bench.heavy_imports(loaded) == ["sklearn", "pandas", "pyarrow"]
 
 
-def test_the_baseline_case_reports_this_process() -> None:
-    result = bench.run_child("baseline", "")
+def test_the_baseline_case_reports_this_process(tmp_path: Path) -> None:
+    result = bench.run_child("baseline", "", tmp_path)
 
     assert result["status"] == "imported"
     assert result["peak_rss_bytes"] > 0
