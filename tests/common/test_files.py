@@ -54,21 +54,27 @@ def test_write_atomic_sets_the_exact_mode(
     assert _mode(path) == mode
 
 
-def test_write_atomic_secret_is_never_readable_by_others_while_written(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, permissive_umask: None
-) -> None:
-    modes: list[int] = []
+def fsynced(monkeypatch: pytest.MonkeyPatch) -> list[os.stat_result]:
+    """Record the ``fstat`` of every descriptor ``os.fsync`` flushes from now on."""
+    seen: list[os.stat_result] = []
     real_fsync = os.fsync
 
     def spy(fd: int) -> None:
-        st = os.fstat(fd)
-        if stat.S_ISREG(st.st_mode):  # the folder is flushed too, after the rename
-            modes.append(stat.S_IMODE(st.st_mode))
+        seen.append(os.fstat(fd))
         real_fsync(fd)
 
     monkeypatch.setattr(os, "fsync", spy)
+    return seen
+
+
+def test_write_atomic_secret_is_never_readable_by_others_while_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, permissive_umask: None
+) -> None:
+    seen = fsynced(monkeypatch)
+
     write_atomic(tmp_path / "watermark.key", b"secret", mode=SECRET_MODE)
 
+    modes = [stat.S_IMODE(st.st_mode) for st in seen if stat.S_ISREG(st.st_mode)]
     assert modes and all(m == SECRET_MODE for m in modes)
 
 
@@ -208,15 +214,8 @@ def test_write_new_is_always_durable(tmp_path: Path, monkeypatch: pytest.MonkeyP
 def test_write_atomic_flushes_the_folder_only_when_durable(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, durable: bool
 ) -> None:
-    folders: list[int] = []
-    real_fsync = os.fsync
+    seen = fsynced(monkeypatch)
 
-    def spy(fd: int) -> None:
-        if stat.S_ISDIR(os.fstat(fd).st_mode):
-            folders.append(fd)
-        real_fsync(fd)
-
-    monkeypatch.setattr(os, "fsync", spy)
     write_atomic(tmp_path / "privacy.json", b"{}", durable=durable)
 
-    assert bool(folders) is durable
+    assert any(stat.S_ISDIR(st.st_mode) for st in seen) is durable
