@@ -1,6 +1,9 @@
-"""The built-in image tasks keep pools raw and standardise only what is selected, bit for bit."""
+"""The built-in image tasks: raw pools, standardised selections, bit for bit as numpy's."""
 
 from __future__ import annotations
+
+import struct
+from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
@@ -8,7 +11,7 @@ import pytest
 import torch
 
 import common.data
-from common.data import pool_statistics
+from common.data import DataError, ImageSet, pool_statistics, read_data
 from common.task import Examples, TaskSettings
 from common.tasks.image_sets import ImageSetTask, StandardisedPool
 
@@ -77,3 +80,39 @@ def test_the_whole_pool_is_still_there_when_asked_for(digits: ImageSetTask) -> N
     assert torch.equal(pool.inputs, expected.inputs)
     assert torch.equal(pool.labels, expected.labels)
     assert digits.pool() is pool  # one per task
+
+
+def test_a_node_file_is_standardised_as_before_without_keeping_the_pool(
+    digits: ImageSetTask, tmp_path: Path
+) -> None:
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 17, (30, 8, 8)), rng.integers(0, 10, 30)
+    np.savez(tmp_path / "node.npz", x=x, y=y)
+
+    got = digits.node_examples(tmp_path / "node.npz")
+
+    assert "data" not in vars(digits)  # the pool was read for its statistics, then dropped
+    eager = ImageSetTask("digits", SETTINGS, num_classes=10, image_shape=(1, 8, 8)).data
+    expected = eager.tensors(ImageSet(x[:, None].astype(np.float32), y.astype(np.int64)))
+    assert torch.equal(got.inputs, expected[0]) and torch.equal(got.labels, expected[1])
+
+
+def _write_idx(path: Path, array: npt.NDArray[np.uint8]) -> None:
+    header = bytes([0, 0, 8, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    path.write_bytes(header + array.tobytes())
+
+
+def test_the_test_split_is_read_only_when_asked_for(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 12), ("t10k", 5)):
+        _write_idx(
+            tmp_path / f"{split}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28), np.uint8)
+        )
+        _write_idx(tmp_path / f"{split}-labels-idx1-ubyte", rng.integers(0, 10, n, np.uint8))
+    (tmp_path / "t10k-images-idx3-ubyte").write_bytes(b"not an idx file")
+
+    data = read_data("mnist", str(tmp_path), 0, 0.2)  # a client's view: the pool only
+
+    assert len(data.train) > 0
+    with pytest.raises(DataError, match="t10k-images-idx3-ubyte"):
+        _ = data.test
