@@ -291,8 +291,9 @@ def vet_model(model: nn.Module) -> None:
 
 
 def _import_task_module(name: str) -> object:
-    # Like `python -m`, resolve a user's module from the working directory, appended last so it
-    # never shadows an installed package.
+    # Like `python -m`, the working directory comes first: installed distributions ship
+    # generic top-level names (Opacus installs a package called `examples`) that would
+    # otherwise hide the user's module of the same name.
     if name.endswith(".py") or "/" in name or "\\" in name:
         raise TaskError(
             f"task `{name}` looks like a file path; give a dotted module path (mypkg.task) "
@@ -300,7 +301,7 @@ def _import_task_module(name: str) -> object:
         )
     cwd = os.getcwd()
     if cwd not in sys.path:
-        sys.path.append(cwd)
+        sys.path.insert(0, cwd)
     try:
         return importlib.import_module(name)
     except ModuleNotFoundError as exc:
