@@ -150,6 +150,7 @@ def federation_up(
         aggregator_fingerprint="",
         node_data=data_paths,
         node_env=env,
+        task_root=str(Path.cwd()),
     )
     local = LocalDeployment(layout, run_dir, record, console=console)
     created = not run_dir.exists()
@@ -208,7 +209,7 @@ def _run(
 ) -> RunOutcome:
     """Start the processes and run the app; the caller tears down."""
     record = local.record
-    stage_app(local.layout.app, config.to_flat())
+    stage_app(local.layout.app, config.to_flat(), Path(record.task_root or Path.cwd()))
     local.write_cli_config()
     local.start_superlink()
     if resume:

@@ -4,9 +4,11 @@ Version 1, written atomically whenever it changes: ``kind`` (``"fedveil-deployme
 ``flwr`` version, ``work_dir``, ``nodes``, ``tls``, ``auth``, ``aggregator_fingerprint`` (the
 key every node pins), ``superlink`` (its ``control`` and ``fleet`` addresses), ``node_ids``
 (SuperNode index to Flower node id), ``flower_runs`` (``run_id`` and final ``status`` of each
-``flwr run``, oldest first), ``node_data`` (each SuperNode's ``data-path``; empty: partitions)
-and ``node_env`` (the environment the SuperNodes run from; empty: the orchestrator's; both
-optional on read). A missing, corrupt or unknown-version file is one ``DeployError``.
+``flwr run``, oldest first), ``node_data`` (each SuperNode's ``data-path``; empty: partitions),
+``node_env`` (the environment the SuperNodes run from; empty: the orchestrator's) and
+``task_root`` (the folder the task's package is staged from, so a resume from elsewhere ships
+the same task); the last three are optional on read. A missing, corrupt or unknown-version file
+is one ``DeployError``.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ class DeploymentRecord:
     flower_runs: list[dict[str, Any]] = field(default_factory=list)
     node_data: list[str] = field(default_factory=list)
     node_env: str = ""
+    task_root: str = ""
 
     def to_json(self) -> dict[str, Any]:
         """Return the JSON document."""
@@ -52,6 +55,7 @@ class DeploymentRecord:
             "aggregator_fingerprint": self.aggregator_fingerprint,
             "node_data": self.node_data,
             "node_env": self.node_env,
+            "task_root": self.task_root,
             "superlink": self.superlink,
             "node_ids": self.node_ids,
             "flower_runs": self.flower_runs,
@@ -73,6 +77,7 @@ class DeploymentRecord:
                 aggregator_fingerprint=str(doc["aggregator_fingerprint"]),
                 node_data=[str(p) for p in doc.get("node_data", [])],
                 node_env=str(doc.get("node_env", "")),
+                task_root=str(doc.get("task_root", "")),
                 superlink=dict(doc.get("superlink", {})),
                 node_ids={str(k): int(v) for k, v in doc.get("node_ids", {}).items()},
                 flower_runs=list(doc.get("flower_runs", [])),

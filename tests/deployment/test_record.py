@@ -18,6 +18,7 @@ def test_deployment_record_round_trips(tmp_path: Path) -> None:
     record.flower_runs.append({"run_id": "5", "status": "finished:completed"})
     record.node_data = ["/data/node-0.csv", "/data/node-1.csv", "/data/node-2"]
     record.node_env = "/opt/edge-venv"
+    record.task_root = "/home/me/project"
     record.save(tmp_path)
 
     loaded = DeploymentRecord.load(tmp_path)
@@ -52,9 +53,9 @@ def test_a_record_without_node_data_or_node_env_reads_as_partitions_and_this_env
 ) -> None:
     DeploymentRecord("/work", 2, False, False, "sha256:" + "00" * 32).save(tmp_path)
     doc = json.loads((tmp_path / "deployment.json").read_text())
-    del doc["node_data"], doc["node_env"]  # as written before these fields existed
+    del doc["node_data"], doc["node_env"], doc["task_root"]  # as before these fields existed
     (tmp_path / "deployment.json").write_text(json.dumps(doc))
 
     loaded = DeploymentRecord.load(tmp_path)
 
-    assert loaded.node_data == [] and loaded.node_env == ""
+    assert loaded.node_data == [] and loaded.node_env == "" and loaded.task_root == ""

@@ -156,6 +156,7 @@ def test_the_edge_recipe_runs_three_client_only_nodes_on_their_own_data(
     deployment = json.loads((run / "deployment.json").read_text())
     assert deployment["tls"] is True and deployment["auth"] is True
     assert deployment["node_env"] == str(client_venv.resolve())
+    assert deployment["task_root"] == str(project.resolve())  # a resume ships the same task
     assert deployment["node_data"] == [
         str((project / f"site-{i}" / f"node-{i}.csv").resolve()) for i in range(NODES)
     ]
