@@ -63,7 +63,7 @@ def test_main_skips_mnist_without_data_dir_and_writes_stamped_json(
     monkeypatch.setattr(bench, "measure", fake_measure)
     out = tmp_path / "edge.json"
 
-    assert bench.main(["--out", str(out)]) == 0
+    assert bench.main(["--out", str(out), "--repeat", "1"]) == 0
 
     doc = json.loads(out.read_text())
     assert "mnist" not in asked and "digits" in asked
@@ -81,3 +81,13 @@ def test_a_failing_case_is_one_line_and_exit_1(
 
     assert bench.main(["--cases", "digits"]) == 1
     assert capsys.readouterr().err.strip() == "edge_footprint: case digits failed: boom"
+
+
+def test_a_repeated_case_keeps_the_median_peak(monkeypatch: pytest.MonkeyPatch) -> None:
+    peaks = iter([300, 100, 200])
+    monkeypatch.setattr(bench, "measure", lambda case, _: _result(case, next(peaks), []))
+
+    result = bench.repeated("digits", "", 3)
+
+    assert result["peak_rss_bytes"] == 200 * bench.MIB
+    assert result["peak_rss_runs"] == [m * bench.MIB for m in (100, 200, 300)]
