@@ -151,6 +151,7 @@ def test_the_edge_recipe_runs_three_client_only_nodes_on_their_own_data(
     for cid, client in ledger["clients"].items():
         assert client["epsilon"] > 0, cid
         own = project / f"site-{cid}" / f"node-{cid}.csv"
+        assert list(own.parent.iterdir()) == [own]  # a folder per site, holding its file only
         # Each node trained on its own file: its sampling rate follows that file's size.
         assert {entry[1] for entry in client["history"]} == {sample_rate(_rows(own), 64)}
     deployment = json.loads((run / "deployment.json").read_text())
