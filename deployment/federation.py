@@ -21,7 +21,6 @@ import contextlib
 import dataclasses
 import shutil
 import signal
-import sys
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -32,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from common.config import ConfigValue, FedveilConfig
 from deployment import commands
-from deployment.bundle import stage_app, task_source
+from deployment.bundle import stage_app
 from deployment.errors import DeployError, FederationError
 from deployment.layout import Layout
 from deployment.local import LocalDeployment
@@ -49,7 +48,6 @@ __all__ = [
     "FederationError",
     "RunOutcome",
     "check_deployable",
-    "check_task",
     "federation_resume",
     "federation_up",
     "print_summary",
@@ -78,25 +76,6 @@ def check_deployable(config: FedveilConfig, nodes: int) -> None:
             f"SuperNodes would run; use --nodes {config.min_train_clients} or "
             f"--set min-train-clients={nodes}"
         )
-
-
-def check_task(config: FedveilConfig) -> None:
-    """Load the run's task as the app will, so an unusable one is one line before anything starts.
-
-    The app imports a task staged from the working directory (``bundle.task_source``) before
-    any installed package of the same name (Flower puts the app first on ``sys.path``), so it is
-    loaded here the same way.
-    """
-    from common.task import task_of
-
-    source = task_source(config.task, Path.cwd())
-    folder = [] if source is None else [str(source.parent)]
-    sys.path[:0] = folder
-    try:
-        task_of(config)
-    finally:
-        if folder and sys.path[0] == folder[0]:
-            del sys.path[0]
 
 
 def run_flat(config: FedveilConfig, run_dir: Path, *, resume: bool) -> dict[str, ConfigValue]:
@@ -132,10 +111,11 @@ def federation_up(
     ``node_data``: each SuperNode's own data (``deployment.nodes``), else partitions;
     ``node_env``: the Python environment the SuperNodes run from, else this one.
     """
+    from common.task import task_of
     from server.rundir import new_run_id
 
     check_deployable(config, nodes)
-    check_task(config)
+    task_of(config)  # an unusable task is one line now, not a failed ServerApp later
     data_paths = node_data_paths(node_data, nodes)
     env = str(node_env.expanduser().resolve()) if node_env is not None else ""
     run_dir = (out if out is not None else Path(config.out_dir) / new_run_id()).resolve()

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from common.config import FedveilConfig
-from deployment.federation import DeployError, check_deployable, check_task, run_flat
+from deployment.federation import DeployError, check_deployable, run_flat
 from deployment.record import DeploymentRecord
 from simulations.cli import main
 
@@ -223,18 +222,3 @@ def test_resume_without_checkpoint_is_one_line(
     code, _, err = _run(["federation", "up", "--resume", str(run)], capsys)
 
     assert code == 2 and "has no checkpoint" in err
-
-
-def test_a_task_in_the_working_directory_passes_the_check_and_the_path_is_restored(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    package = tmp_path / "fedveil_probe_task"
-    package.mkdir()
-    (package / "__init__.py").write_text("")
-    (package / "task.py").write_text("from examples.tabular_csv.task import make_task\n")
-    monkeypatch.chdir(tmp_path)
-    path = list(sys.path)
-
-    check_task(DEFAULTS.replace(task="fedveil_probe_task.task"))
-
-    assert sys.path == path  # loaded as the app will, then the path restored
