@@ -116,3 +116,14 @@ def test_the_test_split_is_read_only_when_asked_for(tmp_path: Path) -> None:
     assert len(data.train) > 0
     with pytest.raises(DataError, match="t10k-images-idx3-ubyte"):
         _ = data.test
+
+
+def test_standardising_in_place_is_the_formula_bit_for_bit(digits: ImageSetTask) -> None:
+    data = digits.data
+    rng = np.random.default_rng(3)
+    raw = rng.integers(0, 17, (50, 1, 8, 8)).astype(np.float32)
+
+    got, _ = data.tensors(ImageSet(raw, np.zeros(50, np.int64)))
+
+    expected = (raw.astype(np.float32) / data.pixel_scale - data.mean) / data.std
+    assert got.numpy().tobytes() == expected.tobytes()
