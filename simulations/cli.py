@@ -165,14 +165,24 @@ def _add_keys_parser(sub: Any) -> None:
     gen.add_argument("--days", type=int, default=365, help="certificate validity (with --tls)")
 
 
-def _finish(run_path: Path, stopped_reason: str | None, console: Console) -> None:
-    """Write the run's report, say why it stopped early if it did, print the run directory."""
-    from report import write_report
+def _finish(
+    run_path: Path, stopped_reason: str | None, console: Console, *, reported: bool = False
+) -> None:
+    """Write the run's report, say why it stopped early if it did, print the run directory.
 
-    report = write_report(run_path)
+    ``reported``: the ServerApp of a deployment writes the report itself when its run ends;
+    it is written here only if that failed (the ServerApp logged why).
+    """
+    from report import write_report
+    from report.write import HTML_NAME
+
+    if reported and (run_path / HTML_NAME).is_file():
+        html = run_path / HTML_NAME
+    else:
+        html = write_report(run_path).html
     if stopped_reason:
         console.print(f"[yellow]stopped early:[/yellow] {stopped_reason}")
-    console.print(f"report: {report.html}")
+    console.print(f"report: {html}")
     print(run_path)
 
 
@@ -298,7 +308,7 @@ def _deployment(start: Callable[[], tuple[Path, RunOutcome]], console: Console) 
         print(f"fedveil: federation failed: {exc}", file=sys.stderr)
         return 1
     deploy.print_summary(console, run_path, outcome)
-    _finish(run_path, outcome.stopped_reason, console)
+    _finish(run_path, outcome.stopped_reason, console, reported=True)
     return 0
 
 

@@ -208,3 +208,23 @@ def test_an_unusable_task_is_one_line_exit_2_before_anything_starts(
     assert status == 2 and len(err.splitlines()) == 1
     assert named in err and "Traceback" not in err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("served", [True, False])
+def test_a_deployments_report_is_written_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], served: bool
+) -> None:
+    from rich.console import Console
+
+    from simulations.cli import _finish
+    from tests.report.run_docs import build_docs
+
+    run = build_docs().write(tmp_path / "run")
+    if served:  # the ServerApp wrote it when the run ended
+        (run / "report.html").write_text("written by the ServerApp")
+
+    _finish(run, None, Console(), reported=True)
+
+    html = (run / "report.html").read_text()
+    assert (html == "written by the ServerApp") is served
+    assert capsys.readouterr().out.strip().endswith(str(run))
