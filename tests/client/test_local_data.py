@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -128,3 +131,35 @@ def test_a_node_id_beyond_float_precision_stays_exact_as_a_float() -> None:
 
     assert int(float(client)) == client
     assert np.isfinite(float(client))
+
+
+_NODE_IMPORTS = """
+import json, sys
+from pathlib import Path
+from flwr.app import Context, RecordDict
+from client.local_data import load_local_data
+from common.config import FedveilConfig
+
+config = FedveilConfig.from_flat({"task": sys.argv[1], "data-dir": sys.argv[2]})
+context = Context(run_id=1, node_id=7, node_config={"data-path": sys.argv[3]},
+                  state=RecordDict(), run_config={})
+load_local_data(config, context)
+print(json.dumps(sorted({name.partition(".")[0] for name in sys.modules})))
+"""
+
+
+def test_a_node_with_its_own_file_imports_no_simulation_or_dataframe_library(
+    csv_dir: Path,
+) -> None:
+    # A fresh interpreter: this test process has imported everything already.
+    done = subprocess.run(
+        [sys.executable, "-c", _NODE_IMPORTS, TABULAR, str(csv_dir), str(csv_dir / "node-0.csv")],
+        cwd=Path(__file__).resolve().parents[2],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    loaded = set(json.loads(done.stdout.splitlines()[-1]))
+
+    assert "client" in loaded  # the probe really ran the node's loader
+    assert not loaded & {"flwr_datasets", "datasets", "pandas", "pyarrow", "sklearn", "matplotlib"}
