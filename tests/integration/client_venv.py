@@ -9,6 +9,7 @@ leaves nothing in the working tree.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -23,9 +24,23 @@ SERVER_ONLY: Final = frozenset({"ray", "scikit-learn", "matplotlib", "flwr-datas
 """Distributions of ``fedveil[server]`` (and the simulation engine) an edge client must lack."""
 
 
+def clean_env() -> dict[str, str]:
+    """This process's environment without what would leak the dev environment into the venv.
+
+    A Ray simulation run earlier in the same test process sets ``PYTHONPATH`` to the dev
+    environment's site-packages; inherited, it makes the client venv see every dev package.
+    """
+    return {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+
+
 def _pip(python: Path, *args: str) -> None:
     done = subprocess.run(
-        [str(python), "-m", "pip", *args], capture_output=True, text=True, timeout=900, check=False
+        [str(python), "-m", "pip", *args],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+        env=clean_env(),
     )
     if done.returncode != 0:
         raise RuntimeError(f"pip {' '.join(args)} failed: {done.stderr[-2000:]}")
@@ -60,6 +75,7 @@ def installed(venv: Path) -> set[str]:
         text=True,
         timeout=120,
         check=True,
+        env=clean_env(),
     )
     return {str(d["name"]).lower() for d in json.loads(done.stdout)}
 
@@ -67,7 +83,9 @@ def installed(venv: Path) -> set[str]:
 def build_client_venv(where: Path) -> Path:
     """Create ``where/venv`` with torch and fedveil's base install only; return it."""
     venv = where / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+    subprocess.run(
+        [sys.executable, "-m", "venv", str(venv)], check=True, timeout=300, env=clean_env()
+    )
     python = venv / "bin" / "python"
     _pip(python, "install", TORCH)
     _pip(python, "install", str(build_wheel(where / "wheel")))

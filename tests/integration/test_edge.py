@@ -29,7 +29,13 @@ from deployment.layout import Layout
 from deployment.supervisor import ProcessTable
 from server.run_contract import check_run_contract
 from tests.conftest import REPO
-from tests.integration.client_venv import SERVER_ONLY, TORCH, build_client_venv, installed
+from tests.integration.client_venv import (
+    SERVER_ONLY,
+    TORCH,
+    build_client_venv,
+    clean_env,
+    installed,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -105,7 +111,7 @@ def test_the_edge_recipe_runs_three_client_only_nodes_on_their_own_data(
         in (install)
     )
     assert "edge-venv/bin/pip install .\n" in install
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env = clean_env()
     env.update(PATH=f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}", HF_HUB_OFFLINE="1")
     out, err = project / "recipe.out", project / "recipe.err"
     started = time.monotonic()
