@@ -1,4 +1,4 @@
-"""Shared fixtures: calling the ClientApp directly, and the shared benchmark data folder."""
+"""Shared fixtures: calling the ClientApp directly, as a SuperNode does."""
 
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ from common.config import FedveilConfig
 from common.sealing import AggregatorKeyPair
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
 RUN_ID = 4242
 
 
@@ -68,11 +67,3 @@ def client_context(partition_id: int, num_partitions: int, **node: Any) -> Conte
         state=RecordDict(),
         run_config={},
     )
-
-
-@pytest.fixture
-def shared_data() -> Path:
-    """The real benchmark data beside the repository; tests needing it skip without it."""
-    if not (SHARED_DATA / "mnist").is_dir():
-        pytest.skip("../shared/data is not present")
-    return SHARED_DATA

@@ -59,7 +59,7 @@ def dp_accounting_event(history: Sequence[HistoryEntry]) -> dp_accounting.DpEven
 # ----------------------------------------------------------------------- known answers
 
 
-DIGITS_Q = 64 / 1797  # batch 64 of the 1,797 digits, as measured in ../shared/flower-notes.md
+DIGITS_Q = 64 / 1797  # batch 64 of scikit-learn's 1,797 digits
 
 
 @pytest.mark.parametrize(
