@@ -23,7 +23,7 @@ import pytest
 from common.crypto.certificates import create_node_key
 from common.weights import load_safetensors
 from deployment.layout import free_ports
-from deployment.processes import process_tree, start_time
+from deployment.processes import cmdline, process_tree, start_time
 from deployment.supervisor import ProcessTable, stop_tree
 from tests.conftest import REPO
 
@@ -286,7 +286,19 @@ def _round_unanswered(federation: UpCommand, partition: int) -> int | None:
     """
     in_progress = len(federation.rows()) + 1
     charged = _client_state(federation.run, partition)["rounds"]
-    return None if in_progress in charged else in_progress
+    if in_progress in charged or not _handling_a_message(federation, partition):
+        return None
+    return in_progress
+
+
+def _handling_a_message(federation: UpCommand, partition: int) -> bool:
+    """Whether the SuperNode has pulled a message: a ClientApp runs in its own process tree.
+
+    Without it the node may not have fetched the round yet, and a restarted node would then
+    answer the round after all.
+    """
+    tree = process_tree(*federation.pids()[f"supernode-{partition}"])
+    return any("flwr-clientapp" in cmdline(pid) for pid, _ in tree)
 
 
 def test_supernode_killed_mid_round_is_restarted_and_its_epsilon_continues(
