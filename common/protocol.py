@@ -11,18 +11,24 @@ Request ``RecordDict``:
 A client reads these records and no others; a record it does not know changes nothing.
 
 Query (planning) request: ``config`` only. Reply: ``metrics`` with ``client-id``,
-``dp-sample-rate`` and ``dp-steps`` (steps per round); a node without usable data replies
-``metrics`` with ``client-id`` only and ``status`` = ``refused`` with the reason.
+``dp-sample-rate`` and ``dp-steps`` (steps per round), plus the node's own limits
+(``NODE_LIMIT_METRICS``, each only when set); a node without usable data, or with an unusable
+limit in its node config, replies ``metrics`` with ``client-id`` only and ``status`` =
+``refused`` with the reason.
 
 Reply ``RecordDict``:
-    ``metrics`` MetricRecord, the DP facts of this round (``REPLY_METRICS``).
+    ``metrics`` MetricRecord, the DP facts of this round (``REPLY_METRICS``) and the node's
+                own limits (``NODE_LIMIT_METRICS``, each only when set).
     ``status``  ConfigRecord, ``status`` = ``trained`` or ``refused`` and a one-line ``reason``
                 (a refusal for lack of usable data adds ``cause`` = ``no-data`` and carries
-                ``client-id`` only in ``metrics``).
+                ``client-id`` only in ``metrics``; one by the node's own limit adds ``cause`` =
+                ``node-limit`` and ``limit`` = the node-config key; an unusable limit value adds
+                ``cause`` = ``node-config``, ``limit`` and ``client-id`` only in ``metrics``).
     ``update``  ConfigRecord, ``sealed``: the sealed update (``common.envelope``); only when
                 ``status`` is ``trained``.
 
-Nothing else leaves a client: no training loss, no example count (aggregation is uniform).
+Nothing else leaves a client: no training loss, no example count (aggregation is uniform);
+the node's own limits travel in the clear, so the server can plan around them.
 The metrics repeat the DP facts in the clear for refusals and logs; the ledger charges the
 copy inside the seal, which the relay can neither read nor alter.
 The sample rate reveals ``ceil(n / batch_size)``; the privacy report names that channel.
@@ -59,6 +65,14 @@ STATUS_ALREADY_TRAINED = "already-trained"
 # rather than counting it as a budget refusal, so the node is not taken for exhausted.
 CAUSE = "cause"
 CAUSE_NO_DATA = "no-data"
+# The device owner's own limit (node config) stops this round; ``LIMIT`` names the key
+# (``max-epsilon`` / ``max-rounds``: the node can train no more in this run;
+# ``min-noise-multiplier``: the σ asked for is below the node's floor). Nothing is spent.
+CAUSE_NODE_LIMIT = "node-limit"
+# A limit in the node config is unusable (not a number, NaN, <= 0); ``LIMIT`` names the key. The
+# node trains nothing until its owner fixes it. Nothing is spent.
+CAUSE_NODE_CONFIG = "node-config"
+LIMIT = "limit"
 
 # Metric keys of a train reply; "weight" is the aggregation weight (uniform, 1.0).
 WEIGHT = "weight"
@@ -68,6 +82,11 @@ NOISE_MULTIPLIER = "dp-noise-multiplier"
 SAMPLE_RATE = "dp-sample-rate"
 STEPS = "dp-steps"
 REPLY_METRICS = (WEIGHT, CLIENT_ID, EPSILON, NOISE_MULTIPLIER, SAMPLE_RATE, STEPS)
+# The node's own limits (``client.node_limits``), in planning and train replies; absent when unset.
+NODE_MAX_EPSILON = "node-max-epsilon"
+NODE_MIN_NOISE = "node-min-noise-multiplier"
+NODE_MAX_ROUNDS = "node-max-rounds"
+NODE_LIMIT_METRICS = (NODE_MAX_EPSILON, NODE_MIN_NOISE, NODE_MAX_ROUNDS)
 
 
 def run_config_of(record: ConfigRecord) -> dict[str, Any]:
