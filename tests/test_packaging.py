@@ -157,20 +157,16 @@ def test_default_preset_matches_its_description() -> None:
 # ---------------------------------------------------------------- the app bundle (FAB)
 FAB_PACKAGES = ("common", "client", "server", "report", "examples")
 # Stand-ins for what a checkout may hold beside the code; none of it may reach a node.
+RUN_FILES = ("metrics.jsonl", "privacy.json", "checkpoint/state.json", "config.json")
+DEVELOPER_FILES = ("tests/conftest.py", "tests/server/fakes.py", "my-runs/notes.md", "README.md")
+UNSHIPPED_CODE = ("benchmarks/extra_bench.py", "simulations/extra.py", "deployment/extra.py")
 STRAY_FILES = (
-    "runs-flwr/20260101-000000/metrics.jsonl",
-    "runs-flwr/20260101-000000/privacy.json",
-    "runs-flwr/20260101-000000/checkpoint/state.json",
-    "runs/20260101-000000/config.json",
-    "my-runs/notes.md",
-    "tests/conftest.py",
-    "tests/server/fakes.py",
-    "benchmarks/extra_bench.py",
+    *(f"runs-flwr/20260101-000000/{name}" for name in RUN_FILES),
+    *(f"runs/20260101-000000/{name}" for name in RUN_FILES),
+    *DEVELOPER_FILES,
+    *UNSHIPPED_CODE,
     "docs/extra.md",
-    "simulations/extra.py",
-    "deployment/extra.py",
     ".venv/lib/python3.11/site-packages/x.py",
-    "README.md",
     "server/notes.md",
 )
 

@@ -90,9 +90,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=DEFAULT_DATA, help="folder to write (created)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--per-class", type=int, default=100, help="training images of each class (default 100)"
+    )
     args = parser.parse_args()
-    write_dataset(args.out, seed=args.seed)
-    print(f"wrote {args.out}")
+    write_dataset(args.out, seed=args.seed, per_class=args.per_class)
+    print(f"wrote {args.per_class} training images per class and the node folders to {args.out}")
 
 
 if __name__ == "__main__":

@@ -79,9 +79,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=DEFAULT_DATA, help="folder to write (created)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--rows", type=int, default=2000, help="rows of train.csv (default 2000)")
     args = parser.parse_args()
-    write_dataset(args.out, seed=args.seed)
-    print(f"wrote {args.out}")
+    write_dataset(args.out, seed=args.seed, train=args.rows)
+    print(f"wrote train.csv ({args.rows} rows), test.csv and the node files to {args.out}")
 
 
 if __name__ == "__main__":

@@ -14,14 +14,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x448 import X448PrivateKey
 
-from common.crypto.aggregator_keys import (
-    AggregatorKeyPair,
-    KeyFileExistsError,
-    fingerprint,
-    load_private_key,
-    load_public_key,
-    write_keypair,
-)
+from common.crypto import aggregator_keys as keys
+from common.crypto.aggregator_keys import AggregatorKeyPair
 from common.sealing import open_update, seal_update
 from tests.common.sealing_support import CODEC, CTX, VECTORS, assert_no_secret, h
 
@@ -34,20 +28,20 @@ def keypair() -> AggregatorKeyPair:
 def test_fingerprint_format_and_stability(keypair: AggregatorKeyPair, tmp_path: Path) -> None:
     # Pinned: SHA-256 of the RFC 9180 vector's pkRm.
     pk_rm = h(VECTORS[0]["pkRm"])
-    assert fingerprint(pk_rm) == (
+    assert keys.fingerprint(pk_rm) == (
         "sha256:69df8d73e7407153d44babaf63e78f7a37ea1cb4f043588b75b51b02f8f9ddc3"
     )
-    assert fingerprint(pk_rm) == "sha256:" + hashlib.sha256(pk_rm).hexdigest()
+    assert keys.fingerprint(pk_rm) == "sha256:" + hashlib.sha256(pk_rm).hexdigest()
     fp = keypair.fingerprint()
     assert re.fullmatch(r"sha256:[0-9a-f]{64}", fp)
-    assert fp == fingerprint(keypair.public_bytes) == keypair.fingerprint()
-    key_path, pub_path = write_keypair(tmp_path, keypair)
-    assert load_private_key(key_path).fingerprint() == fp
-    assert fingerprint(load_public_key(pub_path)) == fp
+    assert fp == keys.fingerprint(keypair.public_bytes) == keypair.fingerprint()
+    key_path, pub_path = keys.write_keypair(tmp_path, keypair)
+    assert keys.load_private_key(key_path).fingerprint() == fp
+    assert keys.fingerprint(keys.load_public_key(pub_path)) == fp
     assert AggregatorKeyPair.generate().fingerprint() != fp
     for bad in (b"", b"\x00" * 31, b"\x00" * 33):
         with pytest.raises(ValueError, match="32"):
-            fingerprint(bad)
+            keys.fingerprint(bad)
 
 
 @pytest.fixture
@@ -69,7 +63,7 @@ def test_write_keypair_modes_and_formats(
 ) -> None:
     umask(mask)
     keypair = AggregatorKeyPair.generate()
-    key_path, pub_path = write_keypair(tmp_path / "keys" / "nested", keypair)
+    key_path, pub_path = keys.write_keypair(tmp_path / "keys" / "nested", keypair)
     assert (key_path.name, pub_path.name) == ("aggregator.key", "aggregator.pub")
     assert _mode(key_path) == 0o600
     assert _mode(pub_path) == 0o644
@@ -80,33 +74,33 @@ def test_write_keypair_modes_and_formats(
 
 def test_load_round_trip(tmp_path: Path) -> None:
     keypair = AggregatorKeyPair.generate()
-    key_path, pub_path = write_keypair(tmp_path, keypair)
-    loaded = load_private_key(key_path)
+    key_path, pub_path = keys.write_keypair(tmp_path, keypair)
+    loaded = keys.load_private_key(key_path)
     assert loaded.private_bytes() == keypair.private_bytes()
     assert loaded.public_bytes == keypair.public_bytes
-    assert load_public_key(pub_path) == keypair.public_bytes
+    assert keys.load_public_key(pub_path) == keypair.public_bytes
     # The loaded pair opens what was sealed to the written public key.
-    blob = seal_update(b"u", public_key=load_public_key(pub_path), context=CTX, codec=CODEC)
+    blob = seal_update(b"u", public_key=keys.load_public_key(pub_path), context=CTX, codec=CODEC)
     assert open_update(blob, keypair=loaded, expected=CTX, max_payload=1)[1] == b"u"
     # An owner-read-only key is fine too.
     key_path.chmod(0o400)
-    assert load_private_key(key_path).public_bytes == keypair.public_bytes
+    assert keys.load_private_key(key_path).public_bytes == keypair.public_bytes
 
 
 def test_write_keypair_refuses_to_overwrite(tmp_path: Path) -> None:
     first = AggregatorKeyPair.generate()
-    key_path, pub_path = write_keypair(tmp_path, first)
+    key_path, pub_path = keys.write_keypair(tmp_path, first)
     key_before, pub_before = key_path.read_bytes(), pub_path.read_bytes()
     second = AggregatorKeyPair.generate()
     with pytest.raises(ValueError, match="refusing to overwrite") as info:
-        write_keypair(tmp_path, second)
+        keys.write_keypair(tmp_path, second)
     assert isinstance(info.value, FileExistsError)
-    assert isinstance(info.value, KeyFileExistsError)
+    assert isinstance(info.value, keys.KeyFileExistsError)
     assert str(key_path) in str(info.value)
     assert "\n" not in str(info.value)
     assert key_path.read_bytes() == key_before
     assert pub_path.read_bytes() == pub_before
-    assert load_private_key(key_path).private_bytes() == first.private_bytes()
+    assert keys.load_private_key(key_path).private_bytes() == first.private_bytes()
     assert_no_secret(str(info.value), first)
     assert_no_secret(str(info.value), second)
 
@@ -114,10 +108,10 @@ def test_write_keypair_refuses_to_overwrite(tmp_path: Path) -> None:
 @pytest.mark.parametrize("mode", [0o640, 0o604, 0o660, 0o644, 0o666, 0o610])
 def test_group_or_world_readable_key_is_refused(tmp_path: Path, mode: int) -> None:
     keypair = AggregatorKeyPair.generate()
-    key_path, _ = write_keypair(tmp_path, keypair)
+    key_path, _ = keys.write_keypair(tmp_path, keypair)
     key_path.chmod(mode)
     with pytest.raises(ValueError) as info:
-        load_private_key(key_path)
+        keys.load_private_key(key_path)
     message = str(info.value)
     assert f"chmod 600 {key_path}" in message
     assert "\n" not in message
@@ -125,7 +119,7 @@ def test_group_or_world_readable_key_is_refused(tmp_path: Path, mode: int) -> No
 
 
 def _wrong_private_files(tmp_path: Path, keypair: AggregatorKeyPair) -> dict[str, Path]:
-    key_path, pub_path = write_keypair(tmp_path / "real", keypair)
+    key_path, pub_path = keys.write_keypair(tmp_path / "real", keypair)
 
     def put(name: str, data: bytes) -> Path:
         path = tmp_path / name
@@ -184,13 +178,13 @@ def _assert_each_refused_in_one_line(
 def test_wrong_private_key_files_are_one_line_value_errors_naming_the_file(tmp_path: Path) -> None:
     keypair = AggregatorKeyPair.generate()
     _assert_each_refused_in_one_line(
-        load_private_key, _wrong_private_files(tmp_path, keypair), keypair
+        keys.load_private_key, _wrong_private_files(tmp_path, keypair), keypair
     )
 
 
 def test_wrong_public_key_files_are_one_line_value_errors_naming_the_file(tmp_path: Path) -> None:
     keypair = AggregatorKeyPair.generate()
-    key_path, _ = write_keypair(tmp_path / "real", keypair)
+    key_path, _ = keys.write_keypair(tmp_path / "real", keypair)
     ed_pub = (
         Ed25519PrivateKey.generate()
         .public_key()
@@ -209,7 +203,7 @@ def test_wrong_public_key_files_are_one_line_value_errors_naming_the_file(tmp_pa
     cases["garbage"].write_bytes(b"-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n")
     cases["raw-bytes"].write_bytes(keypair.public_bytes)
     cases["ed25519"].write_bytes(ed_pub)
-    _assert_each_refused_in_one_line(load_public_key, cases, keypair)
+    _assert_each_refused_in_one_line(keys.load_public_key, cases, keypair)
 
 
 def test_repr_hides_the_private_key() -> None:
