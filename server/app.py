@@ -9,7 +9,7 @@ imports ``report`` (lazily, at the end of a run).
 
 ``fedveil simulate`` builds its own app with ``build_server_app`` (no report hook: the CLI writes
 the report once), to observe rounds as they finish, to resume, or to wrap the server's strategy
-once more (``wrap_strategy``).
+once more (``RunHooks``).
 """
 
 from __future__ import annotations
@@ -22,9 +22,8 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from common.config import KEYS, ConfigError, FedveilConfig
-from server.round_loop import PlanObserver, RoundLoop, RoundLoopResult, RoundObserver
+from server.round_loop import RoundLoop, RoundLoopResult, RunHooks
 from server.rundir import RunDirectory, new_run_id
-from server.strategy.stack import StrategyWrap
 
 log = logging.getLogger(__name__)
 
@@ -38,17 +37,15 @@ def build_server_app(
     config: FedveilConfig | None,
     run_path: Path | None = None,
     *,
-    on_round: RoundObserver | None = None,
-    on_plan: PlanObserver | None = None,
+    hooks: RunHooks | None = None,
     results: list[RoundLoopResult] | None = None,
     resume: bool = False,
-    wrap_strategy: StrategyWrap | None = None,
     on_end: RunEnd | None = None,
 ) -> ServerApp:
     """Return a ServerApp for ``config`` (or the context's run config when ``None``).
 
-    ``wrap_strategy`` wraps the server's strategy stack (``server.strategy.stack``) once more;
-    ``on_end`` runs after the loop returns, not when it raises.
+    ``hooks`` observe the run and may wrap the server's strategy stack once more
+    (``server.round_loop.RunHooks``); ``on_end`` runs after the loop returns, not when it raises.
     """
     server_app = ServerApp()
 
@@ -76,9 +73,7 @@ def build_server_app(
             run_dir,
             run_id=context.run_id,
             run_tag=path.name,
-            on_round=on_round,
-            on_plan=on_plan,
-            wrap_strategy=wrap_strategy,
+            hooks=hooks,
         )
         if resuming:
             loop.restore()

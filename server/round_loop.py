@@ -3,7 +3,7 @@
 Flower's ``Strategy.start`` runs rounds too, but it cannot plan DP parameters per client, stop
 cleanly when budgets run out, record each round as it ends, or resume from a checkpoint; this
 loop drives the same strategy hooks and does all four. The strategy is the stack of wrappers in
-``server.strategy`` around the configured aggregator; ``wrap_strategy`` may wrap it once more
+``server.strategy`` around the configured aggregator; ``RunHooks.wrap_strategy`` may wrap it again
 (a simulation's fault injection), sharing the round's ``RoundBook``. Requests carry only the
 run-config keys a client needs (``FedveilConfig.to_client_flat``).
 """
@@ -50,6 +50,21 @@ log = logging.getLogger(__name__)
 
 RoundObserver = Callable[[RoundRecord, PrivacyLedger], None]
 PlanObserver = Callable[[dict[str, ClientPlan]], None]
+
+
+@dataclass(frozen=True)
+class RunHooks:
+    """What a caller adds to a run.
+
+    Observers of the plan and of each finished round, and one more wrapper around the server's
+    strategy stack (``server.strategy.stack.StrategyWrap``).
+    """
+
+    on_round: RoundObserver | None = None
+    on_plan: PlanObserver | None = None
+    wrap_strategy: StrategyWrap | None = None
+
+
 _NOT_STARTED = "the round loop has not started: call run()"
 
 
@@ -84,17 +99,13 @@ class RoundLoop:
         *,
         run_id: int,
         run_tag: str,
-        on_round: RoundObserver | None = None,
-        on_plan: PlanObserver | None = None,
-        wrap_strategy: StrategyWrap | None = None,
+        hooks: RunHooks | None = None,
     ) -> None:
         self.grid = grid
         self.config = config
         self.run_dir = run_dir
         self.run_tag = run_tag
-        self.on_round = on_round
-        self.on_plan = on_plan
-        self.wrap_strategy = wrap_strategy
+        self.hooks = hooks or RunHooks()
         self.book = RoundBook()
         task = task_of(config)
         self.model = task.build_model()
@@ -184,8 +195,8 @@ class RoundLoop:
                 if cid in self.ledger.plan
             }
         )
-        if fresh and self.on_plan is not None:
-            self.on_plan(fresh)
+        if fresh and self.hooks.on_plan is not None:
+            self.hooks.on_plan(fresh)
 
     def _eligible(self, node: int) -> bool:
         client = self.book.node_clients.get(node)
@@ -286,7 +297,7 @@ class RoundLoop:
             book=self.book,
             reference=None if self.root_set is None else self._reference,
             evidence=evidence,
-            wrap=self.wrap_strategy,
+            wrap=self.hooks.wrap_strategy,
         )
         accuracy = float("nan")
         try:
@@ -366,8 +377,8 @@ class RoundLoop:
         self.completed = server_round
         self.ledger.save(self.run_dir.path / self.run_dir.PRIVACY)
         self.write_checkpoint()
-        if self.on_round is not None:
-            self.on_round(record, self.ledger)
+        if self.hooks.on_round is not None:
+            self.hooks.on_round(record, self.ledger)
         return record
 
 

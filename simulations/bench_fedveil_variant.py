@@ -20,7 +20,7 @@ from flwr.simulation import run_simulation
 from common.config import FedveilConfig
 from server.app import build_server_app
 from server.ledger import PrivacyLedger
-from server.round_loop import RoundLoopResult
+from server.round_loop import RoundLoopResult, RunHooks
 from server.rundir import RoundRecord, read_rounds
 from server.strategy.round_book import RoundBook
 from server.strategy.stack import StrategyWrap
@@ -61,9 +61,10 @@ def run(
     server_app = build_server_app(
         config,
         run_path,
-        on_round=on_round,
+        hooks=RunHooks(
+            on_round=on_round, wrap_strategy=timing_wrap(clock, simulate.fault_injection(config))
+        ),
         results=results,
-        wrap_strategy=timing_wrap(clock, simulate.fault_injection(config)),
     )
     run_simulation(
         server_app=server_app,

@@ -26,7 +26,7 @@ from server.aggregation import build_aggregator
 from server.app import build_server_app
 from server.planning import check_budget_allows_a_round, expected_rounds, plan_client
 from server.root_set import server_examples
-from server.round_loop import RoundLoopResult
+from server.round_loop import RoundLoopResult, RunHooks
 from server.rundir import RunDirectory, RunDirError, new_run_id, read_rounds
 from server.strategy.round_book import RoundBook
 from server.strategy.stack import StrategyWrap, sample_size
@@ -151,11 +151,9 @@ def simulate(
         server_app = build_server_app(
             config,
             run_path,
-            on_round=progress.update,
-            on_plan=progress.show_plan,
+            hooks=RunHooks(progress.update, progress.show_plan, fault_injection(config)),
             results=results,
             resume=resume,
-            wrap_strategy=fault_injection(config),
         )
         with quiet_engine(verbose=verbose):
             run_simulation(

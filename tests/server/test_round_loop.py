@@ -11,7 +11,7 @@ from client.app import app
 from common import protocol
 from common.config import CLIENT_KEYS, KEYS, FedveilConfig
 from examples.tabular_csv.make_data import write_dataset
-from server.round_loop import RoundLoop
+from server.round_loop import RoundLoop, RunHooks
 from server.rundir import RunDirectory
 from tests.conftest import RUN_ID
 from tests.server.strategy.fakes import ListGrid
@@ -132,7 +132,14 @@ def test_a_node_joining_mid_run_that_cannot_afford_one_round_is_left_out(
             grid.nodes.append(22)
 
     run_dir = RunDirectory.create(tmp_path / "run")
-    loop = RoundLoop(grid, config, run_dir, run_id=RUN_ID, run_tag="run", on_round=tiny_node_joins)
+    loop = RoundLoop(
+        grid,
+        config,
+        run_dir,
+        run_id=RUN_ID,
+        run_tag="run",
+        hooks=RunHooks(on_round=tiny_node_joins),
+    )
 
     result = loop.run()
 
