@@ -14,7 +14,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from client.canaries import GradientCanaries
 from common.accounting import HistoryEntry, sample_rate, steps_per_round
+from common.audit_canaries import CanarySpec
 
 
 @dataclass(frozen=True)
@@ -102,8 +104,13 @@ def train_dp_sgd(
     images: torch.Tensor,
     labels: torch.Tensor,
     settings: DPSGDSettings,
+    canaries: CanarySpec | None = None,
 ) -> RoundOutcome:
-    """Train ``model`` in place on ``images (n, ...)`` / ``labels (n,)`` with DP-SGD."""
+    """Train ``model`` in place on ``images (n, ...)`` / ``labels (n,)`` with DP-SGD.
+
+    ``canaries``, when given, are the white-box audit's canaries (``client.canaries``): each
+    included one is sampled like an example and added to the clipped sum before the noise.
+    """
     from opacus import PrivacyEngine
 
     n = int(labels.shape[0])
@@ -128,6 +135,13 @@ def train_dp_sgd(
             poisson_sampling=True,
             noise_generator=_secret_generator(),
         )
+    if canaries is not None:
+        GradientCanaries(
+            canaries,
+            [p for p in model.parameters() if p.requires_grad],
+            sample_rate=sample_rate(n, settings.batch_size),
+            max_grad_norm=settings.max_grad_norm,
+        ).attach(private_optimizer)
     criterion = nn.CrossEntropyLoss()
     private_model.train()
     with warnings.catch_warnings():

@@ -1,0 +1,79 @@
+"""White-box audit canaries inside DP-SGD: each step adds the sampled canaries before the noise.
+
+Each included canary (``common.audit_canaries.CanarySpec``) behaves like one more clipped
+example: at every step it is sampled independently with the same Poisson rate ``q`` as a real
+example, and its gradient (a fixed direction of norm ``C``, the clip bound) is added to the sum
+of clipped per-sample gradients. The hook sits between Opacus's ``clip_and_accumulate`` and
+``add_noise`` (``DPOptimizer.pre_step``), so real examples are clipped exactly as without it and
+the noise is drawn from the same generator with the same std; excluded canaries are never added.
+
+Canaries cost no privacy of the real examples (each example's sensitivity is unchanged) but
+perturb the update like ``q`` × (included canaries) extra examples: a utility cost.
+The per-step sampling draws from OS entropy, never from the spec's seed.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+import numpy as np
+import torch
+
+from common.audit_canaries import CanarySpec
+
+
+class GradientCanaries:
+    """The included canaries of ``spec`` over ``params``, to be attached to a DP optimizer.
+
+    Args:
+        spec: the canaries (seed and count) the auditor asked for.
+        params: the trainable parameters, in the model's ``named_parameters`` order.
+        sample_rate: ``q``, each canary's chance to be in a step's batch (a real example's).
+        max_grad_norm: ``C``, each canary gradient's L2 norm.
+    """
+
+    def __init__(
+        self,
+        spec: CanarySpec,
+        params: list[torch.Tensor],
+        *,
+        sample_rate: float,
+        max_grad_norm: float,
+    ) -> None:
+        if not 0 < sample_rate <= 1:
+            raise ValueError(f"`sample_rate` must be in (0, 1], got {sample_rate}")
+        self.sample_rate = sample_rate
+        self._shapes = [p.shape for p in params]
+        size = sum(p.numel() for p in params)
+        chosen = np.flatnonzero(spec.included())
+        self._directions = torch.from_numpy(spec.directions(chosen, size, max_grad_norm))
+        self._generator = torch.Generator().manual_seed(secrets.randbits(63))
+        self.added = 0
+
+    def step_sum(self) -> torch.Tensor:
+        """Return this step's canary gradient sum, flat: Poisson-sampled included canaries."""
+        count = self._directions.shape[0]
+        mask = torch.rand(count, generator=self._generator) < self.sample_rate
+        self.added += int(mask.sum())
+        return mask.to(self._directions.dtype) @ self._directions
+
+    def attach(self, optimizer: Any) -> None:
+        """Make ``optimizer`` (an Opacus ``DPOptimizer``) add canaries before its noise.
+
+        ``optimizer.params`` must be the parameters this object was built over, in order.
+        """
+        if [p.shape for p in optimizer.params] != self._shapes:
+            raise ValueError("the optimizer's parameters are not the ones the canaries span")
+        add_noise = optimizer.add_noise
+
+        def add_canaries_then_noise() -> None:
+            flat = self.step_sum()
+            offset = 0
+            for p in optimizer.params:
+                n = p.numel()
+                p.summed_grad += flat[offset : offset + n].view_as(p.summed_grad)
+                offset += n
+            add_noise()
+
+        optimizer.add_noise = add_canaries_then_noise
