@@ -15,6 +15,7 @@ from server.checkpoint import (
     Checkpoint,
     CheckpointError,
     load_checkpoint,
+    read_state,
     save_checkpoint,
 )
 from server.ledger import PrivacyLedger
@@ -83,3 +84,93 @@ def test_a_garbled_ledger_is_refused_naming_the_checkpoint(tmp_path: Path) -> No
         load_checkpoint(tmp_path, SHAPES)
 
     assert str(info.value).startswith(f"{tmp_path / STATE_FILE} ledger: ")
+
+
+def _tamper(folder: Path, **fields: Any) -> None:
+    state = json.loads((folder / STATE_FILE).read_text())
+    state.update(fields)
+    (folder / STATE_FILE).write_text(json.dumps(state))
+
+
+@pytest.mark.parametrize(
+    "model", ["/etc/passwd", "../global-4.safetensors", "sub/global-4.safetensors", 7]
+)
+def test_a_model_path_outside_the_checkpoint_is_refused(tmp_path: Path, model: object) -> None:
+    folder = tmp_path / "run" / "checkpoint"
+    save_checkpoint(folder, _checkpoint({}))
+    # The file the tampered name points at exists, so only confinement can refuse it.
+    (folder / "sub").mkdir()
+    for target in (
+        tmp_path / "run" / "global-4.safetensors",
+        folder / "sub" / "global-4.safetensors",
+    ):
+        target.write_bytes((folder / "global-4.safetensors").read_bytes())
+    _tamper(folder, model=model)
+
+    with pytest.raises(CheckpointError, match="model must be a file name") as info:
+        load_checkpoint(folder, SHAPES)
+
+    assert "\n" not in str(info.value)
+
+
+def test_a_model_symlink_leading_outside_is_refused(tmp_path: Path) -> None:
+    folder = tmp_path / "checkpoint"
+    save_checkpoint(folder, _checkpoint({}))
+    outside = tmp_path / "outside.safetensors"
+    (folder / "global-4.safetensors").rename(outside)
+    (folder / "global-4.safetensors").symlink_to(outside)
+
+    with pytest.raises(CheckpointError, match="leads outside"):
+        load_checkpoint(folder, SHAPES)
+
+
+def test_a_symlinked_state_file_is_refused(tmp_path: Path) -> None:
+    folder = tmp_path / "checkpoint"
+    save_checkpoint(folder, _checkpoint({}))
+    outside = tmp_path / "state.json"
+    (folder / STATE_FILE).rename(outside)
+    (folder / STATE_FILE).symlink_to(outside)
+
+    with pytest.raises(CheckpointError, match="symlink"):
+        read_state(folder)
+
+
+@pytest.mark.parametrize(
+    ("fields", "match"),
+    [
+        ({"ledger": {}}, "ledger lacks"),
+        ({"ledger": None}, "ledger must be an object"),
+        ({"round": "4"}, "round must be an integer"),
+        ({"round": True}, "round must be an integer"),
+        ({"run_tag": ["x"]}, "run_tag must be a string"),
+        ({"node_clients": {"eleven": "0"}}, "bad node id"),
+        ({"node_clients": {"11": 0}}, "node_clients"),
+        ({"trained_before": "11"}, "trained_before must be a list"),
+        ({"evidence": [1]}, "evidence must be an object"),
+    ],
+)
+def test_a_garbled_state_is_one_line_naming_the_file(
+    tmp_path: Path, fields: dict[str, Any], match: str
+) -> None:
+    save_checkpoint(tmp_path, _checkpoint({}))
+    _tamper(tmp_path, **fields)
+
+    with pytest.raises(CheckpointError, match=match) as info:
+        read_state(tmp_path)
+
+    assert str(info.value).startswith(str(tmp_path / STATE_FILE)) and "\n" not in str(info.value)
+
+
+def test_a_deeply_nested_state_is_refused_not_a_recursion_error(tmp_path: Path) -> None:
+    (tmp_path / STATE_FILE).write_text("[" * 200_000 + "]" * 200_000)
+
+    with pytest.raises(CheckpointError, match="nested too deeply"):
+        read_state(tmp_path)
+
+
+def test_read_state_checks_without_loading_the_model(tmp_path: Path) -> None:
+    save_checkpoint(tmp_path, _checkpoint({}))
+
+    state = read_state(tmp_path)
+
+    assert state.model == tmp_path / "global-4.safetensors" and state.round == 4
