@@ -12,6 +12,8 @@ from __future__ import annotations
 import importlib
 import logging
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +35,20 @@ def ray_backend(config: FedveilConfig, address: str) -> BackendConfig:
         "init_args": {"address": address, "logging_level": "ERROR", "log_to_driver": False},
         "actor": {"tensorflow": 0},
     }
+
+
+@dataclass(frozen=True)
+class VariantJob:
+    """What a variant's ``run`` gets.
+
+    The config, where to write the run, the bench's clock, and the Ray cluster's backend config
+    (``None``: the simulation starts its own).
+    """
+
+    config: FedveilConfig
+    run_path: Path
+    clock: RoundClock
+    backend: Mapping[str, Any] | None
 
 
 def round_row(
@@ -59,7 +75,7 @@ def run_child(variant: str, config: FedveilConfig, out: Path, ray_address: str) 
     imported = time.perf_counter()
     clock = RoundClock()
     backend = ray_backend(config, ray_address) if ray_address else None
-    rounds = module.run(config, out / "run", clock, backend)
+    rounds = module.run(VariantJob(config, out / "run", clock, backend))
     return {
         "variant": variant,
         "rounds": rounds,

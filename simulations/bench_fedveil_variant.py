@@ -11,13 +11,11 @@ the run directory (``server.rundir.read_rounds``).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 from flwr.serverapp.strategy import Strategy
 from flwr.simulation import run_simulation
 
-from common.config import FedveilConfig
 from server.app import build_server_app
 from server.ledger import PrivacyLedger
 from server.round_loop import RoundLoopResult, RunHooks
@@ -25,7 +23,7 @@ from server.rundir import RoundRecord, read_rounds
 from server.strategy.round_book import RoundBook
 from server.strategy.stack import StrategyWrap
 from simulations import simulate
-from simulations.bench_child import round_row
+from simulations.bench_child import VariantJob, round_row
 from simulations.bench_client import bench_client_app
 from simulations.bench_timing import RoundClock, TimingStrategy
 
@@ -40,13 +38,9 @@ def timing_wrap(clock: RoundClock, inner: StrategyWrap | None) -> StrategyWrap:
     return wrap
 
 
-def run(
-    config: FedveilConfig,
-    run_path: Path,
-    clock: RoundClock,
-    backend: Mapping[str, Any] | None,
-) -> list[dict[str, Any]]:
+def run(job: VariantJob) -> list[dict[str, Any]]:
     """Run fedveil with the bench's probes; return its rounds."""
+    config, run_path, clock, backend = job.config, job.run_path, job.clock, job.backend
     simulate.check_inputs(config)
     simulate.check_aggregation(config)
     simulate.check_plan(config)

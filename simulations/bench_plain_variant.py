@@ -10,16 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
-from common.config import FedveilConfig
 from simulations import plain_flower
-from simulations.bench_child import round_row
-from simulations.bench_timing import RoundClock, TimingStrategy, traced_train
+from simulations.bench_child import VariantJob, round_row
+from simulations.bench_timing import TimingStrategy, traced_train
 
 PLAIN_LR, PLAIN_MOMENTUM = 0.05, 0.9
 """The baseline's own SGD step: DP-SGD's large step (``lr`` 1.0 on a noised mean of clipped
@@ -30,13 +28,9 @@ def _plain_train(msg: Message, context: Context) -> tuple[Message, Mapping[str, 
     return plain_flower.train(msg, context), {}
 
 
-def run(
-    config: FedveilConfig,
-    run_path: Path,
-    clock: RoundClock,
-    backend: Mapping[str, Any] | None,
-) -> list[dict[str, Any]]:
+def run(job: VariantJob) -> list[dict[str, Any]]:
     """Run the baseline with the bench's probes; return its rounds."""
+    config, run_path, clock, backend = job.config, job.run_path, job.clock, job.backend
     client_app = ClientApp()
     client_app.train()(traced_train(_plain_train))
     result = plain_flower.run_plain(
