@@ -16,17 +16,9 @@ def test_tight_budget_stops_clients_and_the_run_and_accounts_central_dp(tmp_path
     run = tmp_path / "run"
     # σ = 1 on 479 examples, batch 64, 2 epochs: rounds cost ε 4.70, 6.03, 7.10, 8.04 (rdp),
     # so a budget of 7.5 allows exactly three rounds of six.
-    done = fedveil(
-        *simulate_args(
-            run,
-            "num-server-rounds=6",
-            "dp.noise-multiplier=1.0",
-            "dp.budget=7.5",
-            "central-dp.noise-multiplier=0.5",
-            "central-dp.clip=5.0",
-        ),
-        timeout=600,
-    )
+    tight_budget = ("num-server-rounds=6", "dp.noise-multiplier=1.0", "dp.budget=7.5")
+    central_dp = ("central-dp.noise-multiplier=0.5", "central-dp.clip=5.0")
+    done = fedveil(*simulate_args(run, *tight_budget, *central_dp), timeout=600)
 
     assert done.returncode == 0, done.stderr[-3000:]
     ledger = privacy(run)

@@ -72,15 +72,16 @@ def test_corrupt_data_file_is_named(tmp_path: Path, capsys: pytest.CaptureFixtur
 def test_existing_run_directory_is_not_touched(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    out = tmp_path / "run"
-    out.mkdir()
-    (out / "metrics.jsonl").write_text("precious\n")
+    precious = tmp_path / "run" / "metrics.jsonl"
+    precious.parent.mkdir()
+    precious.write_text("precious\n")
+    out = precious.parent
 
     status = main(["simulate", "--config", "quick", "--out", str(out)])
 
     assert status == 2
     assert "already holds files" in capsys.readouterr().err
-    assert (out / "metrics.jsonl").read_text() == "precious\n"
+    assert precious.read_text() == "precious\n"
     assert sorted(p.name for p in out.iterdir()) == ["metrics.jsonl"]
 
 
