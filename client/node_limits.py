@@ -7,10 +7,10 @@ Node config keys (a SuperNode's ``--node-config``, set on the device, never sent
     ``max-rounds``            rounds this node trains at most in a run
 
 Each is optional (absent: no limit of the node's own). ``NodeLimits.of`` reads and checks them;
-``NodeLimits.refusal`` names the limit a round would break, checked against the round this node
-would actually train (its own σ, q, steps and ε), so neither the run config nor a relay that
-alters the plaintext request can take the node past them. Caveat: ε is measured at the run's
-``dp.delta``, which the server sets; the limits say nothing about δ.
+``refuse_round`` and ``refuse_epsilon`` name the limit a round would break, checked against the
+round this node would actually train (its own σ, q, steps and ε), so neither the run config nor
+a relay that alters the plaintext request can take the node past them. Caveat: ε is measured at
+the run's ``dp.delta``, which the server sets; the limits say nothing about δ.
 """
 
 from __future__ import annotations
@@ -95,26 +95,22 @@ class NodeLimits:
         }
         return {k: float(v) for k, v in values.items() if v is not None}
 
-    def refusal(
-        self,
-        *,
-        server_round: int,
-        noise_multiplier: float,
-        rounds_trained: int,
-        epsilon_spent: float,
-        epsilon_after: float,
+    def refuse_round(
+        self, *, server_round: int, noise_multiplier: float, rounds_trained: int
     ) -> tuple[str, str] | None:
-        """Return ``(key, one-line reason)`` of the first limit the round would break, else None.
+        """Return ``(key, one-line reason)`` if σ or the round count breaks a limit, else None.
+
+        Checked before any accounting, so an absurd σ never reaches the accountant.
 
         Args:
             server_round: the round asked for.
             noise_multiplier: the σ the node would train this round with.
             rounds_trained: rounds this node has trained in this run so far.
-            epsilon_spent: ε before the round.
-            epsilon_after: ε after the round, as the node's own accountant computes it.
 
         """
-        if self.min_noise_multiplier is not None and noise_multiplier < self.min_noise_multiplier:
+        if self.min_noise_multiplier is not None and not (
+            noise_multiplier >= self.min_noise_multiplier
+        ):
             return MIN_NOISE_MULTIPLIER, (
                 f"refused: round {server_round} asks for noise multiplier {noise_multiplier:.4g}, "
                 f"below this node's limit {MIN_NOISE_MULTIPLIER} = {self.min_noise_multiplier:g}"
@@ -124,6 +120,19 @@ class NodeLimits:
                 f"refused: round {server_round} would be this node's training round "
                 f"{rounds_trained + 1} in this run, past its limit {MAX_ROUNDS} = {self.max_rounds}"
             )
+        return None
+
+    def refuse_epsilon(
+        self, *, server_round: int, epsilon_spent: float, epsilon_after: float
+    ) -> tuple[str, str] | None:
+        """Return ``(key, one-line reason)`` if ε after the round passes ``max-epsilon``.
+
+        Args:
+            server_round: the round asked for.
+            epsilon_spent: ε before the round.
+            epsilon_after: ε after the round, as the node's own accountant computes it.
+
+        """
         if self.max_epsilon is not None and not epsilon_after <= self.max_epsilon:
             return MAX_EPSILON, (
                 f"refused: round {server_round} would take ε from {epsilon_spent:.3f} to "

@@ -5,7 +5,8 @@
 2. ``load_data``: a round trained before a restart is answered ``already-trained`` first; then
    the node's own ``data-path``, else its partition of the task's pool
    (``client.local_data``); data the task cannot use refuses the round, spending nothing.
-3. ``check_budget``: the round's ``(σ, q, steps)`` and ε after it; a round past the budget, or
+3. ``check_budget``: the round's ``(σ, q, steps)`` and ε after it; a round past the node's own
+   limits (``client.node_limits``: node config, the device owner's last word) or the budget, or
    one already trained before a restart, ends here with the reply that says so.
 4. ``train_locally``: DP-SGD from the global model.
 5. ``record_round``: charge the round to the node's privacy state, durably.
@@ -27,6 +28,7 @@ import numpy.typing as npt
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
 from client.local_data import LocalData, client_id_of, load_local_data
+from client.node_limits import NodeConfigError, NodeLimits
 from client.privacy_state import ClientPrivacyState
 from client.sealed_reply import aggregator_key, seal_trained_model
 from client.state_store import NodeState
@@ -71,6 +73,7 @@ class RoundBudget:
     state: ClientPrivacyState
     entry: HistoryEntry
     epsilon_after: float
+    limits: NodeLimits
 
 
 def planned_noise_multiplier(config: FedveilConfig, num_examples: int) -> float:
@@ -101,6 +104,10 @@ def answer_plan_query(msg: Message, context: Context) -> RecordDict:
     """
     config = _config_of(msg)
     try:
+        limits = NodeLimits.of(context.node_config)
+    except NodeConfigError as exc:
+        return _refuse_node_config(exc, context)
+    try:
         data = load_local_data(config, context)
     except TaskError as exc:
         return _refuse_data(exc, context)
@@ -114,6 +121,7 @@ def answer_plan_query(msg: Message, context: Context) -> RecordDict:
                     protocol.STEPS: float(
                         steps_per_round(n, config.batch_size, config.local_epochs)
                     ),
+                    **limits.metrics(),
                 }
             )
         }
@@ -188,6 +196,32 @@ def _refuse_data(exc: TaskError, context: Context) -> RecordDict:
     return content
 
 
+def _refuse_node_config(exc: NodeConfigError, context: Context) -> RecordDict:
+    """Return the ``refused`` reply of a node whose own limit is unusable; nothing is spent."""
+    reason = f"refused: {exc}"
+    log.warning("node %d %s", context.node_id, reason)
+    content = _reply(
+        protocol.STATUS_REFUSED, reason, {protocol.CLIENT_ID: float(client_id_of(context))}, None
+    )
+    status = content.config_records[protocol.STATUS]
+    status[protocol.CAUSE] = protocol.CAUSE_NODE_CONFIG
+    status[protocol.LIMIT] = exc.key
+    return content
+
+
+def _refuse_limit(
+    server_round: int, facts: dict[str, float], limits: NodeLimits, broken: tuple[str, str]
+) -> RecordDict:
+    """Return the ``refused`` reply of a round past the node's own limit ``broken``."""
+    key, reason = broken
+    log.info("client %d %s", int(facts[protocol.CLIENT_ID]), reason)
+    content = _reply(protocol.STATUS_REFUSED, reason, {**facts, **limits.metrics()}, None)
+    status = content.config_records[protocol.STATUS]
+    status[protocol.CAUSE] = protocol.CAUSE_NODE_LIMIT
+    status[protocol.LIMIT] = key
+    return content
+
+
 def already_trained(request: TrainRequest, context: Context) -> RecordDict | None:
     """Return the ``already-trained`` reply if this node trained this round before a restart.
 
@@ -232,8 +266,10 @@ def check_budget(
 ) -> RoundBudget | RecordDict:
     """Return the go-ahead for this round, or the reply that declines it.
 
-    Declined: the round would take ε past ``dp.budget`` (``refused``), or this node trained it
-    before a restart lost the reply (``already-trained``, with that round's DP facts).
+    Declined: the node's own limits are unusable or the round would break one (σ below
+    ``min-noise-multiplier``, past ``max-rounds``, ε past ``max-epsilon``), or ε would pass
+    ``dp.budget`` (``refused``); or this node trained it before a restart lost the reply
+    (``already-trained``, with that round's DP facts). Nothing is spent on a declined round.
     """
     config = request.config
     n = int(data.labels.shape[0])
@@ -247,13 +283,34 @@ def check_budget(
     done = _trained_before(request, state, data.client_id)
     if done is not None:
         return done
+    try:
+        limits = NodeLimits.of(context.node_config)
+    except NodeConfigError as exc:
+        return _refuse_node_config(exc, context)
     spent = state.epsilon(delta=config.dp_delta, accountant=config.dp_accountant)
     entry: HistoryEntry = (
         request.assigned_noise or state.noise_multiplier,
         sample_rate(n, config.batch_size),
         steps_per_round(n, config.batch_size, config.local_epochs),
     )
-    after = state.epsilon_after(entry, delta=config.dp_delta, accountant=config.dp_accountant)
+    # σ and the round count are checked before ε: a σ below the owner's floor never reaches
+    # the accountant.
+    broken = limits.refuse_round(
+        server_round=request.server_round,
+        noise_multiplier=entry[0],
+        rounds_trained=len(state.rounds),
+    )
+    after = 0.0
+    if broken is None:
+        after = state.epsilon_after(entry, delta=config.dp_delta, accountant=config.dp_accountant)
+        broken = limits.refuse_epsilon(
+            server_round=request.server_round, epsilon_spent=spent, epsilon_after=after
+        )
+    if broken is not None:
+        node_state.save_privacy(state)
+        return _refuse_limit(
+            request.server_round, _facts(data.client_id, entry, spent), limits, broken
+        )
     if after > config.dp_budget:
         reason = (
             f"refused: round {request.server_round} would take ε from {spent:.3f} to "
@@ -261,8 +318,9 @@ def check_budget(
         )
         log.info("client %d %s", data.client_id, reason)
         node_state.save_privacy(state)
-        return _reply(protocol.STATUS_REFUSED, reason, _facts(data.client_id, entry, spent), None)
-    return RoundBudget(data.client_id, node_state, state, entry, after)
+        facts = {**_facts(data.client_id, entry, spent), **limits.metrics()}
+        return _reply(protocol.STATUS_REFUSED, reason, facts, None)
+    return RoundBudget(data.client_id, node_state, state, entry, after, limits)
 
 
 def train_locally(request: TrainRequest, data: LocalData, budget: RoundBudget) -> Weights:
@@ -314,7 +372,7 @@ def seal_reply(
     return _reply(
         protocol.STATUS_TRAINED,
         "",
-        _facts(budget.client_id, budget.entry, budget.epsilon_after),
+        {**_facts(budget.client_id, budget.entry, budget.epsilon_after), **budget.limits.metrics()},
         ConfigRecord({protocol.SEALED: sealed}),
     )
 
