@@ -18,6 +18,13 @@ from client.canaries import GradientCanaries
 from common.accounting import HistoryEntry, sample_rate, steps_per_round
 from common.audit_canaries import CanarySpec
 
+_CPU = torch.device("cpu")
+
+GRAD_SAMPLE_MODE = "hooks"
+"""Opacus's per-sample gradient mode: of those giving the same clipped gradients, the fastest
+that also takes an empty Poisson batch (``ew`` and ``functorch`` refuse one; see
+docs/performance.md and benchmarks/grad_sample_modes.py)."""
+
 
 @dataclass(frozen=True)
 class DPSGDSettings:
@@ -81,8 +88,8 @@ class IndexedTensors(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         return self.images[index], self.labels[index]
 
     def __getitems__(self, indices: list[int]) -> _GatheredBatch:
-        """Return the examples at ``indices`` as one batch."""
-        index = torch.as_tensor(indices, dtype=torch.long)
+        """Return the examples at ``indices`` as one batch, on the device the tensors are on."""
+        index = torch.as_tensor(indices, dtype=torch.long, device=self.labels.device)
         return _GatheredBatch(self.images[index], self.labels[index])
 
 
@@ -91,10 +98,10 @@ def _collate_gathered(batch: _GatheredBatch) -> list[torch.Tensor]:
     return [batch.images, batch.labels]
 
 
-def _secret_generator() -> torch.Generator:
+def _secret_generator(device: torch.device = _CPU) -> torch.Generator:
     # Noise and Poisson sampling draw from OS entropy, never from the run's public seed:
     # noise that could be regenerated from config.json would give no privacy at all.
-    gen = torch.Generator()
+    gen = torch.Generator(device=device)
     gen.manual_seed(secrets.randbits(63))
     return gen
 
@@ -105,17 +112,24 @@ def train_dp_sgd(
     labels: torch.Tensor,
     settings: DPSGDSettings,
     canaries: CanarySpec | None = None,
+    *,
+    device: torch.device = _CPU,
 ) -> RoundOutcome:
     """Train ``model`` in place on ``images (n, ...)`` / ``labels (n,)`` with DP-SGD.
 
     ``canaries``, when given, are the white-box audit's canaries (``client.canaries``): each
     included one is sampled like an example and added to the clipped sum before the noise.
+    ``device`` (``common.device.resolve_device``) is where the steps run: the model and the
+    examples move there once, before the first step, and the noise is drawn there; the
+    model is left there (its caller moves the weights back once). Poisson sampling stays on
+    the CPU, so only each batch's indices cross to the device.
     """
     from opacus import PrivacyEngine
 
     n = int(labels.shape[0])
+    model.to(device)
     loader = DataLoader(
-        IndexedTensors(images, labels),
+        IndexedTensors(images.to(device), labels.to(device)),
         batch_size=settings.batch_size,
         shuffle=False,
         collate_fn=_collate_gathered,  # type: ignore[arg-type]
@@ -133,7 +147,8 @@ def train_dp_sgd(
             noise_multiplier=settings.noise_multiplier,
             max_grad_norm=settings.max_grad_norm,
             poisson_sampling=True,
-            noise_generator=_secret_generator(),
+            noise_generator=_secret_generator(device),
+            grad_sample_mode=GRAD_SAMPLE_MODE,
         )
     if canaries is not None:
         GradientCanaries(
@@ -148,7 +163,12 @@ def train_dp_sgd(
         # Inputs never require gradients here; PyTorch's note about backward hooks is noise.
         warnings.filterwarnings("ignore", message="Full backward hook is firing")
         total_loss, batches = _run_epochs(
-            private_model, private_optimizer, private_loader, criterion, settings.local_epochs
+            private_model,
+            private_optimizer,
+            private_loader,
+            criterion,
+            settings.local_epochs,
+            device,
         )
     steps = steps_per_round(n, settings.batch_size, settings.local_epochs)
     taken = sum(int(s) for _, _, s in engine.accountant.history)
@@ -164,11 +184,15 @@ def _run_epochs(
     loader: DataLoader[tuple[torch.Tensor, ...]],
     criterion: nn.Module,
     epochs: int,
+    device: torch.device,
 ) -> tuple[float, int]:
     """Run the DP-SGD steps; return the summed loss of non-empty batches and their count."""
     total_loss, batches = 0.0, 0
     for _ in range(epochs):
-        for x, y in loader:
+        for x_batch, y_batch in loader:
+            # A no-op for batches gathered on the device; Opacus builds an empty batch that
+            # comes before any non-empty one on the CPU.
+            x, y = x_batch.to(device), y_batch.to(device)
             optimizer.zero_grad(set_to_none=True)
             # An empty Poisson batch is still a step (noise on a zero gradient), as the
             # accountant assumes; its loss is NaN but its per-sample gradients are empty.

@@ -42,6 +42,7 @@ from common.accounting import (
 )
 from common.codec import CodecParams
 from common.config import FedveilConfig
+from common.device import node_device, resolve_device
 from common.envelope import DPFacts
 from common.sealing import SealContext
 from common.task import TaskError, task_of
@@ -149,8 +150,9 @@ def read_request(msg: Message, context: Context) -> TrainRequest:
         raise ValueError(f"the request's `{protocol.SERVER_ROUND}` is {server_round!r}, not >= 1")
     run_id = int(msg.metadata.run_id)
     public_key = aggregator_key(msg.content.config_records[protocol.SEAL], context)
+    config = _config_of(msg)
     return TrainRequest(
-        config=_config_of(msg),
+        config=config.replace(device=node_device(config.device, context.node_config)),
         server_round=server_round,
         run_id=run_id,
         run_tag=str(request.get(protocol.RUN_TAG, run_id)),
@@ -340,9 +342,11 @@ def train_locally(request: TrainRequest, data: LocalData, budget: RoundBudget) -
             noise_multiplier=budget.entry[0],
             max_grad_norm=config.dp_max_grad_norm,
         ),
+        device=resolve_device(config.device),
     )
     return {
-        k: v.detach().numpy().astype(np.float32, copy=False) for k, v in model.state_dict().items()
+        k: v.detach().cpu().numpy().astype(np.float32, copy=False)
+        for k, v in model.state_dict().items()
     }
 
 

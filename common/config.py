@@ -9,6 +9,7 @@ with one line naming the key and how to fix it.
 from __future__ import annotations
 
 import math
+import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -88,6 +89,13 @@ KEYS: dict[str, _Key] = {
     "dirichlet-alpha": _Key("dirichlet_alpha", float, 0.5, _positive, "a number > 0"),
     "test-fraction": _Key("test_fraction", float, 0.2, lambda v: 0 < v < 1, "a fraction in (0, 1)"),
     "model": _Key("model", str, "auto", _one_of(MODELS), f"one of {MODELS}"),
+    "device": _Key(
+        "device",
+        str,
+        "auto",
+        lambda v: re.fullmatch(r"auto|cpu|cuda|cuda:\d{1,3}|mps", v) is not None,
+        "one of auto, cpu, cuda, cuda:N (N a GPU index), mps",
+    ),
     "local-epochs": _Key(
         "local_epochs", int, 2, lambda v: 1 <= v <= 1000, "an integer in [1, 1000]"
     ),
@@ -196,6 +204,13 @@ KEYS: dict[str, _Key] = {
         "sim_clients", int, 10, lambda v: 1 <= v <= 100_000, "an integer in [1, 100000]"
     ),
     "sim.cpus-per-client": _Key("sim_cpus_per_client", float, 1.0, _positive, "a number > 0"),
+    "sim.gpus-per-client": _Key(
+        "sim_gpus_per_client",
+        float,
+        0.0,
+        lambda v: 0 <= v <= 64,
+        "a number in [0, 64]: the GPU share of each simulated client (0.25 = four per GPU)",
+    ),
 }
 
 
@@ -269,6 +284,7 @@ CLIENT_KEYS: tuple[str, ...] = (
     "codec.bits",
     "codec.error-feedback",
     "codec.mask",
+    "device",
 )
 """The run-config keys a train request carries to clients (``FedveilConfig.to_client_flat``)."""
 
@@ -292,6 +308,7 @@ class FedveilConfig:
     dirichlet_alpha: float
     test_fraction: float
     model: str
+    device: str
     local_epochs: int
     batch_size: int
     lr: float
@@ -325,6 +342,7 @@ class FedveilConfig:
     faults_drop: float
     sim_clients: int
     sim_cpus_per_client: float
+    sim_gpus_per_client: float
 
     @classmethod
     def from_flat(cls, flat: Mapping[str, Any]) -> FedveilConfig:

@@ -1,4 +1,8 @@
-"""Central evaluation of the global model on the server's own test examples (the task's)."""
+"""Central evaluation of the global model on the server's own test examples (the task's).
+
+Evaluation runs where the model is (``common.device.model_device``): the test examples move to
+that device once, on the first evaluation there, and stay.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ import torch
 from torch import nn
 
 from common.data import FederatedData
+from common.device import model_device
 from common.task import Examples
 
 
@@ -41,16 +46,24 @@ class CentralEvaluator:
         self._images, self._labels = examples.inputs, examples.labels
         self._batch_size = batch_size
 
+    def _examples_on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._labels.device != device:
+            self._images, self._labels = self._images.to(device), self._labels.to(device)
+        return self._images, self._labels
+
     @torch.no_grad()
     def evaluate(self, model: nn.Module) -> Evaluation:
-        """Return accuracy and loss of ``model`` on the test split."""
+        """Return accuracy and loss of ``model`` on the test split, on the model's device."""
         model.eval()
-        correct, loss_sum = 0, 0.0
-        for start in range(0, len(self._labels), self._batch_size):
-            x = self._images[start : start + self._batch_size]
-            y = self._labels[start : start + self._batch_size]
+        images, labels = self._examples_on(model_device(model))
+        # Sums stay on the device until the end: one synchronisation per evaluation.
+        correct = torch.zeros((), dtype=torch.long, device=labels.device)
+        loss_sum = torch.zeros((), dtype=torch.float64, device=labels.device)
+        for start in range(0, len(labels), self._batch_size):
+            x = images[start : start + self._batch_size]
+            y = labels[start : start + self._batch_size]
             logits = model(x)
-            loss_sum += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
-            correct += int((logits.argmax(dim=1) == y).sum())
-        n = len(self._labels)
-        return Evaluation(accuracy=correct / n, loss=loss_sum / n)
+            loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum").double()
+            correct += (logits.argmax(dim=1) == y).sum()
+        n = len(labels)
+        return Evaluation(accuracy=int(correct) / n, loss=float(loss_sum) / n)

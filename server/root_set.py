@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from common.config import ConfigError
+from common.device import model_device
 from common.task import Examples, Task, check_examples, read_examples
 from common.weights import flatten
 
@@ -97,6 +98,7 @@ class RootSet:
         self.labels = labels
         self.lr = lr
         self.max_grad_norm = max_grad_norm
+        self._on_device: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @classmethod
     def from_held_out(
@@ -119,19 +121,31 @@ class RootSet:
 
         Each step is full-batch with the batch gradient's L2 norm clipped to ``max_grad_norm``
         (the clients' per-example bound, so the step is on the clients' scale) and ``lr``; no
-        noise. ``model`` is not modified (a copy trains); the order of the vector is the
-        ``state_dict``'s, as ``common.weights.flatten`` lays it out.
+        noise. ``model`` is not modified (a copy trains, on ``model``'s device, where the root
+        set moves once); the order of the vector is the ``state_dict``'s, as
+        ``common.weights.flatten`` lays it out.
         """
         local = copy.deepcopy(model)
         local.train()
-        start = flatten({k: v.detach().numpy() for k, v in local.state_dict().items()})
+        start = _flat_weights(local)
+        images, labels = self._examples_on(model_device(local))
         params = [p for p in local.parameters() if p.requires_grad]
         optimizer = torch.optim.SGD(params, lr=self.lr)
         for _ in range(steps):
             optimizer.zero_grad(set_to_none=True)
-            loss = nn.functional.cross_entropy(local(self.images), self.labels)
+            loss = nn.functional.cross_entropy(local(images), labels)
             torch.autograd.backward(loss)
             torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm)
             optimizer.step()
-        end = flatten({k: v.detach().numpy() for k, v in local.state_dict().items()})
+        end = _flat_weights(local)
         return np.asarray(end, dtype=np.float64) - np.asarray(start, dtype=np.float64)
+
+    def _examples_on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return the root set on ``device``, moved there once and kept (``images`` stays put)."""
+        if self._on_device is None or self._on_device[1].device != device:
+            self._on_device = self.images.to(device), self.labels.to(device)
+        return self._on_device
+
+
+def _flat_weights(model: nn.Module) -> npt.NDArray[np.float32]:
+    return flatten({k: v.detach().cpu().numpy() for k, v in model.state_dict().items()})

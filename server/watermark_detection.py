@@ -7,12 +7,14 @@ without the key cannot favour them, whatever it does. The decision uses their Bo
 p-value, ``min(1, 2 * min(binomial_p, score_p))``: a model made without the key is detected
 with probability below the threshold (``DETECTION_P`` by default). The guarantee assumes the
 key stayed secret: a model trained with the key's trigger set is "made with the key".
+The model runs where it is (``common.device.model_device``); inputs move there.
 See docs/watermark.md.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,6 +25,7 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
+from common.device import model_device
 from server.watermark_key import WatermarkError
 from server.watermark_trigger import TriggerSet
 
@@ -64,16 +67,26 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
         model.train(was_training)
 
 
+def trigger_on(trigger: TriggerSet, device: torch.device) -> TriggerSet:
+    """Return ``trigger`` with its tensors on ``device`` (``trigger`` itself if already there)."""
+    if trigger.labels.device == device:
+        return trigger
+    return dataclasses.replace(
+        trigger, images=trigger.images.to(device), labels=trigger.labels.to(device)
+    )
+
+
 @torch.no_grad()
 def log_probs(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """Return ``model``'s log-softmax on ``images``, computed in eval mode without gradients."""
+    """Return ``model``'s log-softmax on ``images``, in eval mode, on the model's device."""
     with eval_mode(model):
-        return nn.functional.log_softmax(model(images), dim=1)
+        return nn.functional.log_softmax(model(images.to(model_device(model))), dim=1)
 
 
 @torch.no_grad()
 def trigger_accuracy(model: nn.Module, trigger: TriggerSet) -> float:
     """Return the fraction of trigger images ``model`` labels as the key says."""
+    trigger = trigger_on(trigger, model_device(model))
     with eval_mode(model):
         correct = int((model(trigger.images).argmax(dim=1) == trigger.labels).sum())
     return correct / len(trigger)
@@ -148,8 +161,8 @@ def verify_watermark(
     """Test ``model`` for the watermark of ``trigger``: detected iff the p-value < ``threshold``."""
     if not 0.0 < threshold < 1.0:
         raise WatermarkError(f"`threshold` must be in (0, 1), got {threshold!r}")
-    outputs = log_probs(model, trigger.images)
-    labels = trigger.labels.numpy()
+    outputs = log_probs(model, trigger.images).cpu()
+    labels = trigger.labels.cpu().numpy()
     correct = int((outputs.argmax(dim=1).numpy() == labels).sum())
     binomial_p = binomial_p_value(correct, len(trigger), 1.0 / trigger.num_classes)
     score_p = score_p_value(outputs.double().numpy(), labels)

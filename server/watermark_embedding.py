@@ -6,7 +6,9 @@ weights (a flat minimum, which a thief's fine-tuning moves less) and, given ``an
 (the server's root set, never client data), holds the model's outputs on them and on shifted
 copies to what they were before the embedding (a label-free KL anchor).
 Privacy: post-processing of the DP global model with the server's own data, so it costs no
-privacy. Ordering contract: aggregate, then embed, then evaluate and save.
+privacy. Ordering contract: aggregate, then embed, then evaluate and save. The fine-tune runs
+on the model's device; its random draws come from a CPU generator, so a key embeds the same
+way on every device.
 See docs/watermark.md for why each piece is there and what it measured.
 """
 
@@ -21,7 +23,8 @@ from typing import Final
 import torch
 from torch import nn
 
-from server.watermark_detection import log_probs, trigger_accuracy
+from common.device import model_device
+from server.watermark_detection import log_probs, trigger_accuracy, trigger_on
 from server.watermark_key import WatermarkError
 from server.watermark_trigger import TriggerSet
 
@@ -89,6 +92,7 @@ def embed_watermark(
         raise WatermarkError(f"`flatness` must be a finite number >= 0, got {flatness!r}")
     if type(anchor_copies) is not int or anchor_copies < 0:
         raise WatermarkError(f"`anchor_copies` must be an int >= 0, got {anchor_copies!r}")
+    trigger = trigger_on(trigger, model_device(model))
     accuracy = trigger_accuracy(model, trigger)
     if accuracy >= target_accuracy or max_steps == 0:
         return accuracy
@@ -98,7 +102,7 @@ def embed_watermark(
     generator = torch.Generator().manual_seed(seed)
     held = None
     if anchor is not None:
-        anchored = anchor_set(anchor, anchor_copies, generator)
+        anchored = anchor_set(anchor.cpu(), anchor_copies, generator).to(model_device(model))
         held = anchored, log_probs(model, anchored)  # the images and their outputs to keep
     steps = 0
     while accuracy < target_accuracy and steps < max_steps:
@@ -165,7 +169,8 @@ def _perturbed(
     with torch.no_grad():
         for p in params:
             scale = flatness * float(p.abs().mean())
-            p.add_(torch.randn(p.shape, generator=generator, dtype=p.dtype) * scale)
+            noise = torch.randn(p.shape, generator=generator, dtype=p.dtype)
+            p.add_(noise.to(p.device) * scale)
     try:
         yield
     finally:

@@ -5,7 +5,8 @@
 (``MODES``: hooks, functorch, ew = expanded weights, ghost clipping), on fixed batches.
 ``client_round_times`` times one client's whole local training, fedveil's ``train_dp_sgd``
 against plain SGD (``simulations.plain_flower.train_sgd``), on the task's first partition.
-Both measure CPU seconds of this process (other jobs on a shared machine inflate wall time).
+On the CPU both measure CPU seconds of this process (other jobs on a shared machine inflate
+wall time); on a GPU (``device``) step times are wall seconds between device synchronisations.
 """
 
 from __future__ import annotations
@@ -29,14 +30,16 @@ def step_times(
     blocks: int,
     steps_per_block: int,
     threads: int = 1,
+    device: str = "cpu",
 ) -> dict[str, float]:
-    """CPU seconds of one optimizer step, non-private and per Opacus grad-sample mode.
+    """Seconds of one optimizer step on ``device``, non-private and per grad-sample mode.
 
     CPU time of this (one-threaded) process, not wall time, so that other jobs on a shared
     machine do not inflate some samples; modes are timed in interleaved blocks (each block runs
     every mode ``steps_per_block`` times), so what drift remains hits all modes alike. Returns
     the median over blocks of the mean step time within a block. Fixed batches (no Poisson
-    sampling) of random inputs: the step's cost does not depend on the pixel values.
+    sampling) of random inputs: the step's cost does not depend on the pixel values. On a
+    GPU, wall seconds between synchronisations (its work is not this process's CPU time).
     """
     import warnings
 
@@ -49,11 +52,12 @@ def step_times(
 
     torch.set_num_threads(threads)
     gen = torch.Generator().manual_seed(0)
-    x = torch.randn(batch_size, *image_shape, generator=gen)
-    y = torch.randint(0, 10, (batch_size,), generator=gen)
+    x = torch.randn(batch_size, *image_shape, generator=gen).to(device)
+    y = torch.randint(0, 10, (batch_size,), generator=gen).to(device)
+    clock = _clock(torch.device(device))
     steps: dict[str, Callable[[], None]] = {}
     for mode in ("nonprivate", *MODES):
-        model = create_model(model_name, 10, seed=0)
+        model = create_model(model_name, 10, seed=0).to(device)
         optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
         criterion: Any = nn.CrossEntropyLoss()
         if mode != "nonprivate":
@@ -88,11 +92,25 @@ def step_times(
         for _ in range(blocks):
             for mode, fn in steps.items():
                 # One sample per block: a single small step is too short for CPU-time clocks.
-                t0 = time.process_time()
+                t0 = clock()
                 for _ in range(steps_per_block):
                     fn()
-                samples[mode].append((time.process_time() - t0) / steps_per_block)
+                samples[mode].append((clock() - t0) / steps_per_block)
     return {m: statistics.median(s) for m, s in samples.items()}
+
+
+def _clock(device: Any) -> Callable[[], float]:
+    """CPU time of this process on the CPU; on a GPU, wall time once its queued work is done."""
+    if device.type != "cuda":
+        return time.process_time
+
+    import torch
+
+    def synchronized() -> float:
+        torch.cuda.synchronize(device)
+        return time.perf_counter()
+
+    return synchronized
 
 
 def _step_fn(model: Any, optimizer: Any, criterion: Any, x: Any, y: Any) -> Callable[[], None]:
