@@ -2,12 +2,15 @@
 
 The sections are built from an ``Analysis`` (``report.guarantee``, ``report.privacy_tables``,
 ``report.training``, assembled in ``report.document``); ``report.render`` turns them into HTML
-and Markdown. ``**bold**`` and ```code``` are the only inline markup.
+and Markdown. ``**bold**``, ```code``` and a backslash before a character that must stay literal
+are the only inline markup; text quoted from a run's files goes through :func:`literal`, and the
+renderers escape everything else, so quoted text never becomes markup, HTML or a table break.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -56,6 +59,15 @@ class Section:
     title: str
     anchor: str
     blocks: tuple[Block, ...]
+
+
+def literal(text: object) -> str:
+    """Return ``text`` (a value quoted from a run's files) with its markup characters escaped.
+
+    Use it for everything a client, a node or a run's files supply (ids, labels, reasons, error
+    text, config values): star, backtick and backslash get a backslash, so it shows as written.
+    """
+    return re.sub(r"([\\*`])", r"\\\1", str(text))
 
 
 def fmt_eps(x: float) -> str:

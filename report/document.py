@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from report.analysis import Analysis
-from report.content import Block, Para, Plot, Section, Table
+from report.content import Block, Para, Plot, Section, Table, literal
 from report.guarantee import channels, limits, statement
 from report.privacy_tables import client_table, epsilon_table, plan_table
 from report.training import training_table
@@ -39,7 +39,7 @@ def sections(a: Analysis, figs: Mapping[str, Plot]) -> tuple[Section, ...]:
     else:
         training.append(training_table(a))
     rejected = tuple(
-        (str(r.round), str(rej.node), rej.reason, rej.detail)
+        (str(r.round), literal(rej.node), literal(rej.reason), literal(rej.detail))
         for r in a.rounds
         for rej in r.rejected
     )
@@ -53,10 +53,10 @@ def sections(a: Analysis, figs: Mapping[str, Plot]) -> tuple[Section, ...]:
             )
         )
     about = Para(
-        f"Run directory `{a.run_dir.resolve().name}`: {len(led.clients)} clients with privacy "
-        f"accounts, {len(a.rounds)} rounds finished, a global model of {a.parameters:,} "
+        f"Run directory `{literal(a.run_dir.resolve().name)}`: {len(led.clients)} clients with "
+        f"privacy accounts, {len(a.rounds)} rounds finished, a global model of {a.parameters:,} "
         f"parameters (model.safetensors). Settings from config.json: "
-        + "; ".join(f"{k} {a.config[k]}" for k in ABOUT_KEYS if k in a.config)
+        + "; ".join(f"{k} {literal(a.config[k])}" for k in ABOUT_KEYS if k in a.config)
         + "."
     )
     recompute = Para(
