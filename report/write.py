@@ -13,7 +13,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from common.files import write_atomic
+from common.files import show_path, write_atomic
 from report.analysis import ReportError, analyse
 from report.document import sections
 from report.render import PLOTS_DIR, render_html, render_markdown
@@ -49,15 +49,33 @@ def write_report(run_dir: Path) -> ReportFiles:
     title = f"fedveil run {run_dir.resolve().name}: privacy and training report"
     html_text = render_html(title, parts)
     md_text = render_markdown(title, parts)
-    written = []
-    for fig in figs.values():
-        path = run_dir / PLOTS_DIR / f"{fig.name}.png"
-        write_atomic(path, fig.png)
-        written.append(path)
     files = ReportFiles(
-        html=run_dir / HTML_NAME, markdown=run_dir / MARKDOWN_NAME, plots=tuple(written)
+        html=run_dir / HTML_NAME,
+        markdown=run_dir / MARKDOWN_NAME,
+        plots=tuple(run_dir / PLOTS_DIR / f"{fig.name}.png" for fig in figs.values()),
     )
-    write_atomic(files.markdown, md_text.encode("utf-8"))
-    write_atomic(files.html, html_text.encode("utf-8"))
+    outputs = [
+        *zip(files.plots, (fig.png for fig in figs.values()), strict=True),
+        (files.markdown, md_text.encode("utf-8")),
+        (files.html, html_text.encode("utf-8")),
+    ]
+    _check_targets(run_dir / PLOTS_DIR, [path for path, _ in outputs])
+    for path, data in outputs:
+        try:
+            write_atomic(path, data)
+        except OSError as exc:
+            raise ReportError(f"{show_path(path)}: cannot write ({exc.strerror or exc})") from None
     log.info("report written to %s", files.html)
     return files
+
+
+def _check_targets(plots_dir: Path, paths: list[Path]) -> None:
+    """Refuse, before anything is written, a report file's place taken by something else."""
+    if plots_dir.exists() and not plots_dir.is_dir():
+        raise ReportError(f"{show_path(plots_dir)} is not a folder; move it away and run again")
+    for path in paths:
+        if path.exists() and not path.is_file():
+            raise ReportError(
+                f"{show_path(path)} is not a regular file (a folder?); move it away and run "
+                f"`fedveil report` again"
+            )
