@@ -9,7 +9,8 @@
 - ``fedveil keys generate --node DIR``: a SuperNode authentication key (P-384, OpenSSH); prints
   the public key line to register with ``flwr supernode register``.
 
-Nothing is ever overwritten: an existing key makes the command fail with one line.
+Nothing is ever overwritten: an existing key file makes the command fail with one line naming
+it. Host names are checked (``certificates.check_host``) before anything is written.
 """
 
 from __future__ import annotations
@@ -18,11 +19,24 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from common.crypto import certificates
-from common.sealing import AggregatorKeyPair, KeyFileExistsError, write_keypair
+from common.files import show_path
+from common.sealing import PUBLIC_KEY_FILE, AggregatorKeyPair, KeyFileExistsError, write_keypair
 
 
 def generate_aggregator(directory: Path) -> str:
-    """Write the aggregator's key pair into ``directory``; return the public fingerprint."""
+    """Write the aggregator's key pair into ``directory``; return the public fingerprint.
+
+    Raises:
+        CertificateError: ``aggregator.key`` or ``aggregator.pub`` exists already (a public key
+            pinned by SuperNodes is never silently replaced), or the folder cannot be written.
+
+    """
+    public = Path(directory) / PUBLIC_KEY_FILE
+    if public.exists() or public.is_symlink():
+        raise certificates.CertificateError(
+            f"{show_path(public)} exists already; refusing to overwrite it (remove or move it, "
+            f"or use another folder)"
+        )
     keypair = AggregatorKeyPair.generate()
     try:
         write_keypair(directory, keypair)

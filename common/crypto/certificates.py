@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,7 @@ __all__ = [
     "CA_KEY_FILE",
     "DEFAULT_DAYS",
     "DEFAULT_HOSTS",
+    "MAX_DAYS",
     "NODE_PRIVATE_KEY_FILE",
     "NODE_PUBLIC_KEY_FILE",
     "SERVER_CERT_FILE",
@@ -51,6 +53,7 @@ __all__ = [
     "NodeKeyFiles",
     "TlsFiles",
     "check_certificate",
+    "check_host",
     "check_node_private_key",
     "check_node_public_key",
     "check_tls_files",
@@ -66,6 +69,11 @@ NODE_PRIVATE_KEY_FILE: Final = "node.key"
 NODE_PUBLIC_KEY_FILE: Final = "node.pub"
 DEFAULT_HOSTS: Final = ("127.0.0.1", "localhost")
 DEFAULT_DAYS: Final = 365
+MAX_DAYS: Final = 36_500
+"""Longest validity ``create_tls_files`` issues (100 years; X.509 dates end in 9999)."""
+_MAX_HOST_CHARS: Final = 253
+_MAX_COMMON_NAME: Final = 64
+_HOST_LABEL: Final = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 _CLOCK_SKEW: Final = dt.timedelta(minutes=5)
 _MAX_FILE_BYTES: Final = 256 * 1024
 _NIST_CURVES: Final = (ec.SECP256R1, ec.SECP384R1, ec.SECP521R1)
@@ -112,22 +120,25 @@ def _show(path: Path) -> str:
     return text if text.isprintable() else repr(text)
 
 
+def _exists(path: Path) -> CertificateError:
+    return CertificateError(
+        f"{_show(path)} exists already; refusing to overwrite it (remove or move it, or use "
+        f"another folder)"
+    )
+
+
 def _write_new(path: Path, data: bytes, mode: int) -> None:
     """Create ``path`` with ``mode`` from the first byte; never replace a file."""
     try:
         write_new(path, data, mode=mode)
     except FileExistsError:
-        raise CertificateError(
-            f"{_show(path)} exists already; refusing to overwrite it (move it away first)"
-        ) from None
+        raise _exists(path) from None
 
 
 def _refuse_existing(paths: Sequence[Path]) -> None:
     for path in paths:
-        if path.exists():
-            raise CertificateError(
-                f"{_show(path)} exists already; refusing to overwrite it (move it away first)"
-            )
+        if path.exists() or path.is_symlink():
+            raise _exists(path)
 
 
 def _read(path: Path, what: str) -> bytes:
@@ -159,16 +170,35 @@ def _name(common_name: str) -> x509.Name:
     )
 
 
+def check_host(host: str) -> x509.GeneralName:
+    """Return ``host`` as a subject alternative name: an IP address, else an RFC 1123 name.
+
+    Raises:
+        ValueError: One line: neither (an all-numeric name that is no IP address is a typo).
+
+    """
+    try:
+        return x509.IPAddress(ipaddress.ip_address(host))
+    except ValueError:
+        pass
+    labels = host.split(".")
+    if (
+        len(host) > _MAX_HOST_CHARS
+        or not all(_HOST_LABEL.fullmatch(label) for label in labels)
+        or all(label.isdigit() for label in labels)
+    ):
+        raise ValueError(
+            f"host {host!r:.80} is neither an IP address nor a DNS name (RFC 1123: letters, "
+            f"digits and inner hyphens, dot-separated labels of 1 to 63 characters); give "
+            f"e.g. 127.0.0.1 or superlink.example.org"
+        )
+    return x509.DNSName(host)
+
+
 def _san(hosts: Sequence[str]) -> x509.SubjectAlternativeName:
     if not hosts:
         raise ValueError("a server certificate needs at least one host name or IP address")
-    names: list[x509.GeneralName] = []
-    for host in hosts:
-        try:
-            names.append(x509.IPAddress(ipaddress.ip_address(host)))
-        except ValueError:
-            names.append(x509.DNSName(host))
-    return x509.SubjectAlternativeName(names)
+    return x509.SubjectAlternativeName([check_host(host) for host in hosts])
 
 
 def create_tls_files(
@@ -181,16 +211,18 @@ def create_tls_files(
     """Make a CA and a server certificate for ``hosts``; write them into ``directory``.
 
     ``hosts`` become the server certificate's subject alternative names (IP addresses as IP
-    entries, anything else as DNS names). Both certificates are valid from ``valid_from``
-    (default: five minutes ago, for clock skew) for ``days`` days.
+    entries, RFC 1123 names as DNS names, anything else refused). Both certificates are valid
+    from ``valid_from`` (default: five minutes ago, for clock skew) for ``days`` days.
 
     Raises:
         CertificateError: One of the four files exists already (nothing is written then).
-        ValueError: ``hosts`` is empty or ``days`` < 1.
+        ValueError: ``hosts`` is empty or holds an invalid name (:func:`check_host`), or
+            ``days`` is outside [1, ``MAX_DAYS``].
 
     """
-    if days < 1:
-        raise ValueError(f"`days` must be >= 1, got {days}")
+    if not 1 <= days <= MAX_DAYS:
+        raise ValueError(f"`days` must be between 1 and {MAX_DAYS}, got {days}")
+    san = _san(hosts)
     files = TlsFiles.in_directory(Path(directory))
     _refuse_existing([files.ca_cert, files.ca_key, files.server_cert, files.server_key])
     start = (valid_from or _now()) - _CLOCK_SKEW
@@ -216,13 +248,13 @@ def create_tls_files(
     server_key = ec.generate_private_key(ec.SECP256R1())
     server_cert = (
         x509.CertificateBuilder()
-        .subject_name(_name(hosts[0] if hosts else "fedveil SuperLink"))
+        .subject_name(_name(hosts[0] if len(hosts[0]) <= _MAX_COMMON_NAME else "fedveil SuperLink"))
         .issuer_name(ca_name)
         .public_key(server_key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(start)
         .not_valid_after(end)
-        .add_extension(_san(hosts), critical=False)
+        .add_extension(san, critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(_key_usage(ca=False), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)

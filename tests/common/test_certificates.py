@@ -16,9 +16,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flwr.cli.supernode.register import try_load_public_key
 
 from common.crypto.certificates import (
+    MAX_DAYS,
     CertificateError,
     TlsFiles,
     check_certificate,
+    check_host,
     check_node_private_key,
     check_node_public_key,
     check_tls_files,
@@ -194,8 +196,59 @@ def test_server_key_that_is_no_key_is_refused(bundle: TlsFiles, tmp_path: Path) 
 def test_bad_arguments_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="days"):
         create_tls_files(tmp_path / "a", days=0)
+    with pytest.raises(ValueError, match="days"):
+        create_tls_files(tmp_path / "a", days=10_000_000)
     with pytest.raises(ValueError, match="at least one host"):
         create_tls_files(tmp_path / "b", hosts=())
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_the_longest_validity_is_issued(tmp_path: Path) -> None:
+    files = create_tls_files(tmp_path, days=MAX_DAYS)
+
+    cert = x509.load_pem_x509_certificate(files.server_cert.read_bytes())
+    assert cert.not_valid_after_utc - cert.not_valid_before_utc >= dt.timedelta(days=MAX_DAYS)
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "bad host",
+        "",
+        "a..b",
+        "-lead.example",
+        "trail-.example",
+        "under_score.example",
+        "x" * 64 + ".example",
+        ".".join(["a" * 63] * 4),
+        "999.1.1.1",
+        "host\nname",
+        "exämple.org",
+        "*.example.org",
+        "[::1]",
+    ],
+)
+def test_a_host_that_is_no_ip_address_or_dns_name_is_refused(tmp_path: Path, host: str) -> None:
+    with pytest.raises(ValueError, match="neither an IP address nor a DNS name") as exc:
+        create_tls_files(tmp_path / "tls", hosts=("127.0.0.1", host))
+
+    assert "\n" not in str(exc.value)
+    assert not (tmp_path / "tls").exists()
+
+
+@pytest.mark.parametrize(
+    ("host", "kind"),
+    [
+        ("localhost", x509.DNSName),
+        ("superlink-1.example.org", x509.DNSName),
+        ("a" * 63 + ".example", x509.DNSName),
+        ("10.0.0.7", x509.IPAddress),
+        ("::1", x509.IPAddress),
+        ("fd00::7", x509.IPAddress),
+    ],
+)
+def test_ip_addresses_and_rfc_1123_names_are_accepted(host: str, kind: type) -> None:
+    assert isinstance(check_host(host), kind)
 
 
 # ------------------------------------------------------------------------------ SuperNode keys
