@@ -8,6 +8,8 @@ Layout of a state directory (``--node-config "state-dir=..."``, or in simulation
 
 Every write is atomic, so a crash leaves the previous round's state intact. A file that is
 corrupt or belongs to another run makes the node refuse to take part; nothing is overwritten.
+The files are mode 0600 from their first byte, and folders this module creates 0700: a node's
+privacy history and residual (a function of its updates) are for its owner only.
 """
 
 from __future__ import annotations
@@ -21,12 +23,13 @@ import numpy.typing as npt
 from flwr.app import Array, ArrayRecord, Context
 
 from client.privacy_state import STATE_KEY, ClientPrivacyState, PrivacyStateError
-from common.files import write_atomic
-from common.weights import WeightsError, load_safetensors, save_safetensors
+from common.files import SECRET_MODE, write_atomic
+from common.weights import WeightsError, load_safetensors
 
 PRIVACY_FILE = "privacy.json"
 RESIDUAL_FILE = "residual.safetensors"
 RESIDUAL_KEY = "fedveil.residual"
+FOLDER_MODE = 0o700
 
 log = logging.getLogger(__name__)
 
@@ -57,9 +60,17 @@ class StateStore:
             )
         return state
 
+    def _make_folder(self) -> None:
+        """Create the state folder and its missing parents with mode 0700 (existing ones stay)."""
+        missing = [p for p in (self.folder, *self.folder.parents) if not p.exists()]
+        for folder in reversed(missing):
+            folder.mkdir(mode=FOLDER_MODE, exist_ok=True)
+
     def save_privacy(self, state: ClientPrivacyState) -> None:
-        """Write the privacy state atomically."""
-        write_atomic(self.folder / PRIVACY_FILE, json.dumps(state.to_json()).encode())
+        """Write the privacy state atomically, mode 0600."""
+        self._make_folder()
+        data = json.dumps(state.to_json()).encode()
+        write_atomic(self.folder / PRIVACY_FILE, data, mode=SECRET_MODE)
 
     def load_residual(self, size: int) -> npt.NDArray[np.float32] | None:
         """Return the stored residual of length ``size``; ``None`` if there is none or it is bad.
@@ -77,12 +88,16 @@ class StateStore:
             return None
 
     def save_residual(self, residual: npt.NDArray[np.float32]) -> None:
-        """Write the residual atomically, without fsync: it is cheap to lose (``load_residual``).
+        """Write the residual atomically, mode 0600, without fsync: it is cheap to lose.
 
         An fsync per round costs a noticeable share of a small client's round
         (docs/performance.md); the privacy state, which must never be lost, keeps its fsync.
         """
-        save_safetensors(self.folder / RESIDUAL_FILE, {"residual": residual}, durable=False)
+        from safetensors.numpy import save
+
+        self._make_folder()
+        data = save({"residual": np.asarray(residual, dtype=np.float32, order="C")})
+        write_atomic(self.folder / RESIDUAL_FILE, data, mode=SECRET_MODE, durable=False)
 
 
 class NodeState:

@@ -1,6 +1,9 @@
 from __future__ import annotations
 
 import logging
+import os
+import stat
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -59,3 +62,45 @@ def test_privacy_state_survives_a_round_trip(tmp_path: Path) -> None:
     assert loaded is not None
     assert loaded.history == state.history
     assert loaded.rounds == [1]
+
+
+@pytest.fixture
+def permissive_umask() -> Iterator[None]:
+    # With umask 0 a file or folder made without an explicit mode would be world-readable.
+    old = os.umask(0)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_state_files_are_0600_and_created_folders_0700(
+    tmp_path: Path, permissive_umask: None
+) -> None:
+    (tmp_path / "run").mkdir(mode=0o755)
+    store = StateStore(tmp_path / "run" / "client-state" / "partition-3")
+    state = ClientPrivacyState(run_tag="run-1", noise_multiplier=1.5)
+    state.record(1, (1.5, 0.25, 8))
+
+    store.save_privacy(state)
+    store.save_residual(np.ones(4, dtype=np.float32))
+    store.save_privacy(state)  # a replacement keeps the mode too
+
+    assert _mode(store.folder / PRIVACY_FILE) == 0o600
+    assert _mode(store.folder / RESIDUAL_FILE) == 0o600
+    assert _mode(store.folder) == _mode(store.folder.parent) == 0o700
+    assert _mode(tmp_path / "run") == 0o755  # a folder it did not create keeps its mode
+
+
+def test_the_residual_alone_also_makes_a_private_folder(
+    tmp_path: Path, permissive_umask: None
+) -> None:
+    store = StateStore(tmp_path / "node")
+
+    store.save_residual(np.ones(4, dtype=np.float32))
+
+    assert _mode(store.folder) == 0o700 and _mode(store.folder / RESIDUAL_FILE) == 0o600
