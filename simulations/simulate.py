@@ -14,11 +14,13 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
+import torch
 from flwr.serverapp.strategy import Strategy
 from rich.console import Console
 
 from common.accounting import sample_rate, steps_per_round
-from common.config import FedveilConfig
+from common.config import ConfigError, FedveilConfig
+from common.device import resolve_device
 from common.partition import PartitionSpec, task_partitions, task_pool
 from common.task import check_examples, task_of
 from report.console import RoundProgress, privacy_table, summary_table
@@ -48,8 +50,10 @@ def check_inputs(config: FedveilConfig) -> None:
 
     Raises:
         TaskError: the task cannot be loaded (its module, its model) or its data do not fit it.
+        ConfigError: ``device`` or ``sim.gpus-per-client`` asks for a GPU this machine lacks.
 
     """
+    check_devices(config)
     task = task_of(config)
     server_examples(
         task,
@@ -67,15 +71,34 @@ def check_inputs(config: FedveilConfig) -> None:
     _partitions(config)
 
 
+def check_devices(config: FedveilConfig) -> None:
+    """Refuse a ``device`` or a GPU share this machine cannot give, before Ray starts.
+
+    Ray would wait forever for GPUs that do not exist, so ``sim.gpus-per-client`` > 0 needs one.
+    """
+    resolve_device(config.device)
+    if config.sim_gpus_per_client > 0 and not torch.cuda.is_available():
+        raise ConfigError(
+            f"config key `sim.gpus-per-client` is {config.sim_gpus_per_client} but this machine "
+            "has no CUDA device; set it to 0"
+        )
+
+
 def backend_config(
     config: FedveilConfig, *, verbose: bool
 ) -> dict[str, dict[str, int | float | bool | str]]:
-    """Ray resources: each simulated client gets ``sim.cpus-per-client`` CPUs."""
+    """Ray resources: each client gets ``sim.cpus-per-client`` CPUs, ``sim.gpus-per-client`` GPUs.
+
+    A GPU share below 1 lets several clients share a GPU (0.25 = four per GPU).
+    """
     quiet: dict[str, int | float | bool | str] = (
         {} if verbose else {"logging_level": "ERROR", "log_to_driver": False}
     )
     return {
-        "client_resources": {"num_cpus": config.sim_cpus_per_client, "num_gpus": 0.0},
+        "client_resources": {
+            "num_cpus": config.sim_cpus_per_client,
+            "num_gpus": config.sim_gpus_per_client,
+        },
         "init_args": {"num_cpus": os.cpu_count() or 1, "include_dashboard": False, **quiet},
         "actor": {"tensorflow": 0},
     }

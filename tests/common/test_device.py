@@ -80,7 +80,7 @@ def test_a_cuda_index_past_the_last_gpu_is_refused(monkeypatch: pytest.MonkeyPat
 
 
 def test_resolve_refuses_a_malformed_setting_naming_its_source() -> None:
-    with pytest.raises(ConfigError, match="^--device must be"):
+    with pytest.raises(ConfigError, match=r"^--device must be"):
         resolve_device("gpu", source="--device")
 
 
@@ -91,7 +91,7 @@ def test_the_node_config_overrides_the_run() -> None:
 
 @pytest.mark.parametrize("value", ["gpu", 1, True, ""])
 def test_a_malformed_node_setting_is_refused_naming_the_node_key(value: object) -> None:
-    with pytest.raises(ConfigError, match="^node config key `device`"):
+    with pytest.raises(ConfigError, match=r"^node config key `device`"):
         node_device("auto", {"device": value})
 
 
