@@ -11,7 +11,8 @@ its own process so that memory is measured per variant (``simulations.bench_proc
 timed through public hooks only (``simulations.bench_timing``), and then times DP-SGD steps
 against non-private ones (``simulations.bench_steps``). Prints the tables
 (``simulations.bench_render``) and writes ``bench.json`` to ``--out`` (default: a temp folder):
-``task``, ``device`` and ``torch``, ``variants`` (``simulations.bench_summary``), ``ratios``
+``task``, ``device`` (where the config's ``device`` resolves here), ``device_name`` (the GPU's
+model, or the device type) and ``torch``, ``variants`` (``simulations.bench_summary``), ``ratios``
 (fedveil over plain), ``steps``, ``client_round``, load, CPUs, actors.
 ``--quick``: digits, 10 clients, 3 rounds, fewer step samples; without it, 6 rounds.
 ``--config``/``--set`` take any fedveil scenario; ``--only`` runs one variant; ``--no-steps``
@@ -32,12 +33,11 @@ from pathlib import Path
 from typing import Any
 
 from common.config import ConfigError, FedveilConfig, load_toml, parse_assignment
+from common.device import device_name, resolve_device
 from simulations.bench_child import VARIANTS
 
 QUICK = {"dataset": "digits", "sim.clients": 10, "num-server-rounds": 3}
 FULL = {"dataset": "digits", "sim.clients": 10, "num-server-rounds": 6}
-DEVICE = "cpu"
-"""Where the bench trains: every timing is of CPU work."""
 
 
 def build_config(args: argparse.Namespace) -> FedveilConfig:
@@ -89,18 +89,23 @@ def _child(args: argparse.Namespace) -> int:
     return 0
 
 
-def _step_report(config: FedveilConfig, quick: bool) -> tuple[dict[str, Any], Any]:
+def _step_report(config: FedveilConfig, quick: bool, device: str) -> tuple[dict[str, Any], Any]:
     from simulations.bench_steps import STEP_MODELS, client_round_times, step_times
 
-    print("timing DP-SGD steps ...", file=sys.stderr, flush=True)
+    print(f"timing DP-SGD steps on {device} ...", file=sys.stderr, flush=True)
     blocks, per_block = (6, 10) if quick else (12, 20)
     steps = {
         model: step_times(
-            model, shape, batch_size=config.batch_size, blocks=blocks, steps_per_block=per_block
+            model,
+            shape,
+            batch_size=config.batch_size,
+            blocks=blocks,
+            steps_per_block=per_block,
+            device=device,
         )
         for model, shape in STEP_MODELS
     }
-    return steps, client_round_times(config, repeats=3 if quick else 7)
+    return steps, client_round_times(config, repeats=3 if quick else 7, device=device)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -114,6 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _child(args)
     try:
         config = build_config(args)
+        device = resolve_device(config.device)
     except ConfigError as exc:
         print(f"fedveil bench: error: {exc}", file=sys.stderr)
         return 2
@@ -137,11 +143,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BenchError as exc:
         print(f"fedveil bench: {exc}", file=sys.stderr)
         return 1
-    steps, client_round = ({}, None) if args.no_steps else _step_report(config, args.quick)
+    steps, client_round = (
+        ({}, None) if args.no_steps else _step_report(config, args.quick, str(device))
+    )
     report: dict[str, Any] = {
         "task": config.to_flat(),
         "quick": args.quick,
-        "device": DEVICE,
+        "device": str(device),
+        "device_name": device_name(device),
         "torch": version("torch"),
         "load": {"before": load_before, "after": _load()},
         "cpus": os.cpu_count(),

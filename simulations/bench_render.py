@@ -73,8 +73,9 @@ def render(report: dict[str, Any]) -> str:
     lines = [
         f"task: {task['dataset']}, {task['sim.clients']} clients, "
         f"{task['num-server-rounds']} rounds, fraction-train {task['fraction-train']}, "
-        f"{task['partitioning']}, seed {task['seed']}; {report['device']}, torch "
-        f"{report['torch']}; load {report['load']}",
+        f"{task['partitioning']}, seed {task['seed']}; "
+        f"{report.get('device_name', report['device'])}, torch {report['torch']}; "
+        f"load {report['load']}",
         *table(report),
     ]
     if share is not None:

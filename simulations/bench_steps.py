@@ -123,12 +123,15 @@ def _step_fn(model: Any, optimizer: Any, criterion: Any, x: Any, y: Any) -> Call
     return step
 
 
-def client_round_times(config: FedveilConfig, *, repeats: int) -> dict[str, float]:
+def client_round_times(
+    config: FedveilConfig, *, repeats: int, device: str = "cpu"
+) -> dict[str, float]:
     """CPU seconds of one client's local training: fedveil's ``train_dp_sgd`` vs plain SGD.
 
     The same partition (client 0 of the task's split), the same epochs, batch size and lr, one
     thread. This includes what a step bench leaves out: ``make_private`` each round, Poisson
-    sampling through a DataLoader, the accountant.
+    sampling through a DataLoader, the accountant. ``train_dp_sgd`` runs on ``device`` (plain
+    SGD on the CPU, as plain Flower's client trains): on a GPU, compare step times instead.
     """
     import warnings
 
@@ -158,7 +161,7 @@ def client_round_times(config: FedveilConfig, *, repeats: int) -> dict[str, floa
         for i in range(repeats + 1):
             model = create_model(name, data.num_classes, seed=0)
             t0 = time.process_time()
-            train_dp_sgd(model, images, labels, settings)
+            train_dp_sgd(model, images, labels, settings, device=torch.device(device))
             t1 = time.process_time()
             model = create_model(name, data.num_classes, seed=0)
             t2 = time.process_time()
