@@ -187,7 +187,9 @@ def _run_epochs(
     device: torch.device,
 ) -> tuple[float, int]:
     """Run the DP-SGD steps; return the summed loss of non-empty batches and their count."""
-    total_loss, batches = 0.0, 0
+    # The loss is summed where it is computed: reading it every step would stall a GPU.
+    total_loss = torch.zeros((), dtype=torch.float64, device=device)
+    batches = 0
     for _ in range(epochs):
         for x_batch, y_batch in loader:
             # A no-op for batches gathered on the device; Opacus builds an empty batch that
@@ -200,6 +202,6 @@ def _run_epochs(
             loss.backward()
             optimizer.step()
             if len(y) > 0:
-                total_loss += float(loss.detach())
+                total_loss += loss.detach()
                 batches += 1
-    return total_loss, batches
+    return float(total_loss), batches
