@@ -19,7 +19,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from flwr.app import ConfigRecord
 
+from common import protocol
 from common.audit_canaries import CanarySpec
 
 
@@ -31,6 +33,7 @@ class GradientCanaries:
         params: the trainable parameters, in the model's ``named_parameters`` order.
         sample_rate: ``q``, each canary's chance to be in a step's batch (a real example's).
         max_grad_norm: ``C``, each canary gradient's L2 norm.
+
     """
 
     def __init__(
@@ -45,18 +48,17 @@ class GradientCanaries:
             raise ValueError(f"`sample_rate` must be in (0, 1], got {sample_rate}")
         self.sample_rate = sample_rate
         self._shapes = [p.shape for p in params]
-        size = sum(p.numel() for p in params)
-        chosen = np.flatnonzero(spec.included())
-        self._directions = torch.from_numpy(spec.directions(chosen, size, max_grad_norm))
+        self._layout = spec.layout(sum(p.numel() for p in params), max_grad_norm)
+        self._included = spec.included()
         self._generator = torch.Generator().manual_seed(secrets.randbits(63))
         self.added = 0
 
     def step_sum(self) -> torch.Tensor:
         """Return this step's canary gradient sum, flat: Poisson-sampled included canaries."""
-        count = self._directions.shape[0]
-        mask = torch.rand(count, generator=self._generator) < self.sample_rate
-        self.added += int(mask.sum())
-        return mask.to(self._directions.dtype) @ self._directions
+        draws = torch.rand(len(self._included), generator=self._generator).numpy()
+        sampled = self._included & (draws < self.sample_rate)
+        self.added += int(sampled.sum())
+        return torch.from_numpy(self._layout.dense(sampled.astype(np.float32)))
 
     def attach(self, optimizer: Any) -> None:
         """Make ``optimizer`` (an Opacus ``DPOptimizer``) add canaries before its noise.
@@ -72,8 +74,24 @@ class GradientCanaries:
             offset = 0
             for p in optimizer.params:
                 n = p.numel()
-                p.summed_grad += flat[offset : offset + n].view_as(p.summed_grad)
+                p.summed_grad += flat[offset : offset + n].view_as(p.summed_grad).to(p.summed_grad)
                 offset += n
             add_noise()
 
         optimizer.add_noise = add_canaries_then_noise
+
+
+def requested_canaries(record: ConfigRecord | None) -> CanarySpec | None:
+    """Return the canaries a train request's ``audit`` record asks for; ``None`` without one.
+
+    Raises:
+        ValueError: the record's seeds or count are missing or out of range.
+
+    """
+    if record is None:
+        return None
+    return CanarySpec(
+        directions_seed=record.get(protocol.AUDIT_DIRECTIONS_SEED),  # type: ignore[arg-type]
+        bits_seed=record.get(protocol.AUDIT_BITS_SEED),  # type: ignore[arg-type]
+        canaries=record.get(protocol.AUDIT_CANARIES),  # type: ignore[arg-type]
+    )

@@ -27,6 +27,7 @@ import numpy as np
 import numpy.typing as npt
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
+from client.canaries import requested_canaries
 from client.local_data import LocalData, client_id_of, load_local_data
 from client.node_limits import NodeConfigError, NodeLimits
 from client.privacy_state import ClientPrivacyState
@@ -40,6 +41,7 @@ from common.accounting import (
     sample_rate,
     steps_per_round,
 )
+from common.audit_canaries import CanarySpec
 from common.codec import CodecParams
 from common.config import FedveilConfig
 from common.device import node_device, resolve_device
@@ -63,6 +65,7 @@ class TrainRequest:
     public_key: bytes
     global_arrays: ArrayRecord
     assigned_noise: float | None
+    canaries: CanarySpec | None = None
 
 
 @dataclass(frozen=True)
@@ -159,6 +162,7 @@ def read_request(msg: Message, context: Context) -> TrainRequest:
         public_key=public_key,
         global_arrays=msg.content.array_records[protocol.ARRAYS],
         assigned_noise=_assigned_noise(msg),
+        canaries=requested_canaries(msg.content.config_records.get(protocol.AUDIT)),
     )
 
 
@@ -342,6 +346,7 @@ def train_locally(request: TrainRequest, data: LocalData, budget: RoundBudget) -
             noise_multiplier=budget.entry[0],
             max_grad_norm=config.dp_max_grad_norm,
         ),
+        canaries=request.canaries,
         device=resolve_device(config.device),
     )
     return {

@@ -1,17 +1,19 @@
-"""White-box audit canaries: a seed gives the inclusion bits and the canary gradients.
+"""White-box audit canaries: two seeds give the canary gradients and the inclusion bits.
 
-Client and server derive the same canaries from the same ``CanarySpec``: canary ``i`` is a
-random direction over the model's trainable parameters, flattened in ``named_parameters``
-order, scaled to L2 norm ``norm`` (the clip bound, so it weighs as much as a clipped example);
-it is included in training with probability 1/2, independently of the others. Directions come
-from numpy's PCG64 seeded with ``(seed, i)``, so they are the same on every platform.
+Client and server derive the same canaries from the same ``CanarySpec``. The model's trainable
+parameters, flattened in ``named_parameters`` order (``size`` coordinates), are cut by a random
+permutation into ``m`` disjoint blocks of ``size // m`` coordinates; canary ``i`` is a random
+Gaussian direction on block ``i``, of L2 norm ``norm`` (the clip bound, so it weighs as much as a
+clipped example). Disjoint blocks make the canaries orthogonal, so none leaks into another's
+score, and keep them O(size) to build and score. Everything comes from numpy's PCG64 seeded with
+``directions_seed``. Canary ``i`` is included in training with probability 1/2, independently,
+by fair coins from ``bits_seed``.
 
-The seed is the auditor's secret for the run: whoever holds it knows which canaries were in.
+``bits_seed`` is the auditor's secret for the run: whoever holds it knows which canaries were in.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,21 +21,24 @@ import numpy.typing as npt
 
 MAX_CANARIES = 100_000
 SEED_LIMIT = 2**63
-# Directions generated at once when scoring: a (chunk, d) float32 block.
-_CHUNK = 256
-_BITS_STREAM = 0  # spawn key of the inclusion bits; canary i uses 1 + i
+
+
+def _check_seed(name: str, value: object) -> None:
+    if type(value) is not int or not 0 <= value < SEED_LIMIT:
+        raise ValueError(f"canary `{name}` must be an integer in [0, 2**63), got {value!r}")
 
 
 @dataclass(frozen=True)
 class CanarySpec:
-    """``canaries`` white-box canaries derived from ``seed``."""
+    """``canaries`` white-box canaries: directions from one seed, inclusion bits from another."""
 
-    seed: int
+    directions_seed: int
+    bits_seed: int
     canaries: int
 
     def __post_init__(self) -> None:
-        if type(self.seed) is not int or not 0 <= self.seed < SEED_LIMIT:
-            raise ValueError(f"canary seed must be an integer in [0, 2**63), got {self.seed!r}")
+        _check_seed("directions_seed", self.directions_seed)
+        _check_seed("bits_seed", self.bits_seed)
         if type(self.canaries) is not int or not 1 <= self.canaries <= MAX_CANARIES:
             raise ValueError(
                 f"canary count must be an integer in [1, {MAX_CANARIES}], got {self.canaries!r}"
@@ -41,41 +46,49 @@ class CanarySpec:
 
     def included(self) -> npt.NDArray[np.bool_]:
         """Return the inclusion bits, one fair coin per canary."""
-        rng = np.random.default_rng(np.random.SeedSequence(self.seed, spawn_key=(_BITS_STREAM,)))
-        return rng.random(self.canaries) < 0.5
+        return np.random.default_rng(self.bits_seed).random(self.canaries) < 0.5
 
-    def direction(self, index: int, size: int, norm: float) -> npt.NDArray[np.float32]:
-        """Return canary ``index``: a uniformly random direction in ``size`` dims of L2 ``norm``."""
-        rng = np.random.default_rng(np.random.SeedSequence(self.seed, spawn_key=(1 + index,)))
-        v = rng.standard_normal(size)
-        return (v * (norm / np.linalg.norm(v))).astype(np.float32)
-
-    def directions(
-        self, indices: npt.NDArray[np.intp], size: int, norm: float
-    ) -> npt.NDArray[np.float32]:
-        """Return the canaries at ``indices`` as rows of a ``(len(indices), size)`` array."""
-        out = np.empty((len(indices), size), dtype=np.float32)
-        for row, index in enumerate(indices):
-            out[row] = self.direction(int(index), size, norm)
-        return out
-
-    def chunks(self, size: int, norm: float) -> Iterator[tuple[int, npt.NDArray[np.float32]]]:
-        """Yield ``(first index, block of directions)`` over all canaries, a bounded block at a time."""
-        for start in range(0, self.canaries, _CHUNK):
-            stop = min(start + _CHUNK, self.canaries)
-            yield start, self.directions(np.arange(start, stop), size, norm)
+    def layout(self, size: int, norm: float) -> CanaryLayout:
+        """Return the canaries over ``size`` coordinates, each of L2 ``norm``."""
+        return canary_layout(self.directions_seed, self.canaries, size, norm)
 
 
-def canary_scores(
-    spec: CanarySpec, update: npt.NDArray[np.floating], norm: float
-) -> npt.NDArray[np.float64]:
-    """Return each canary's score: how far ``update`` moved against its direction.
+@dataclass(frozen=True)
+class CanaryLayout:
+    """Canary ``i`` puts ``values[i]`` on the flat coordinates ``coords[i]`` (both ``(m, b)``)."""
 
-    An SGD update is ``-lr`` times the summed gradients, so an included canary pushes the update
-    along ``-direction``; the score ``-<update, direction>`` is then larger for included ones.
-    """
-    flat = np.asarray(update, dtype=np.float32).ravel()
-    scores = np.empty(spec.canaries, dtype=np.float64)
-    for start, block in spec.chunks(flat.shape[0], norm):
-        scores[start : start + block.shape[0]] = -(block @ flat)
-    return scores
+    size: int
+    coords: npt.NDArray[np.int64]
+    values: npt.NDArray[np.float32]
+
+    def dense(self, weights: npt.NDArray[np.floating]) -> npt.NDArray[np.float32]:
+        """Return ``sum_i weights[i] * canary_i`` as a flat vector of ``size``."""
+        flat = np.zeros(self.size, dtype=np.float32)
+        flat[self.coords.ravel()] = (self.values * weights[:, None]).ravel()
+        return flat
+
+    def scores(self, update: npt.NDArray[np.floating]) -> npt.NDArray[np.float64]:
+        """Return each canary's score: how far ``update`` (flat, ``size``) moved against it.
+
+        An SGD update is ``-lr`` times the summed gradients, so an included canary pushes the
+        update along ``-canary``; the score ``-<update, canary>`` is larger for included ones.
+        """
+        flat = np.asarray(update, dtype=np.float64).ravel()
+        if flat.shape != (self.size,):
+            raise ValueError(f"update has {flat.shape[0]} coordinates, canaries span {self.size}")
+        scores: npt.NDArray[np.float64] = -(flat[self.coords] * self.values).sum(axis=1)
+        return scores
+
+
+def canary_layout(seed: int, m: int, size: int, norm: float) -> CanaryLayout:
+    """Return ``m`` orthogonal canaries of L2 ``norm`` on disjoint blocks of ``size`` coords."""
+    if not 1 <= m <= size or not norm > 0:
+        raise ValueError(
+            f"need 1 <= canaries <= coordinates ({size}) and norm > 0, got {m} and {norm}"
+        )
+    rng = np.random.default_rng(seed)
+    block = size // m
+    coords = rng.permutation(size)[: m * block].reshape(m, block).astype(np.int64)
+    values = rng.standard_normal((m, block))
+    values *= norm / np.linalg.norm(values, axis=1, keepdims=True)
+    return CanaryLayout(size, coords, values.astype(np.float32))

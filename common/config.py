@@ -30,6 +30,7 @@ MODELS = ("auto", "mlp", "cnn")
 CODEC_MASKS = ("topk", "random")
 AGGREGATIONS = ("fedavg", "median", "trimmed-mean", "krum", "multikrum")
 ATTACK_KINDS = ("sign-flip", "scale", "gaussian", "label-flip")
+AUDIT_MODES = ("white-box",)
 
 
 @dataclass(frozen=True)
@@ -204,6 +205,20 @@ KEYS: dict[str, _Key] = {
         "sim_clients", int, 10, lambda v: 1 <= v <= 100_000, "an integer in [1, 100000]"
     ),
     "sim.cpus-per-client": _Key("sim_cpus_per_client", float, 1.0, _positive, "a number > 0"),
+    "privacy.audit": _Key(
+        "privacy_audit", bool, False, _ANY, "true or false: one-run empirical audit with canaries"
+    ),
+    "privacy.audit-mode": _Key(
+        "privacy_audit_mode", str, "white-box", _one_of(AUDIT_MODES), f"one of {AUDIT_MODES}"
+    ),
+    "privacy.audit-canaries": _Key(
+        "privacy_audit_canaries",
+        int,
+        0,
+        lambda v: 0 <= v <= 100_000,
+        "an integer in [0, 100000]: canaries per audited client (0 = one per trainable "
+        "parameter, at most 10000)",
+    ),
     "sim.gpus-per-client": _Key(
         "sim_gpus_per_client",
         float,
@@ -342,6 +357,9 @@ class FedveilConfig:
     faults_drop: float
     sim_clients: int
     sim_cpus_per_client: float
+    privacy_audit: bool
+    privacy_audit_mode: str
+    privacy_audit_canaries: int
     sim_gpus_per_client: float
 
     @classmethod

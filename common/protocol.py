@@ -7,6 +7,8 @@ Request ``RecordDict``:
                 ``server-round`` and ``run-tag`` (fedveil's run id, stable across a resume).
     ``seal``    ConfigRecord, ``public-key``: the aggregator's raw X25519 key (32 bytes).
     ``dp``      ConfigRecord, ``noise-multiplier``: the σ the server's plan assigns this client.
+    ``audit``   ConfigRecord (only with ``privacy.audit``): ``directions-seed``, ``bits-seed``,
+                ``canaries``: the white-box audit's canaries for this client.
 
 A client reads these records and no others; a record it does not know changes nothing.
 
@@ -55,6 +57,12 @@ UPDATE = "update"
 PINNED_FINGERPRINT = "aggregator-fingerprint"
 DP = "dp"
 ASSIGNED_NOISE = "noise-multiplier"
+# The white-box audit's record (``common.audit_canaries``), only in audited clients' requests:
+# canaries to add to DP-SGD, derived from two seeds; a client without it adds none.
+AUDIT = "audit"
+AUDIT_DIRECTIONS_SEED = "directions-seed"
+AUDIT_BITS_SEED = "bits-seed"
+AUDIT_CANARIES = "canaries"
 STATUS_TRAINED = "trained"
 STATUS_REFUSED = "refused"
 # The node trained this round before a restart lost the reply; it reports the round's DP facts

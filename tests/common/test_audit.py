@@ -90,3 +90,35 @@ def test_guess_counts_are_even_and_within_m() -> None:
         counts = guess_counts(m)
         assert counts and all(c % 2 == 0 and 2 <= c <= m for c in counts)
     assert guess_counts(1) == ()
+
+
+def _reference_p_value(m: int, r: int, v: int, eps: float, delta: float) -> float:
+    # The paper's reference code (Steinke et al. 2023, appendix), with scipy's binomial.
+    from scipy import stats
+
+    q = 1 / (1 + math.exp(-eps))
+    beta = stats.binom.sf(v - 1, r, q)
+    alpha, total = 0.0, 0.0
+    for i in range(1, v + 1):
+        total += stats.binom.pmf(v - i, r, q)
+        if total > i * alpha:
+            alpha = total / i
+    return float(min(beta + alpha * delta * 2 * m, 1))
+
+
+@pytest.mark.parametrize(
+    ("m", "r", "v", "eps", "delta"),
+    [
+        (1000, 100, 90, 1.0, 1e-5),
+        (4810, 240, 213, 2.5, 1e-5),
+        (200, 20, 20, 0.3, 1e-3),
+        (50, 50, 30, 0.0, 1e-2),
+        (10_000, 2000, 1300, 0.7, 1e-6),
+        (100, 10, 10, 30.0, 1e-5),
+    ],
+)
+def test_p_value_matches_the_papers_reference_code(
+    m: int, r: int, v: int, eps: float, delta: float
+) -> None:
+    ours = p_value(m, r, v, epsilon=eps, delta=delta)
+    assert ours == pytest.approx(_reference_p_value(m, r, v, eps, delta), rel=1e-9, abs=1e-15)

@@ -1,0 +1,149 @@
+"""The server's white-box privacy audit: canaries per client, scored on its opened updates.
+
+The aggregator is the auditor (Steinke, Nasr and Jagielski 2023, one training run): it draws
+one secret seed for the canary directions of the run and one for each client's inclusion bits,
+sends both in that client's train requests (``canaries_for``), and adds up every opened update
+of the client (``observe``; the decoded ``local - global`` of each round it trained). After any
+round, each canary's score is how far the summed update moved against it; the highest scores
+are guessed in, the lowest out, and ``common.audit`` turns the right guesses into a lower bound
+on ε at the run's δ (``result``).
+
+The bound holds whatever the updates contain, as long as each included canary went through
+the client's DP-SGD as one more example (``client.canaries``). Updates the server could not open
+were still trained on: missing them weakens the bound, never voids it. A resumed run draws
+fresh seeds and audits the rounds after the resume only.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Mapping
+
+import numpy as np
+import numpy.typing as npt
+from torch import nn
+
+from common.audit import AuditResult, audit_scores
+from common.audit_canaries import MAX_CANARIES, SEED_LIMIT, CanarySpec, canary_layout
+from common.config import ConfigError, FedveilConfig
+from common.task import task_of
+from server.audit_file import AuditEntry
+
+AUTO_CANARIES_CAP = 10_000
+"""``privacy.audit-canaries = 0`` means one canary per trainable parameter, at most this many."""
+
+
+def trainable_sizes(model: nn.Module) -> dict[str, int]:
+    """Return each trainable parameter's element count, in ``named_parameters`` order."""
+    return {name: p.numel() for name, p in model.named_parameters() if p.requires_grad}
+
+
+def canary_count(configured: int, parameters: int) -> int:
+    """Return the canaries per client: ``configured``, or for 0 one per parameter (capped).
+
+    Raises:
+        ConfigError: more canaries than trainable parameters (they would not be orthogonal).
+
+    """
+    if configured == 0:
+        return min(parameters, AUTO_CANARIES_CAP, MAX_CANARIES)
+    if configured > parameters:
+        raise ConfigError(
+            f"config key `privacy.audit-canaries` is {configured}, more than the model's "
+            f"{parameters} trainable parameters; give at most {parameters} (0 = one per parameter)"
+        )
+    return configured
+
+
+class WhiteBoxAuditor:
+    """Canaries for each client, the sum of its opened updates, and the bound they give.
+
+    Args:
+        sizes: trainable parameter sizes by name, in the model's ``named_parameters`` order.
+        canaries: canaries per client (``canary_count``).
+        max_grad_norm: ``C``; each canary gradient has this L2 norm.
+        delta: δ of the run's guarantee, at which the bound is stated.
+        beta: the chance that a client's bound is wrong.
+
+    """
+
+    mode = "white-box"
+
+    def __init__(
+        self,
+        sizes: Mapping[str, int],
+        *,
+        canaries: int,
+        max_grad_norm: float,
+        delta: float,
+        beta: float = 0.05,
+    ) -> None:
+        self.sizes = dict(sizes)
+        self.size = sum(self.sizes.values())
+        self.canaries = canaries
+        self.delta = delta
+        self.beta = beta
+        self._directions_seed = secrets.randbelow(SEED_LIMIT)
+        self._layout = canary_layout(self._directions_seed, canaries, self.size, max_grad_norm)
+        self._specs: dict[str, CanarySpec] = {}
+        self._sums: dict[str, npt.NDArray[np.float64]] = {}
+
+    def canaries_for(self, client_id: str) -> CanarySpec:
+        """Return the client's canaries, drawing its secret inclusion seed on first sight."""
+        spec = self._specs.get(client_id)
+        if spec is None:
+            spec = CanarySpec(self._directions_seed, secrets.randbelow(SEED_LIMIT), self.canaries)
+            self._specs[client_id] = spec
+        return spec
+
+    def is_audited(self, client_id: str) -> bool:
+        """Return whether ``client_id`` has been sent canaries."""
+        return client_id in self._specs
+
+    def observe(self, client_id: str, update: Mapping[str, npt.NDArray[np.floating]]) -> None:
+        """Add one opened update (``local - global`` by parameter name) of a client we audit.
+
+        Raises:
+            KeyError: the client was never sent canaries, or the update lacks a parameter.
+
+        """
+        if client_id not in self._specs:
+            raise KeyError(f"client {client_id} was sent no canaries")
+        flat = np.concatenate(
+            [np.asarray(update[name], dtype=np.float64).ravel() for name in self.sizes]
+        )
+        if client_id in self._sums:
+            self._sums[client_id] += flat
+        else:
+            self._sums[client_id] = flat
+
+    def result(self, client_id: str) -> AuditResult:
+        """Return the bound the client's updates so far prove (0 before any update)."""
+        spec = self._specs[client_id]
+        total = self._sums.get(client_id)
+        if total is None:
+            return AuditResult(0.0, spec.canaries, 0, 0)
+        return audit_scores(
+            self._layout.scores(total), spec.included(), delta=self.delta, beta=self.beta
+        )
+
+    def entry(self, client_id: str) -> AuditEntry:
+        """Return the client's audit as ``privacy.json`` records it."""
+        r = self.result(client_id)
+        return AuditEntry(r.epsilon_lower_bound, r.m, r.guesses, r.correct, self.mode)
+
+
+def build_auditor(config: FedveilConfig) -> WhiteBoxAuditor:
+    """Return the auditor ``privacy.audit`` asks for, over the task's model.
+
+    Raises:
+        ConfigError: ``privacy.audit-canaries`` exceeds the model's trainable parameters.
+
+    """
+    sizes = trainable_sizes(task_of(config).build_model())
+    return WhiteBoxAuditor(
+        sizes,
+        canaries=canary_count(config.privacy_audit_canaries, sum(sizes.values())),
+        max_grad_norm=config.dp_max_grad_norm,
+        delta=config.dp_delta,
+    )
