@@ -15,7 +15,10 @@ from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping, 
 from common.config import FedveilConfig
 from server.aggregation import build_aggregator
 from server.anomaly import DirectionEvidence
+from server.audit import build_auditor
+from server.audit_file import AuditEntry
 from server.opening import UpdateOpener
+from server.strategy.audit import AuditedUpdates
 from server.strategy.round_book import RoundBook
 from server.strategy.sampling import BudgetAwareSampler, BudgetAwareSampling
 from server.strategy.screening import ReferenceFn, ScreenedUpdates, Screening
@@ -73,8 +76,13 @@ def build_stack(
     reference: ReferenceFn | None,
     evidence: DirectionEvidence,
     wrap: StrategyWrap | None = None,
+    audits: dict[str, AuditEntry] | None = None,
 ) -> StrategyStack:
-    """Compose the stack for ``config`` with ``num_clients`` connected."""
+    """Compose the stack for ``config`` with ``num_clients`` connected.
+
+    With ``privacy.audit``, ``AuditedUpdates`` sits just inside ``SealedUpdates`` and records
+    each client's audit in ``audits`` (the ledger's map).
+    """
     screening = Screening(
         norm_bound=config.robust_norm_bound,
         exclude_flagged=config.robust_exclude_flagged,
@@ -86,8 +94,16 @@ def build_stack(
         book=book,
         evidence=evidence,
     )
+    opened: Strategy = screened
+    if config.privacy_audit:
+        opened = AuditedUpdates(
+            screened,
+            auditor=build_auditor(config),
+            book=book,
+            audits={} if audits is None else audits,
+        )
     sampling = BudgetAwareSampling(
-        SealedUpdates(screened, opener=opener, book=book), sampler=sampler, book=book
+        SealedUpdates(opened, opener=opener, book=book), sampler=sampler, book=book
     )
     outermost = sampling if wrap is None else wrap(sampling, book)
     return StrategyStack(outermost, sampling, screened)
