@@ -7,8 +7,12 @@ mode of ``simulations.bench_steps.MODES`` (``hooks``, ``functorch``, ``ew`` = ex
 1. agreement: one DP-SGD step (σ = 0, a clip bound small enough that every example is
    clipped, SGD with lr 1) on a fixed batch; the step taken is the clipped mean gradient, and
    its largest difference from ``hooks``'s is reported, relative to the step's largest entry;
-2. speed: ``simulations.bench_steps.step_times`` (σ = 1, fixed batches, interleaved blocks,
+2. empty batches: whether the mode takes a step on an empty batch, which Poisson sampling
+   draws now and then and the accountant counts as a step;
+3. speed: ``simulations.bench_steps.step_times`` (σ = 1, fixed batches, interleaved blocks,
    beside a plain non-private step in the same run), and each mode's ratio to the plain step.
+
+``fit`` names, per model, the fastest mode that takes the same step and takes empty batches.
 
 Prints a table and writes the JSON (date, commit, machine) to ``--out``
 (default ``benchmarks/results/grad_sample_modes.json``). ``--device`` is a fedveil ``device``
@@ -49,11 +53,13 @@ def dp_step(
     y: torch.Tensor,
     *,
     max_grad_norm: float = AGREEMENT_CLIP,
+    batch: slice = slice(None),
 ) -> torch.Tensor:
     """Return the flat step ``before - after`` of one σ = 0 DP-SGD step (lr 1) in ``mode``.
 
     The model (seed 0) is built on ``x``'s device; Opacus's public API only: ``make_private``
-    without Poisson sampling, then the ordinary forward, backward and ``step``.
+    (on a loader of ``x``, ``y``) without Poisson sampling, then the ordinary forward, backward
+    and ``step`` on the examples ``batch`` selects (``slice(0)``: an empty batch).
     """
     from opacus import PrivacyEngine
     from torch.utils.data import DataLoader, TensorDataset
@@ -79,10 +85,19 @@ def dp_step(
         else:
             private, dp_optimizer, _ = engine.make_private(**kwargs)
         dp_optimizer.zero_grad(set_to_none=True)
-        criterion(private(x), y).backward()
+        criterion(private(x[batch]), y[batch]).backward()
         dp_optimizer.step()
     after = torch.cat([p.detach().flatten() for p in model.parameters()])
     return (before - after).cpu()
+
+
+def takes_empty_batch(model_name: str, mode: str, x: torch.Tensor, y: torch.Tensor) -> bool:
+    """Return whether ``mode`` takes a DP-SGD step on an empty batch without error."""
+    try:
+        dp_step(model_name, mode, x, y, batch=slice(0))
+    except RuntimeError:  # what torch raises for a batch of 0 in ew and functorch modes
+        return False
+    return True
 
 
 def fixed_batch(
@@ -120,26 +135,38 @@ def measure(
             device=str(device),
         )
         plain = times["nonprivate"]
+        differences = agreement(name, shape, batch_size, device)
+        x, y = fixed_batch(shape, batch_size, device)
+        empty = {mode: takes_empty_batch(name, mode, x, y) for mode in MODES}
+        usable = [m for m in MODES if differences[m] <= SAME and empty[m]]
         models[name] = {
             "image_shape": list(shape),
             "step_seconds": times,
             "ratio_to_plain": {m: t / plain for m, t in times.items() if m != "nonprivate"},
-            "relative_difference_to_hooks": agreement(name, shape, batch_size, device),
+            "relative_difference_to_hooks": differences,
+            "takes_empty_batch": empty,
+            "fit": min(usable, key=lambda m: times[m]),
         }
     return models
 
 
 def render(models: dict[str, Any], device: str) -> str:
     """Return the results as a text table."""
-    lines = [f"device: {device}", f"{'model':5} {'mode':10} {'ms/step':>9} {'x plain':>8} same"]
+    lines = [
+        f"device: {device}",
+        f"{'model':5} {'mode':10} {'ms/step':>9} {'x plain':>8} {'empty':>5} same",
+    ]
     for name, row in models.items():
         lines.append(f"{name:5} {'plain':10} {1e3 * row['step_seconds']['nonprivate']:9.3f}")
         for mode in MODES:
             diff = row["relative_difference_to_hooks"][mode]
+            empty = "yes" if row["takes_empty_batch"][mode] else "NO"
             lines.append(
                 f"{name:5} {mode:10} {1e3 * row['step_seconds'][mode]:9.3f} "
-                f"{row['ratio_to_plain'][mode]:8.2f} {'yes' if diff <= SAME else 'NO'} ({diff:.1e})"
+                f"{row['ratio_to_plain'][mode]:8.2f} {empty:>5} "
+                f"{'yes' if diff <= SAME else 'NO'} ({diff:.1e})"
             )
+        lines.append(f"{name:5} fit: {row['fit']}")
     return "\n".join(lines)
 
 

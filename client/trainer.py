@@ -21,9 +21,9 @@ from common.audit_canaries import CanarySpec
 _CPU = torch.device("cpu")
 
 GRAD_SAMPLE_MODE = "hooks"
-"""Opacus's per-sample gradient mode: of those giving the same clipped gradients, the fastest
-that also takes an empty Poisson batch (``ew`` and ``functorch`` refuse one; see
-docs/performance.md and benchmarks/grad_sample_modes.py)."""
+"""Opacus's per-sample gradient mode: on both built-in models, the fastest of the modes that
+give the same clipped gradients and take an empty Poisson batch (``ew`` refuses one, as
+``functorch`` does on convolutions); docs/performance.md, benchmarks/grad_sample_modes.py."""
 
 
 @dataclass(frozen=True)
