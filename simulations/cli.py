@@ -12,11 +12,12 @@ import sys
 from collections.abc import Callable, Sequence
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from rich.console import Console
 
 from common.config import KEYS, ConfigError, FedveilConfig, load_toml, parse_assignment
+from common.files import show_path
 from simulations.watermark_cmd import add_watermark_parser, cmd_watermark_verify
 
 if TYPE_CHECKING:
@@ -55,9 +56,17 @@ def _keys_help() -> str:
     return "\n".join(lines)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (and exit 2) instead of the usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        """Print ``message`` and where to read the usage on one line; exit 2."""
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}; see `{self.prog} --help`\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of every ``fedveil`` command."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="fedveil", description="Federated learning whose privacy is end to end and measurable."
     )
     sub = parser.add_subparsers(dest="command", required=True)
@@ -186,10 +195,17 @@ def _finish(
     print(run_path)
 
 
+def _check_out(out: Path | None) -> None:
+    """Refuse an ``--out`` that names something other than a folder."""
+    if out is not None and out.exists() and not out.is_dir():
+        raise UserError(f"--out {show_path(out)} is not a folder; give a new folder for the run")
+
+
 def cmd_simulate(args: argparse.Namespace, console: Console) -> int:
     """Run ``fedveil simulate``."""
     from simulations.simulate import simulate
 
+    _check_out(args.out)
     config = resolve_config(args.config, args.assignments)
     run_path, result = simulate(config, args.out, console, verbose=args.verbose)
     _finish(run_path, result.stopped_reason, console)
@@ -219,16 +235,18 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_resume(args: argparse.Namespace, console: Console) -> int:
-    """Run ``fedveil resume RUN_DIR``."""
-    if (args.run_dir / "deployment.json").is_file():  # made by `fedveil federation up`
-        return resume_deployment(args.run_dir, console, verbose=args.verbose)
-    from server.checkpoint import STATE_FILE
+    """Run ``fedveil resume RUN_DIR``; a bad checkpoint is refused before anything starts."""
+    from server.checkpoint import STATE_FILE, read_state
     from server.rundir import read_run_config
     from simulations.simulate import simulate
 
+    checkpoint = args.run_dir / "checkpoint"
+    if (args.run_dir / "deployment.json").is_file():  # made by `fedveil federation up`
+        return resume_deployment(args.run_dir, console, verbose=args.verbose)
     config = read_run_config(args.run_dir)
-    if not (args.run_dir / "checkpoint" / STATE_FILE).is_file():
+    if not (checkpoint / STATE_FILE).exists():
         raise UserError(f"{args.run_dir} has no checkpoint: it never finished a round")
+    read_state(checkpoint)
     run_path, result = simulate(config, args.run_dir, console, verbose=args.verbose, resume=True)
     _finish(run_path, result.stopped_reason, console)
     return 0
@@ -259,6 +277,7 @@ def cmd_federation_up(args: argparse.Namespace, console: Console) -> int:
         raise UserError("--nodes N is required (or --resume RUN_DIR)")
     if args.auth and not args.tls:
         raise UserError("--auth needs --tls: Flower authenticates SuperNodes only over TLS")
+    _check_out(args.out)
     assignments = list(args.assignments)
     if args.rounds is not None:
         assignments.append(f"num-server-rounds={args.rounds}")
@@ -285,7 +304,11 @@ def cmd_federation_up(args: argparse.Namespace, console: Console) -> int:
 
 def resume_deployment(run_dir: Path, console: Console, *, verbose: bool = False) -> int:
     """Restart the federation of a run made by ``fedveil federation up`` and finish the run."""
+    from server.checkpoint import STATE_FILE, read_state
+
     run_path = run_dir.resolve()
+    if (run_path / "checkpoint" / STATE_FILE).exists():  # a missing one: federation_resume says
+        read_state(run_path / "checkpoint")
 
     def resume() -> tuple[Path, RunOutcome]:
         from deployment.federation import federation_resume
