@@ -4,6 +4,12 @@ A history is a list of ``(noise_multiplier, sample_rate, steps)`` entries with O
 ``steps`` DP-SGD steps, each sampling every example independently with probability
 ``sample_rate`` and adding Gaussian noise of std ``noise_multiplier * max_grad_norm``. Anyone can
 recompute ε from a history with any accountant; this module is the one place fedveil does.
+
+Peer-supplied facts go through ``bound_entry`` first: it moves them into ``ACCOUNTABLE``, the
+domain both accountants compute in bounded time and memory, and says whether the move could only
+raise ε (sound) or could lower it (the ε is then a lower bound). The PRV accountant allocates a
+grid that grows with ε and steps; past ``PRV_MAX_RDP_EPSILON`` or ``PRV_MAX_STEPS`` the RDP bound,
+also a valid upper bound, stands in for it.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
@@ -21,10 +28,61 @@ HistoryEntry = tuple[float, float, int]
 ACCOUNTANTS = ("rdp", "prv")
 
 
+@dataclass(frozen=True)
+class Domain:
+    """Closed ranges of ``(σ, q, steps)`` an accountant is asked to compute."""
+
+    sigma: tuple[float, float] = (1e-3, 1e6)
+    rate: tuple[float, float] = (1e-9, 1.0)
+    steps: tuple[int, int] = (1, 1_000_000)
+
+
+ACCOUNTABLE = Domain()
+# Where PRV's grid stays small (see docs/privacy.md); beyond, RDP's ε stands in for PRV's.
+PRV_MAX_RDP_EPSILON = 30.0
+PRV_MAX_STEPS = 5_000
+
+
+def bound_entry(sigma: float, rate: float, steps: float) -> tuple[HistoryEntry, bool]:
+    """Move peer-declared DP facts into ``ACCOUNTABLE``; say whether that can only raise ε.
+
+    Raising q, lowering σ or raising steps never lowers ε, so those moves keep the charge an
+    upper bound (``True``); raising σ or cutting steps could lower it, so the ε of the result is
+    only a lower bound for what was declared (``False``).
+
+    Raises:
+        ValueError: a fact is NaN, which no move makes meaningful.
+
+    """
+    if any(math.isnan(x) for x in (sigma, rate, steps)):
+        raise ValueError(f"DP facts include NaN: σ={sigma} q={rate} steps={steps}")
+    d = ACCOUNTABLE
+    sound = sigma >= d.sigma[0] and steps <= d.steps[1]
+    bounded_sigma = min(max(sigma, d.sigma[0]), d.sigma[1])
+    bounded_rate = min(max(rate, d.rate[0]), d.rate[1])
+    bounded_steps = math.ceil(min(max(steps, d.steps[0]), d.steps[1]))
+    return (float(bounded_sigma), float(bounded_rate), bounded_steps), sound
+
+
+def in_domain(entry: HistoryEntry) -> bool:
+    """Return whether ``entry`` lies in ``ACCOUNTABLE`` (``bound_entry`` leaves it unchanged)."""
+    s, q, n = entry
+    d = ACCOUNTABLE
+    return (
+        d.sigma[0] <= s <= d.sigma[1]
+        and d.rate[0] <= q <= d.rate[1]
+        and d.steps[0] <= n <= d.steps[1]
+    )
+
+
 def epsilon_from_history(
     history: Sequence[HistoryEntry], *, delta: float, accountant: str
 ) -> float:
-    """Return ε at ``delta`` spent by ``history`` under the named accountant (0 when empty)."""
+    """Return ε at ``delta`` spent by ``history`` under the named accountant (0 when empty).
+
+    Entries outside ``ACCOUNTABLE`` are refused (``ValueError``): bound peer facts first. For
+    ``prv``, a history past ``PRV_MAX_RDP_EPSILON`` (by RDP) or ``PRV_MAX_STEPS`` gets the RDP ε.
+    """
     from opacus.accountants import create_accountant
 
     if accountant not in ACCOUNTANTS:
@@ -34,8 +92,14 @@ def epsilon_from_history(
     entries = merge_history(history)
     if not entries:
         return 0.0
+    outside = [e for e in entries if not in_domain(e)]
+    if outside:
+        raise ValueError(f"history entry {outside[0]} is outside what an accountant computes")
+    rdp = _rdp_epsilon(entries, delta)
     if accountant == "rdp":
-        return _rdp_epsilon(entries, delta)
+        return rdp
+    if rdp > PRV_MAX_RDP_EPSILON or sum(n for _, _, n in entries) > PRV_MAX_STEPS:
+        return rdp
     acc = create_accountant(mechanism=accountant)
     acc.history = entries
     return float(acc.get_epsilon(delta=delta))

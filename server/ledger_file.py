@@ -2,7 +2,10 @@
 
 :class:`PrivacyFile` is the document: unit, accountant, δ, each client's ε, budget and
 ``history`` of ``[noise_multiplier, sample_rate, steps]`` with the round each entry was charged
-in, the server's central account, the DP plan and why the run stopped early. ``to_json`` gives
+in, the server's central account, the DP plan and why the run stopped early. A client entry also
+names the ``label`` (partition or data label) its node declared and the ``node`` id, its
+``flags`` (``server.ledger.FLAGS``) and the node's own ``node_limits`` (protocol metric keys);
+each is optional on read, so older ledgers stay readable. ``to_json`` gives
 the keys in the contract's order; ``from_json`` checks every type and domain and refuses keys
 from another version. ``server.ledger.PrivacyLedger`` converts its live accounts to and from it.
 """
@@ -16,6 +19,7 @@ from typing import Any
 
 from common.accounting import ACCOUNTANTS, HistoryEntry
 from common.files import write_atomic
+from server.audit_file import AuditEntry
 from server.json_checks import Fields, read_json
 from server.planning import ClientPlan
 
@@ -45,6 +49,11 @@ class ClientEntry:
     rounds: tuple[int, ...]
     reported_epsilon: float | None = None
     mismatch: bool = False
+    label: str | None = None
+    node: int | None = None
+    flags: tuple[str, ...] = ()
+    node_limits: dict[str, float] = field(default_factory=dict)
+    audit: AuditEntry | None = None
 
     def to_json(self) -> dict[str, Any]:
         """Return the client's object in ``privacy.json``."""
@@ -56,6 +65,12 @@ class ClientEntry:
             "rounds": list(self.rounds),
             "reported_epsilon": self.reported_epsilon,
             "mismatch": self.mismatch,
+            "label": self.label,
+            "node": self.node,
+            "flags": list(self.flags),
+            "node_limits": dict(self.node_limits),
+            # The empirical audit (server.audit_file), null when the run has none.
+            "audit": None if self.audit is None else self.audit.to_json(self.epsilon),
         }
 
 
@@ -155,6 +170,19 @@ def _client(f: Fields, cid: str, c: dict[str, Any]) -> ClientEntry:
             c.get("reported_epsilon"), f"client {cid} reported_epsilon"
         ),
         mismatch=f.boolean(c.get("mismatch", False), f"client {cid} mismatch"),
+        label=None if c.get("label") is None else f.text(c["label"], f"client {cid} label"),
+        node=None if c.get("node") is None else f.integer(c["node"], f"client {cid} node"),
+        flags=tuple(
+            f.text(x, f"client {cid} flag")
+            for x in f.array(c.get("flags", []), f"client {cid} flags")
+        ),
+        node_limits={
+            str(k): f.number(v, f"client {cid} node limit {k}")
+            for k, v in f.obj(c.get("node_limits", {}), f"client {cid} node_limits").items()
+        },
+        audit=None
+        if c.get("audit") is None
+        else AuditEntry.from_json(f, c["audit"], f"client {cid} audit"),
     )
 
 

@@ -4,7 +4,10 @@ The server asks each node for its sampling rate and steps per round (a ``query``
 client reveals ``ceil(n / batch-size)``, which its DP facts reveal anyway), then calibrates a
 noise multiplier per client with Opacus's accountant utilities so that a client training as
 often as the sampling plan expects ends at ``dp.target-epsilon``. The plan is shown before
-training starts, stored in ``privacy.json`` and compared with what was spent.
+training starts, stored in ``privacy.json`` and compared with what was spent. A node's planning
+reply is peer input: q and steps must lie in ``common.accounting.ACCOUNTABLE``, and a node's own
+``node-min-noise-multiplier`` raises its σ (it would refuse a lower one). The plan is what the
+server later holds each train reply's DP facts to (``server.strategy.sealed``).
 """
 
 from __future__ import annotations
@@ -13,10 +16,10 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from flwr.app import Message, MessageType, RecordDict
+from flwr.app import Message, MessageType, MetricRecord, RecordDict
 
 from common import protocol
-from common.accounting import calibrate_noise_multiplier, epsilon_from_history
+from common.accounting import ACCOUNTABLE, calibrate_noise_multiplier, epsilon_from_history
 from common.config import ConfigError, FedveilConfig
 
 
@@ -55,34 +58,54 @@ def plan_client(
     sample_rate: float,
     steps_per_round: int,
     planned_rounds: int,
+    min_noise: float = 0.0,
 ) -> ClientPlan:
-    """Calibrate σ for one client (or take ``dp.noise-multiplier``) and predict its ε."""
-    if config.dp_noise_multiplier > 0:
-        sigma = config.dp_noise_multiplier
-    else:
-        sigma = calibrate_noise_multiplier(
-            target_epsilon=config.dp_target_epsilon,
-            delta=config.dp_delta,
-            sample_rate=sample_rate,
-            steps=planned_rounds * steps_per_round,
-            accountant=config.dp_accountant,
-        )
+    """Calibrate σ for one client (or take ``dp.noise-multiplier``) and predict its ε.
 
-    def eps(rounds: int) -> float:
-        return epsilon_from_history(
-            [(sigma, sample_rate, rounds * steps_per_round)],
-            delta=config.dp_delta,
-            accountant=config.dp_accountant,
-        )
+    ``min_noise`` is the node's own floor on σ: the plan never assigns less.
 
+    Raises:
+        ConfigError: the DP settings give a σ or an ε no accountant computes (one line).
+
+    """
+    try:
+        if config.dp_noise_multiplier > 0:
+            sigma = config.dp_noise_multiplier
+        else:
+            sigma = calibrate_noise_multiplier(
+                target_epsilon=config.dp_target_epsilon,
+                delta=config.dp_delta,
+                sample_rate=sample_rate,
+                steps=planned_rounds * steps_per_round,
+                accountant=config.dp_accountant,
+            )
+        sigma = max(sigma, min_noise)
+
+        def eps(rounds: int) -> float:
+            return epsilon_from_history(
+                [(sigma, sample_rate, rounds * steps_per_round)],
+                delta=config.dp_delta,
+                accountant=config.dp_accountant,
+            )
+
+        planned_epsilon, one_round = eps(planned_rounds), eps(1)
+    except (ArithmeticError, ValueError, MemoryError) as exc:
+        low, high = ACCOUNTABLE.sigma
+        raise ConfigError(
+            f"config keys `dp.noise-multiplier` = {config.dp_noise_multiplier:g}, "
+            f"`dp.target-epsilon` = {config.dp_target_epsilon:g}, `dp.delta` = "
+            f"{config.dp_delta:g} give no plan an accountant computes for q = {sample_rate:g}, "
+            f"{steps_per_round} steps per round ({' '.join(str(exc).split())}); keep σ in "
+            f"[{low:g}, {high:g}] and δ, ε to usual values"
+        ) from None
     return ClientPlan(
         client_id=client_id,
         noise_multiplier=sigma,
         sample_rate=sample_rate,
         steps_per_round=steps_per_round,
         planned_rounds=planned_rounds,
-        planned_epsilon=eps(planned_rounds),
-        one_round_epsilon=eps(1),
+        planned_epsilon=planned_epsilon,
+        one_round_epsilon=one_round,
     )
 
 
@@ -109,20 +132,48 @@ def read_plan_reply(reply: Message) -> tuple[str, float, int]:
 
     """
     if reply.has_error():
-        raise ValueError(f"planning query failed: {reply.error.reason}")
+        raise ValueError(f"planning query failed (Flower error {reply.error.code})")
     status = reply.content.config_records.get(protocol.STATUS)
     if status is not None and status.get("status") == protocol.STATUS_REFUSED:
-        raise ValueError(str(status.get("reason", "refused, no reason given")))
+        raise ValueError(" ".join(str(status.get("reason", "refused, no reason given")).split()))
     metrics = reply.content.metric_records.get(protocol.METRICS)
-    try:
-        client = metrics[protocol.CLIENT_ID]  # type: ignore[index]
-        rate = metrics[protocol.SAMPLE_RATE]  # type: ignore[index]
-        steps = metrics[protocol.STEPS]  # type: ignore[index]
-    except (KeyError, TypeError):
-        raise ValueError("planning reply lacks client-id, dp-sample-rate or dp-steps") from None
-    if not (isinstance(rate, float) and 0 < rate <= 1 and isinstance(steps, float) and steps >= 1):
-        raise ValueError(f"planning reply has out-of-range facts q={rate} steps={steps}")
-    return str(int(client)), float(rate), int(steps)  # type: ignore[arg-type]
+    if metrics is None:
+        raise ValueError("planning reply lacks client-id, dp-sample-rate or dp-steps")
+    client, rate, steps = (
+        _number(metrics.get(k)) for k in (protocol.CLIENT_ID, protocol.SAMPLE_RATE, protocol.STEPS)
+    )
+    domain = ACCOUNTABLE
+    if (
+        client is None
+        or rate is None
+        or steps is None
+        or not (client.is_integer() and 0 <= client < 2**53)
+        or not domain.rate[0] <= rate <= domain.rate[1]
+        or not (steps.is_integer() and domain.steps[0] <= steps <= domain.steps[1])
+    ):
+        raise ValueError(
+            f"planning reply lacks or has out-of-range facts: client-id={client} q={rate} "
+            f"steps={steps}"
+        )
+    return str(int(client)), rate, int(steps)
+
+
+def _number(value: object) -> float | None:
+    """Return a metric value as a float if it is a finite number, else ``None``."""
+    if type(value) not in (int, float):
+        return None
+    number = float(value)  # type: ignore[arg-type]
+    return number if math.isfinite(number) else None
+
+
+def node_limits(metrics: MetricRecord | None) -> dict[str, float]:
+    """Return the node's own limits a reply's ``metrics`` report (finite positive ones only)."""
+    limits: dict[str, float] = {}
+    for key in protocol.NODE_LIMIT_METRICS:
+        value = None if metrics is None else _number(metrics.get(key))
+        if value is not None and value > 0:
+            limits[key] = value
+    return limits
 
 
 def check_budget_allows_a_round(config: FedveilConfig, plans: list[ClientPlan]) -> None:

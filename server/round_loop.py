@@ -5,7 +5,10 @@ cleanly when budgets run out, record each round as it ends, or resume from a che
 loop drives the same strategy hooks and does all four. The strategy is the stack of wrappers in
 ``server.strategy`` around the configured aggregator; ``RunHooks.wrap_strategy`` may wrap it again
 (a simulation's fault injection), sharing the round's ``RoundBook``. Requests carry only the
-run-config keys a client needs (``FedveilConfig.to_client_flat``).
+run-config keys a client needs (``FedveilConfig.to_client_flat``). Only nodes with a plan are
+sampled, and each node's train replies are held to it. Ledger accounts are keyed by node id,
+except on Flower's in-process simulation engine (``InMemoryGrid``), whose node ids change at
+every start (a resume included): there they are keyed by the partition a node declares.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord
 from flwr.serverapp import Grid
+from flwr.superlink.grid import InMemoryGrid
 
 from common import protocol
 from common.codec import CodecParams
@@ -35,6 +39,7 @@ from server.planning import (
     ClientPlan,
     check_budget_allows_a_round,
     expected_rounds,
+    node_limits,
     plan_client,
     query_messages,
     read_plan_reply,
@@ -106,7 +111,9 @@ class RoundLoop:
         self.run_dir = run_dir
         self.run_tag = run_tag
         self.hooks = hooks or RunHooks()
-        self.book = RoundBook()
+        # Simulation node ids are drawn afresh at every engine start, so they cannot key an
+        # account that must survive a resume; deployments' ids are bound to each node's key.
+        self.book = RoundBook(keyed_by_node=not isinstance(grid, InMemoryGrid))
         task = task_of(config)
         self.model = task.build_model()
         self.root_set, evaluation = server_examples(
@@ -152,8 +159,8 @@ class RoundLoop:
 
     def plan(self, nodes: list[int]) -> None:
         """Query nodes without a plan, calibrate their σ and show the plan before training."""
-        node_clients = self.book.node_clients
-        missing = [n for n in nodes if node_clients.get(n) not in self.ledger.plan]
+        self._adopt_plans()
+        missing = [n for n in nodes if n not in self.book.planned]
         if not missing:
             return
         replies = self.grid.send_and_receive(
@@ -164,48 +171,62 @@ class RoundLoop:
         for reply in replies:
             node = int(reply.metadata.src_node_id)
             try:
-                client_id, rate, steps = read_plan_reply(reply)
+                label, rate, steps = read_plan_reply(reply)
             except ValueError as exc:
                 log.warning("node %d gave no usable plan: %s", node, exc)
                 continue
-            node_clients.setdefault(node, client_id)
-            fresh[client_id] = plan_client(
+            known = self.book.node_clients.setdefault(node, label)
+            if known != label:
+                log.warning("node %d declares client %s, was %s: not planned", node, label, known)
+                continue
+            key = self.book.account_of(node)
+            if key is None:
+                continue
+            limits = node_limits(reply.content.metric_records.get(protocol.METRICS))
+            self.ledger.note_node(key, node=node, label=label, limits=limits)
+            if key in self.ledger.plan or key in fresh:
+                continue  # a resumed run keeps the σ it planned
+            fresh[key] = plan_client(
                 self.config,
-                client_id,
+                key,
                 sample_rate=rate,
                 steps_per_round=steps,
                 planned_rounds=rounds,
+                min_noise=limits.get(protocol.NODE_MIN_NOISE, 0.0),
             )
         # One node that cannot afford a round (a tiny data set under a fixed σ, say) is left
         # out by the sampler; only a run in which no client can train is refused.
         check_budget_allows_a_round(self.config, [*self.ledger.plan.values(), *fresh.values()])
-        for client_id, planned in fresh.items():
+        for key, planned in fresh.items():
             if planned.one_round_epsilon > self.config.dp_budget:
                 log.warning(
                     "client %s is not sampled: one round costs it ε %.4f, past `dp.budget` %g",
-                    client_id,
+                    key,
                     planned.one_round_epsilon,
                     self.config.dp_budget,
                 )
         self.ledger.plan.update(fresh)
-        self._stack().sampling.assign_noise(
-            {
-                node: self.ledger.plan[cid].noise_multiplier
-                for node, cid in node_clients.items()
-                if cid in self.ledger.plan
-            }
-        )
+        self._adopt_plans()
         if fresh and self.hooks.on_plan is not None:
             self.hooks.on_plan(fresh)
 
+    def _adopt_plans(self) -> None:
+        """Give every node whose account has a plan its planned entry and σ."""
+        planned: dict[int, tuple[float, float, int]] = {}
+        for node in self.book.node_clients:
+            key = self.book.account_of(node)
+            plan = None if key is None else self.ledger.plan.get(key)
+            if plan is not None:
+                planned[node] = (plan.noise_multiplier, plan.sample_rate, plan.steps_per_round)
+        self.book.planned = planned
+        self._stack().sampling.assign_noise({node: e[0] for node, e in planned.items()})
+
     def _eligible(self, node: int) -> bool:
-        client = self.book.node_clients.get(node)
-        if client is None:
-            return True
-        if self.ledger.account(client).exhausted:
+        """Return whether ``node`` has a plan and its account can train another round."""
+        key = self.book.account_of(node)
+        if key is None or node not in self.book.planned:
             return False
-        entry = self.ledger.next_entry(client)
-        return entry is None or not self.ledger.would_exceed(client, entry)
+        return self.ledger.can_train(key)
 
     def _start_watermark(self) -> None:
         """Create (or, resuming, reload) the key and mark the initial model.
@@ -279,7 +300,10 @@ class RoundLoop:
         nodes = self.sampler.connected(self.grid)
         evidence = DirectionEvidence()
         if self._restored is not None:
-            self.book.node_clients.update(self._restored.node_clients)
+            if self.book.keyed_by_node:
+                # Node ids of an earlier simulation engine name nobody now; in a deployment they
+                # still bind each node to the label it declared.
+                self.book.node_clients.update(self._restored.node_clients)
             self.book.trained_before |= self._restored.trained_before
             try:
                 evidence = DirectionEvidence.from_json(self._restored.evidence)
@@ -298,6 +322,7 @@ class RoundLoop:
             reference=None if self.root_set is None else self._reference,
             evidence=evidence,
             wrap=self.hooks.wrap_strategy,
+            audits=self.ledger.audits,
         )
         accuracy = float("nan")
         try:
@@ -319,6 +344,43 @@ class RoundLoop:
         self.run_dir.write_model(_numpy_state(self.arrays))
         return RoundLoopResult(self.completed, self.ledger.stopped_reason, accuracy)
 
+    def _charge(self, server_round: int) -> None:
+        """Charge the round's trained nodes and note refusals and node limits in the ledger."""
+        outcome = self.book.outcome
+        for node, limits in outcome.limits.items():
+            key = self.book.account_of(node)
+            if key is not None:
+                self.ledger.note_node(
+                    key, node=node, label=self.book.node_clients[node], limits=limits
+                )
+        for report in outcome.trained:
+            key = self.book.account_of(report.node)
+            if key is None:
+                continue
+            self.ledger.note_node(key, node=report.node, label=report.label)
+            acct = self.ledger.charge(
+                key,
+                server_round,
+                report.planned,
+                report.epsilon,
+                declared=report.declared,
+                flags=report.flags,
+            )
+            if acct.mismatch:
+                log.warning(
+                    "client %s reported ε %s, ledger computes %.4f",
+                    key,
+                    report.epsilon,
+                    acct.epsilon,
+                )
+        for node, _reason in outcome.refused:
+            key = self.book.account_of(node)
+            if key is not None:
+                self.ledger.note_refusal(key)
+        shared = self.ledger.shared_labels()
+        if shared:
+            log.warning("accounts %s declare a label another account declares", sorted(shared))
+
     def run_round(self, server_round: int) -> RoundRecord:
         """Run one round end to end and record it."""
         config = self.config
@@ -332,17 +394,7 @@ class RoundLoop:
         replies = self.grid.send_and_receive(messages, timeout=config.round_timeout)
         new_arrays, _ = strategy.aggregate_train(server_round, replies)
         outcome = self.book.outcome
-        for report in outcome.trained:
-            acct = self.ledger.charge(report.client_id, server_round, report.entry, report.epsilon)
-            if acct.mismatch:
-                log.warning(
-                    "client %s reported ε %.4f, ledger computes %.4f",
-                    report.client_id,
-                    report.epsilon,
-                    acct.epsilon,
-                )
-        for node, _reason in outcome.refused:
-            self.ledger.note_refusal(self.book.node_clients[node])
+        self._charge(server_round)
         if new_arrays is not None:
             self.arrays = new_arrays
             if self.ledger.central is not None:

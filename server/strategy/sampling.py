@@ -36,8 +36,8 @@ class NotEnoughClients(RuntimeError):  # noqa: N818 (a stop condition, not a bug
 class BudgetAwareSampler:
     """Samples ``max(min_clients, floor(fraction * connected))`` eligible nodes, seeded per round.
 
-    ``eligible(node_id)`` says whether a node may train another round (its budget allows it);
-    nodes never seen before are eligible, since their first round is checked by the client.
+    ``eligible(node_id)`` says whether a node may train another round: it has a DP plan and its
+    account can afford a round (``RoundLoop._eligible``); an unplanned node is never sampled.
     """
 
     fraction: float
@@ -64,8 +64,8 @@ class BudgetAwareSampler:
         pool = [n for n in nodes if self.eligible(n)]
         if len(pool) < self.min_clients:
             raise NotEnoughClients(
-                f"{len(pool)} of {len(nodes)} clients may still train without passing their "
-                f"budget; a round needs `min-train-clients` = {self.min_clients}"
+                f"{len(pool)} of {len(nodes)} clients have a plan and may still train without "
+                f"passing their budget; a round needs `min-train-clients` = {self.min_clients}"
             )
         size = max(self.min_clients, int(self.fraction * len(nodes)))
         rng = np.random.default_rng([self.seed, server_round])

@@ -53,6 +53,11 @@ def test_the_document_has_the_contract_keys_in_order() -> None:
         "rounds",
         "reported_epsilon",
         "mismatch",
+        "label",
+        "node",
+        "flags",
+        "node_limits",
+        "audit",
     ]
     assert list(doc["central"]) == ["epsilon", "delta", "noise_multiplier", "clip", "history"]
 
@@ -69,6 +74,11 @@ def test_the_document_holds_the_ledgers_numbers() -> None:
         "rounds": [1, 2],
         "reported_epsilon": 0.25,
         "mismatch": True,
+        "label": None,
+        "node": None,
+        "flags": [],
+        "node_limits": {},
+        "audit": None,
     }
     assert doc["central"]["history"] == [[2.0, 0.5, 1], [2.0, 0.5, 1]]
     assert doc["plan"]["2"]["one_round_epsilon"] == 0.9

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from flwr.app import Context, MessageType, RecordDict
+from flwr.app import Context, Message, MessageType, MetricRecord, RecordDict
 
 from client.app import app
 from common import protocol
@@ -14,9 +14,18 @@ from examples.tabular_csv.make_data import write_dataset
 from server.round_loop import RoundLoop, RunHooks
 from server.rundir import RunDirectory
 from tests.conftest import RUN_ID
-from tests.server.strategy.fakes import ListGrid
+from tests.server.strategy.fakes import ListGrid, reply_from
 
 SERVER_ONLY = set(KEYS) - set(CLIENT_KEYS)
+
+
+def plan_only(message: Message) -> Message | None:
+    """Answer the planning query with usable facts; never answer a train request."""
+    if message.metadata.message_type != MessageType.QUERY:
+        return None
+    node = int(message.metadata.dst_node_id)
+    facts = {protocol.CLIENT_ID: float(node), protocol.SAMPLE_RATE: 0.1, protocol.STEPS: 10.0}
+    return reply_from(node, RecordDict({protocol.METRICS: MetricRecord(facts)}))  # type: ignore[arg-type]
 
 
 def test_no_request_carries_a_server_only_key(tmp_path: Path, task_identity: None) -> None:
@@ -29,7 +38,7 @@ def test_no_request_carries_a_server_only_key(tmp_path: Path, task_identity: Non
             "faults.tamper": 0.25,
         }
     )
-    grid = ListGrid([21, 22, 23])  # nobody answers: the round ends with three no-replies
+    grid = ListGrid([21, 22, 23], plan_only)  # planned, then the round ends with no replies
     loop = RoundLoop(grid, config, RunDirectory.create(tmp_path / "run"), run_id=1, run_tag="run")
 
     result = loop.run()
@@ -93,11 +102,12 @@ def test_a_node_without_usable_data_is_rejected_and_the_round_goes_on(
         json.loads(line) for line in (run_dir.path / "metrics.jsonl").read_text().splitlines()
     ]
     for record in rounds:
+        # Its planning reply said it has no usable data: it gets no plan and is never sampled.
         assert record["clients"] == [21, 22] and record["refused"] == []
-        assert [(r["node"], r["reason"]) for r in record["rejected"]] == [(23, "no-data")]
+        assert record["rejected"] == []
     privacy = json.loads((run_dir.path / "privacy.json").read_text())["clients"]
     assert privacy["21"]["epsilon"] > 0 and privacy["22"]["epsilon"] > 0
-    assert (privacy["23"]["epsilon"], privacy["23"]["exhausted"]) == (0.0, False)  # spent nothing
+    assert "23" not in privacy and "23" not in loop.ledger.plan  # spent nothing, asked nothing
 
 
 def test_a_node_joining_mid_run_that_cannot_afford_one_round_is_left_out(

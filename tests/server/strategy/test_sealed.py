@@ -21,6 +21,7 @@ SIZE = 25
 RUN_ID = 9
 PARAMS = CodecParams(topk=1.0, bits=32)
 FACTS = DPFacts(noise_multiplier=1.1, sample_rate=0.05, steps=40, epsilon=0.7)
+PLANNED = (1.1, 0.05, 40)
 GLOBAL = ArrayRecord({k: Array(np.full(s, 0.5, np.float32)) for k, s in SHAPES.items()})
 KEYPAIR = AggregatorKeyPair.generate()
 
@@ -29,6 +30,7 @@ def _strategy() -> tuple[SealedUpdates, RecordingStrategy]:
     inner = RecordingStrategy()
     opener = UpdateOpener(KEYPAIR, run_id=RUN_ID, params=PARAMS, shapes=SHAPES)
     strategy = SealedUpdates(inner, opener=opener, book=RoundBook())
+    strategy.book.planned = dict.fromkeys(range(5, 10), PLANNED)
     strategy.configure_train(3, GLOBAL, ConfigRecord(), ListGrid([5, 6]))
     return strategy, inner
 
@@ -89,7 +91,8 @@ def test_an_update_that_opens_reaches_the_aggregator_as_global_plus_delta() -> N
     np.testing.assert_allclose(flat, 0.5 + delta, atol=1e-6)
     outcome = strategy.book.outcome
     assert outcome.contributed == [5] and outcome.rejected == []
-    assert [(t.node, t.entry) for t in outcome.trained] == [(5, (1.1, 0.05, 40))]
+    assert [(t.node, t.label, t.planned) for t in outcome.trained] == [(5, "1", PLANNED)]
+    assert outcome.trained[0].declared == ((1.1, 0.05, 40.0), (1.1, 0.05, 40.0))
     assert strategy.book.trained_before == {5} and strategy.book.node_clients == {5: "1"}
     assert outcome.bytes_sealed > 0 and outcome.bytes_dense == 4 * SIZE
 
