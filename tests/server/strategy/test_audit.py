@@ -15,7 +15,7 @@ from server.strategy.round_book import RoundBook
 from tests.server.strategy.fakes import ListGrid, RecordingStrategy, reply_from
 
 SIZE = 400
-GLOBAL = ArrayRecord({"w": Array(np.full(SIZE, 0.5, np.float32))})
+GLOBAL = ArrayRecord({"w": Array(np.full(SIZE, 3.0, np.float32))})
 
 
 def _setup() -> tuple[AuditedUpdates, RecordingStrategy, RoundBook, dict[str, AuditEntry]]:
@@ -26,7 +26,7 @@ def _setup() -> tuple[AuditedUpdates, RecordingStrategy, RoundBook, dict[str, Au
 
 
 def _reply(node: int, delta: np.ndarray) -> Message:
-    arrays = ArrayRecord({"w": Array((0.5 + delta).astype(np.float32))})
+    arrays = ArrayRecord({"w": Array((3.0 + delta).astype(np.float32))})
     content = RecordDict({protocol.ARRAYS: arrays, protocol.METRICS: MetricRecord({"weight": 1.0})})
     return reply_from(node, content)
 
