@@ -15,7 +15,9 @@ from server.strategy.round_book import RoundBook
 from tests.server.strategy.fakes import ListGrid, RecordingStrategy, reply_from
 
 SIZE = 400
-GLOBAL = ArrayRecord({"w": Array(np.full(SIZE, 3.0, np.float32))})
+# A global model far from zero: scoring the model instead of the update would drown the signal.
+MODEL = np.random.default_rng(1).normal(scale=3.0, size=SIZE).astype(np.float32)
+GLOBAL = ArrayRecord({"w": Array(MODEL)})
 
 
 def _setup() -> tuple[AuditedUpdates, RecordingStrategy, RoundBook, dict[str, AuditEntry]]:
@@ -26,7 +28,7 @@ def _setup() -> tuple[AuditedUpdates, RecordingStrategy, RoundBook, dict[str, Au
 
 
 def _reply(node: int, delta: np.ndarray) -> Message:
-    arrays = ArrayRecord({"w": Array((3.0 + delta).astype(np.float32))})
+    arrays = ArrayRecord({"w": Array((MODEL + delta).astype(np.float32))})
     content = RecordDict({protocol.ARRAYS: arrays, protocol.METRICS: MetricRecord({"weight": 1.0})})
     return reply_from(node, content)
 
