@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from report.analysis import Analysis
+from report.audit import audit_section
 from report.content import Block, Para, Plot, Section, Table, literal
 from report.guarantee import channels, limits, statement
 from report.privacy_tables import client_table, epsilon_table, plan_table
@@ -65,11 +66,13 @@ def sections(a: Analysis, figs: Mapping[str, Plot]) -> tuple[Section, ...]:
         "Opacus's meaning) and `rounds` the server round each entry was charged in; "
         "`common.accounting.epsilon_from_history(history, delta=δ, accountant=...)` gives ε."
     )
+    audit = audit_section(a)
     return (
         Section("Privacy statement", "statement", statement(a)),
         Section("What each client sends", "channels", channels(a)),
         Section("What the guarantee does not cover", "limits", limits(a)),
         Section("Privacy spent per client", "clients", tuple(spent)),
+        *(() if audit is None else (audit,)),
         Section("Privacy spent over rounds", "over-time", tuple(over_time)),
         Section("Training", "training", tuple(training)),
         Section("About this run", "about", (about, recompute)),

@@ -122,3 +122,25 @@ def test_audit_entry_round_trips_and_bad_counts_are_refused() -> None:
     assert AuditEntry.from_json(Fields("privacy.json"), doc, "client 0 audit") == entry
     with pytest.raises(RunFileError, match="correct <= guesses"):
         AuditEntry.from_json(Fields("privacy.json"), {**doc, "correct": 11}, "client 0 audit")
+
+
+def test_the_ledger_writes_each_audit_beside_its_epsilon_and_reads_it_back() -> None:
+    from server.ledger import PrivacyLedger
+
+    ledger = PrivacyLedger(accountant="rdp", delta=DELTA, budget=8.0)
+    ledger.account("0").epsilon = 2.5
+    ledger.account("1").epsilon = 1.0
+    ledger.audits["0"] = AuditEntry(0.8, 4810, 96, 90, "white-box")
+
+    doc = ledger.to_json()
+
+    assert doc["clients"]["0"]["audit"] == {
+        "epsilon_lower_bound": 0.8,
+        "epsilon_accountant": 2.5,
+        "m": 4810,
+        "guesses": 96,
+        "correct": 90,
+        "mode": "white-box",
+    }
+    assert doc["clients"]["1"]["audit"] is None
+    assert PrivacyLedger.from_json(doc).audits == {"0": ledger.audits["0"]}
