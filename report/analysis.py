@@ -213,11 +213,21 @@ def analyse(run_dir: Path) -> Analysis:
     )
 
 
-def status_of(c: ClientEntry, next_epsilon: float | None, *, mismatch: bool) -> str:
-    """Return ``ok``, ``budget reached`` or ``over budget``, and ``reported ε mismatch``.
+# What each account flag means in the report's status column (server.ledger.FLAGS).
+FLAG_WORDS = {
+    "dp-facts": "DP facts differed from its plan",
+    "unaccountable": "ε is a lower bound",
+    "error-after-training": "failed after training",
+    "shared-label": "label shared",
+}
 
-    A client has reached its budget when it refused a round or when one more round like its
-    last would take it past the budget (the server no longer samples it).
+
+def status_of(c: ClientEntry, next_epsilon: float | None, *, mismatch: bool) -> str:
+    """Return ``ok``, ``budget reached`` or ``over budget``, a mismatch, and the account flags.
+
+    A client has reached its budget when it can train no more (``exhausted``: it refused a round,
+    its node's own limit was reached, the server closed the account) or when one more round like
+    its last would take it past the budget (the server no longer samples it).
     """
     parts = []
     if c.budget is not None and c.epsilon > c.budget * (1 + 1e-9):
@@ -229,4 +239,5 @@ def status_of(c: ClientEntry, next_epsilon: float | None, *, mismatch: bool) -> 
         parts.append("budget reached")
     if mismatch:
         parts.append("reported ε mismatch")
+    parts.extend(FLAG_WORDS.get(flag, flag) for flag in c.flags)
     return ", ".join(parts) or "ok"

@@ -2,8 +2,9 @@
 
 The statement comes first and states the guarantee plainly: unit of privacy, (ε, δ) under the
 ledger's accountant and the other one, the mechanism and the budget; then user-level DP, an early
-stop, clients over budget or whose own ε differs. The channels table and the limits say what the
-guarantee covers and what it does not.
+stop, clients over budget, whose own ε differs or whose account is flagged, and what the server
+verifies and cannot. The channels table and the limits say what the guarantee covers and what it
+does not.
 """
 
 from __future__ import annotations
@@ -125,10 +126,12 @@ def statement(a: Analysis) -> tuple[Block, ...]:
         blocks.append(
             Para(
                 f"**Clients {', '.join(differ)} reported an ε that differs from the ledger's.** "
-                f"The ledger's ε, computed by the server from the DP facts sealed in each update, "
-                f"is the one stated here."
+                f"The ledger's ε, computed by the server from the DP facts each client declared "
+                f"and checked against its plan, is the one stated here."
             )
         )
+    blocks.extend(_flagged(a))
+    blocks.append(Para(VERIFIED))
     blocks.append(
         Para(
             "**Covered:** the model updates, the only channel that carries what was learned from "
@@ -140,6 +143,53 @@ def statement(a: Analysis) -> tuple[Block, ...]:
         )
     )
     return tuple(blocks)
+
+
+VERIFIED = (
+    "**What the server verifies, and what it cannot.** Each client supplies its own DP facts "
+    "(σ, q, steps) with every update, sealed so that the relay can neither read nor alter them. "
+    "The server accepts an update only when those facts equal the client's plan: the σ the "
+    "server assigned and the q and steps the client reported when it was planned. It charges "
+    "every client that trained, or may have (an update rejected, a failure after training), at "
+    "the costliest of its plan and everything it declared, so a client cannot lower its own ε "
+    "by declaring less. It cannot verify that a client really added that noise, clipped, or "
+    "sampled as it says: nobody can check a client's noise from outside its device. An "
+    "empirical privacy audit (canaries, when `privacy.audit` is on) gives a lower bound on ε "
+    "from what the updates actually reveal; the accountant's ε is an upper bound that holds only "
+    "if every client ran DP-SGD as declared."
+)
+
+_FLAG_TEXT = (
+    (
+        "dp-facts",
+        "declared DP facts that differ from their plan: those updates were rejected and "
+        "charged at the larger ε of what was declared and what was planned",
+    ),
+    (
+        "unaccountable",
+        "declared DP facts no accountant can compute (such as σ ≈ 0): their accounts were "
+        "closed and their ε is only a lower bound; no finite ε holds for them",
+    ),
+    (
+        "error-after-training",
+        "failed after training: those rounds were charged from their plans",
+    ),
+    (
+        "shared-label",
+        "declared a label another node declares too: each node keeps an account of its own "
+        "(nothing is merged), and both are flagged",
+    ),
+)
+
+
+def _flagged(a: Analysis) -> list[Block]:
+    """Return one warning paragraph per account flag that some account carries."""
+    blocks: list[Block] = []
+    for flag, text in _FLAG_TEXT:
+        cids = [c.cid for c in a.ledger.clients if flag in c.flags]
+        if cids:
+            blocks.append(Para(f"**Warning: clients {', '.join(cids)} {text}.**"))
+    return blocks
 
 
 def _mechanism(a: Analysis, trained: Sequence[ClientEntry]) -> str:
@@ -208,6 +258,19 @@ def channels(a: Analysis) -> tuple[Block, ...]:
             "reveal anyway.",
         ),
         (
+            "Error report: a Flower error code and message",
+            "when a client's app fails",
+            "Not protected: it says that a client failed. The server keeps only the error "
+            "code and the exception's type (no traceback, path or process id) in "
+            "metrics.jsonl and this report.",
+        ),
+        (
+            "The node's own limits (max ε, min σ, max rounds)",
+            "in the planning reply and every reply, in the clear, when the node's owner set them",
+            "Not protected: they say how much privacy the node's owner allows; the server plans "
+            "around them and the node enforces them itself.",
+        ),
+        (
             "Example count",
             "never",
             "Not sent: every client's update is aggregated with the same weight.",
@@ -247,9 +310,12 @@ def limits(a: Analysis) -> tuple[Block, ...]:
         "**No secure aggregation.** The aggregator opens and sees each client's DP-noised "
         "update on its own; against the aggregator each client is protected by its own ε, "
         "with nothing gained from being averaged with others.",
-        "**Facts sent in the clear.** σ, q, steps, ε, the partition id, the status, and in "
-        "which rounds a client took part are not DP-protected; q reveals "
-        f"ceil(n / {a.config['batch-size']}).",
+        "**Facts sent in the clear.** σ, q, steps, ε, the partition id, the status, an error "
+        "report, the node's own limits, and in which rounds a client took part are not "
+        f"DP-protected; q reveals ceil(n / {a.config['batch-size']}).",
+        "**Client-supplied DP facts.** The ε rests on every client running DP-SGD with the σ, "
+        "q and steps it declares. The server holds those facts to each client's plan and "
+        "charges conservatively, but cannot observe a client's noise, clipping or sampling.",
     ]
     if a.ledger.central is None:
         items.append(

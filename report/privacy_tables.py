@@ -1,9 +1,38 @@
-"""The report's privacy numbers: ε per client under both accountants, plan, ε per round."""
+"""The report's privacy numbers: ε per client under both accountants, plan, ε per round.
+
+Each account names the node it is keyed to and the label that node declared; the plan lists
+each node's own limits (what the node reported it enforces, whatever the run config says).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
+from common import protocol
 from report.analysis import Analysis
 from report.content import Table, client_order, fmt_eps, fmt_num, fmt_rate, span
+from server.ledger_file import ClientEntry
+
+_LIMIT_WORDS = (
+    (protocol.NODE_MAX_EPSILON, "ε ≤ {}"),
+    (protocol.NODE_MIN_NOISE, "σ ≥ {}"),
+    (protocol.NODE_MAX_ROUNDS, "≤ {} rounds"),
+)
+
+
+def limits_words(limits: Mapping[str, float]) -> str:
+    """Return a node's own limits in words (``none`` when it reported none)."""
+    words = [text.format(fmt_num(limits[key])) for key, text in _LIMIT_WORDS if key in limits]
+    return ", ".join(words) or "none"
+
+
+def _identity(c: ClientEntry) -> str:
+    parts = []
+    if c.node is not None and str(c.node) != c.cid:
+        parts.append(f"node {c.node}")
+    if c.label is not None and c.label != c.cid:
+        parts.append(f"label {c.label}")
+    return ", ".join(parts) or "-"
 
 
 def client_table(a: Analysis) -> Table:
@@ -25,13 +54,16 @@ def client_table(a: Analysis) -> Table:
                 fmt_eps(a.other_epsilon[c.cid]),
                 "-" if c.reported_epsilon is None else fmt_eps(c.reported_epsilon),
                 "none" if c.budget is None else fmt_num(c.budget),
+                _identity(c),
                 status,
             )
         )
     return Table(
         f"Privacy spent per client (δ = {a.ledger.delta:g}). ε ({acc}) is the ledger's, with "
         f"the accountant named in privacy.json; ε ({other}) is recomputed from the same "
-        f"history; the client's own ε is what it reported.",
+        f"history; the client's own ε is what it reported. An account is keyed by the node's "
+        f"identity (in a simulation, by the partition it declares); the node and the label it "
+        f"declared are shown where they differ from the key.",
         (
             "client",
             "σ",
@@ -42,6 +74,7 @@ def client_table(a: Analysis) -> Table:
             f"ε ({other})",
             "client's own ε",
             "budget",
+            "node, label",
             "status",
         ),
         tuple(rows),
@@ -68,11 +101,14 @@ def plan_table(a: Analysis) -> Table:
                 "0" if c is None else str(len(c.rounds)),
                 fmt_eps(eps),
                 share,
+                "none" if c is None else limits_words(c.node_limits),
             )
         )
     return Table(
         "Planned before the first round against spent: σ was calibrated so that a client "
-        "training the planned number of rounds ends at the planned ε.",
+        "training the planned number of rounds ends at the planned ε (never below a node's own "
+        "σ floor). A node's own limits are what it reported; it enforces them itself, whatever "
+        "the run config says, and the server stops sampling it when they are reached.",
         (
             "client",
             "planned σ",
@@ -83,6 +119,7 @@ def plan_table(a: Analysis) -> Table:
             "rounds trained",
             "ε spent",
             "spent / planned",
+            "node's own limits",
         ),
         tuple(rows),
     )

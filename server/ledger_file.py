@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common.accounting import ACCOUNTANTS, HistoryEntry
+from common.accounting import ACCOUNTABLE, ACCOUNTANTS, HistoryEntry, in_domain
 from common.files import write_atomic
 from server.audit_file import AuditEntry
 from server.json_checks import Fields, read_json
@@ -164,7 +164,7 @@ def _client(f: Fields, cid: str, c: dict[str, Any]) -> ClientEntry:
         epsilon=f.number(c["epsilon"], f"client {cid} epsilon"),
         budget=f.optional_number(c["budget"], f"client {cid} budget"),
         exhausted=f.boolean(c["exhausted"], f"client {cid} exhausted"),
-        history=f.history(c["history"], f"client {cid} history"),
+        history=_accountable(f, f.history(c["history"], f"client {cid} history"), f"client {cid}"),
         rounds=tuple(f.integers(c["rounds"], f"client {cid} rounds", minimum=1)),
         reported_epsilon=f.optional_number(
             c.get("reported_epsilon"), f"client {cid} reported_epsilon"
@@ -186,6 +186,21 @@ def _client(f: Fields, cid: str, c: dict[str, Any]) -> ClientEntry:
     )
 
 
+def _accountable(
+    f: Fields, history: tuple[HistoryEntry, ...], what: str
+) -> tuple[HistoryEntry, ...]:
+    """Refuse history entries no accountant computes (the ledger never writes one)."""
+    for i, entry in enumerate(history):
+        if not in_domain(entry):
+            low, high = ACCOUNTABLE.sigma
+            raise f.error(
+                f"{what} history[{i}] = {list(entry)} is outside what an accountant "
+                f"computes (σ in [{low:g}, {high:g}], q >= {ACCOUNTABLE.rate[0]:g}, steps <= "
+                f"{ACCOUNTABLE.steps[1]})"
+            )
+    return history
+
+
 def _central(f: Fields, value: Any, delta: float) -> CentralEntry:
     c = f.obj(value, "central")
     f.need(c, ("epsilon", "history"), "central")
@@ -194,7 +209,7 @@ def _central(f: Fields, value: Any, delta: float) -> CentralEntry:
         delta=f.number(c.get("delta", delta), "central delta"),
         noise_multiplier=f.optional_number(c.get("noise_multiplier"), "central noise_multiplier"),
         clip=f.optional_number(c.get("clip"), "central clip"),
-        history=f.history(c["history"], "central history"),
+        history=_accountable(f, f.history(c["history"], "central history"), "central"),
     )
     if not 0 < central.delta < 1:
         raise f.error(f"central delta must be in (0, 1), got {central.delta}")

@@ -177,7 +177,18 @@ def node_limits(metrics: MetricRecord | None) -> dict[str, float]:
 
 
 def check_budget_allows_a_round(config: FedveilConfig, plans: list[ClientPlan]) -> None:
-    """Refuse a ``dp.budget`` below what one round costs every client, naming what works."""
+    """Refuse a ``dp.budget`` no plan can work under, with one line naming what works.
+
+    A calibrated target ε above the budget is refused outright: every client would be stopped
+    at the budget, part-way through the rounds its σ was calibrated for. A budget below what one
+    round costs every client is refused naming the smallest budget that works.
+    """
+    if config.dp_noise_multiplier == 0 and config.dp_target_epsilon > config.dp_budget:
+        raise ConfigError(
+            f"config key `dp.target-epsilon` = {config.dp_target_epsilon:g} is above "
+            f"`dp.budget` = {config.dp_budget:g}: every client would stop at the budget before "
+            f"the rounds it was planned for; lower the target or raise the budget"
+        )
     if not plans:
         return
     cheapest = min(p.one_round_epsilon for p in plans)

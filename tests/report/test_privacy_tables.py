@@ -22,7 +22,8 @@ def test_every_client_has_a_row_with_both_accountants(written: Written) -> None:
         assert cells[5] == f"{c['epsilon']:.3f}"
         assert cells[6] == f"{eps(history, 'prv'):.3f}"
         assert cells[8] == "8"
-        assert cells[9] == "ok"
+        assert cells[9] == "-"  # keyed by its own label: no other node or label to name
+        assert cells[10] == "ok"
 
 
 def test_epsilon_over_rounds_is_reconstructed_from_history_and_rounds(written: Written) -> None:
