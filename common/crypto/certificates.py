@@ -221,7 +221,7 @@ def create_tls_files(
 
     """
     if not 1 <= days <= MAX_DAYS:
-        raise ValueError(f"`days` must be between 1 and {MAX_DAYS}, got {days}")
+        raise ValueError(f"`days` must be >= 1 and <= {MAX_DAYS}, got {days}")
     san = _san(hosts)
     files = TlsFiles.in_directory(Path(directory))
     _refuse_existing([files.ca_cert, files.ca_key, files.server_cert, files.server_key])
