@@ -23,6 +23,16 @@ def simulate_args(out: Path, *sets: str) -> list[str]:
 
 def fedveil(*args: str, timeout: float | None) -> subprocess.CompletedProcess[str]:
     """Run ``fedveil ARGS`` to its end (within ``timeout`` s, if given), capturing its output."""
+    return python(*FEDVEIL[1:], *args, timeout=timeout)
+
+
+def python(*args: str, timeout: float | None) -> subprocess.CompletedProcess[str]:
+    """Run this interpreter with ``ARGS`` in the checkout to its end, capturing its output."""
     return subprocess.run(
-        [*FEDVEIL, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout, check=False
+        [sys.executable, *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
     )

@@ -9,14 +9,12 @@ so the driver below installs a test-only ClientApp mod that adds ``max-rounds = 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
+from tests.integration.cli import python
 from tests.integration.run_files import metrics_rows, privacy
 
 pytestmark = pytest.mark.slow
@@ -55,14 +53,7 @@ def test_a_node_past_its_own_max_rounds_refuses_and_the_others_go_on(tmp_path: P
     run = tmp_path / "run"
     # The run's budget allows both rounds for everyone; only partition 0's owner says one.
     args = ["simulate", "--config", "quick", "--out", str(run), "--set", "num-server-rounds=2"]
-    done = subprocess.run(
-        [sys.executable, "-c", DRIVER, *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
+    done = python("-c", DRIVER, *args, timeout=600)
 
     assert done.returncode == 0, done.stderr[-3000:]
     rows = metrics_rows(run)
