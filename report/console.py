@@ -1,4 +1,8 @@
-"""Terminal display of a run: a live progress bar per round, then a summary table."""
+"""Terminal display of a run: a live progress bar per round, then a summary table.
+
+Ids and names that come from a run's files or its clients are escaped, so they print as
+written and never as rich markup (colours, links).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -60,7 +65,7 @@ class RoundProgress:
 
 def summary_table(records: list[RoundRecord], run: Path) -> Table:
     """Return a table of the finished run: per-round results and per-client ε."""
-    table = Table(title=f"fedveil run {run.name}", show_lines=False)
+    table = Table(title=f"fedveil run {escape(run.name)}", show_lines=False)
     table.add_column("round", justify="right")
     table.add_column("accuracy", justify="right")
     table.add_column("loss", justify="right")
@@ -95,7 +100,7 @@ def privacy_table(doc: Mapping[str, Any]) -> Table:
         if c.mismatch:
             status += ", reported ε differs"
         budget = "-" if c.budget is None else f"{c.budget:g}"
-        table.add_row(c.cid, f"{c.epsilon:.3f}", budget, str(len(c.rounds)), status)
+        table.add_row(escape(c.cid), f"{c.epsilon:.3f}", budget, str(len(c.rounds)), status)
     return table
 
 
@@ -106,7 +111,7 @@ def plan_table(plans: dict[str, ClientPlan]) -> Table:
         table.add_column(name, justify="right")
     for cid, p in sorted(plans.items(), key=lambda kv: (len(kv[0]), kv[0])):
         table.add_row(
-            cid,
+            escape(cid),
             f"{p.noise_multiplier:.3f}",
             f"{p.sample_rate:.4f}",
             str(p.steps_per_round),

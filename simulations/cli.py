@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from rich.console import Console
+from rich.markup import escape
 
 from common.config import KEYS, ConfigError, FedveilConfig, load_toml, parse_assignment
 from common.files import show_path
@@ -190,8 +191,8 @@ def _finish(
     else:
         html = write_report(run_path).html
     if stopped_reason:
-        console.print(f"[yellow]stopped early:[/yellow] {stopped_reason}")
-    console.print(f"report: {html}")
+        console.print(f"[yellow]stopped early:[/yellow] {escape(stopped_reason)}")
+    console.print(f"report: {escape(str(html))}")
     print(run_path)
 
 
@@ -345,15 +346,19 @@ def cmd_keys_generate(args: argparse.Namespace, console: Console) -> int:
     try:
         if args.tls:
             ca = keys_cmd.generate_tls(args.directory, args.host, args.days)
-            console.print(f"wrote ca.pem, ca.key, server.pem, server.key in {args.directory}")
+            console.print(
+                f"wrote ca.pem, ca.key, server.pem, server.key in {escape(str(args.directory))}"
+            )
             print(ca)
         elif args.node:
             line = keys_cmd.generate_node(args.directory)
-            console.print(f"wrote node.key (0600) and node.pub in {args.directory}")
+            console.print(f"wrote node.key (0600) and node.pub in {escape(str(args.directory))}")
             print(line)
         else:
             fingerprint = keys_cmd.generate_aggregator(args.directory)
-            console.print(f"wrote aggregator.key (0600) and aggregator.pub in {args.directory}")
+            console.print(
+                f"wrote aggregator.key (0600) and aggregator.pub in {escape(str(args.directory))}"
+            )
             print(fingerprint)
     except (CertificateError, ValueError) as exc:
         raise UserError(str(exc)) from None
