@@ -47,8 +47,11 @@ class StateStore:
             return None
         try:
             doc = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise PrivacyStateError(f"{path} is corrupt ({exc}); refusing to take part") from None
+        except (OSError, ValueError, RecursionError) as exc:
+            problem = "nested too deeply" if isinstance(exc, RecursionError) else exc
+            raise PrivacyStateError(
+                f"{path} is corrupt ({problem}); refusing to take part"
+            ) from None
         try:
             state = ClientPrivacyState.from_json(doc)
         except PrivacyStateError as exc:

@@ -43,9 +43,10 @@ def test_residual_of_another_size_is_dropped(tmp_path: Path) -> None:
     assert store.load_residual(6) is None
 
 
-def test_corrupt_privacy_state_still_refuses(tmp_path: Path) -> None:
+@pytest.mark.parametrize("content", ["{broken", "[" * 200_000 + "]" * 200_000])
+def test_corrupt_privacy_state_still_refuses(tmp_path: Path, content: str) -> None:
     # Unlike the residual, the privacy state is never dropped: forgetting it would reset ε.
-    (tmp_path / PRIVACY_FILE).write_text("{broken", encoding="utf-8")
+    (tmp_path / PRIVACY_FILE).write_text(content, encoding="utf-8")
 
     with pytest.raises(PrivacyStateError, match="refusing to take part"):
         StateStore(tmp_path).load_privacy("run-1")
