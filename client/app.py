@@ -5,14 +5,23 @@ The run configuration arrives with every request (the server owns it), so the sa
 unchanged under ``fedveil simulate``, ``flwr run`` and a real SuperNode. ``app`` has no mods and
 no path that misbehaves on request; a simulation may build its own ``ClientApp`` around the
 handlers ``train`` and ``query``.
+
+Importing this module sets ``ONEDNN_PRIMITIVE_CACHE_CAPACITY=0`` in the process environment
+unless the node's owner set it: DP-SGD's Poisson batches change size every step, and oneDNN
+(PyTorch's CPU convolutions) keeps a compiled kernel per shape, so its cache only grows.
 """
 
 from __future__ import annotations
+
+import os
 
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
 from client.training_round import answer_plan_query, run_training_round
+
+# oneDNN reads this when it builds its first kernel (not at import): set before any training.
+os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "0")
 
 app = ClientApp()
 

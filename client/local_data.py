@@ -24,6 +24,7 @@ from flwr.app import Context
 from common.config import FedveilConfig
 from common.data import DataError
 from common.partition import PartitionError, PartitionSpec, task_partitions, task_pool
+from common.partition_numpy import split_labels
 from common.task import Examples, Task, TaskError, check_examples, read_examples, task_of
 
 DATA_PATH = "data-path"
@@ -99,7 +100,7 @@ def load_local_data(config: FedveilConfig, context: Context) -> LocalData:
         else:
             pid, count = partition_of(context)
             spec = PartitionSpec(config.partitioning, count, config.seed, config.dirichlet_alpha)
-            examples = task_pool(task).select(task_partitions(task, spec)[pid])
+            examples = task_pool(task).select(task_partitions(task, spec, split_labels)[pid])
             source = f"partition {pid} of {count} of the task's pool"
     except (DataError, PartitionError) as exc:
         raise TaskError(str(exc)) from None

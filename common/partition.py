@@ -3,13 +3,16 @@
 The partitioners run on a light index table (``index``, ``label``, ``writer``) rather than on the
 examples, so partitioning 60,000 MNIST images takes milliseconds and no pixels are copied. The
 result is deterministic in ``seed`` and depends only on the labels (and writers), so a task's
-pool (``task_partitions``) splits exactly as the same data set's ``ImageSet`` does.
+pool (``task_partitions``) splits exactly as the same data set's ``ImageSet`` does. A node that
+trains on a partition uses ``common.partition_numpy``, which gives the same indices without
+flwr-datasets.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -49,6 +52,36 @@ def _index_table(labels: LabelArray, writers: WriterArray | None, seed: int) -> 
     return Dataset.from_dict(table).shuffle(seed=seed)
 
 
+SCHEMES = ("iid", "dirichlet", "by-writer")
+
+
+def check_spec(size: int, spec: PartitionSpec, writers: WriterArray | None) -> None:
+    """Refuse a split of ``size`` examples that ``spec`` cannot make, naming the numbers.
+
+    Raises:
+        PartitionError: fewer than one or more partitions than examples, an unknown scheme,
+            or `by-writer` without writers or with more partitions than writers.
+
+    """
+    if spec.num_partitions < 1:
+        raise PartitionError(f"need >= 1 client to split among, got {spec.num_partitions}")
+    if spec.num_partitions > size:
+        raise PartitionError(
+            f"cannot split {size} examples among {spec.num_partitions} clients; lower `sim.clients`"
+        )
+    if spec.scheme not in SCHEMES:
+        raise PartitionError(f"unknown partitioning {spec.scheme!r}; use iid, dirichlet, by-writer")
+    if spec.scheme == "by-writer":
+        if writers is None:
+            raise PartitionError("`by-writer` partitioning needs a data set with writers (femnist)")
+        distinct = len(np.unique(writers))
+        if spec.num_partitions > distinct:
+            raise PartitionError(
+                f"`by-writer` gives one client per writer: {distinct} writers, "
+                f"{spec.num_partitions} clients asked; set `sim.clients` <= {distinct}"
+            )
+
+
 def partition_pool(pool: ImageSet, spec: PartitionSpec) -> list[npt.NDArray[np.int64]]:
     """Return, for each partition id, the indices into ``pool`` that the client owns."""
     return partition_labels(pool.labels, spec, writers=pool.writers)
@@ -64,13 +97,7 @@ def partition_labels(
         NaturalIdPartitioner,
     )
 
-    if spec.num_partitions < 1:
-        raise PartitionError(f"need >= 1 client to split among, got {spec.num_partitions}")
-    if spec.num_partitions > len(labels):
-        raise PartitionError(
-            f"cannot split {len(labels)} examples among {spec.num_partitions} clients; "
-            f"lower `sim.clients`"
-        )
+    check_spec(len(labels), spec, writers)
     partitioner: IidPartitioner | DirichletPartitioner | NaturalIdPartitioner
     if spec.scheme == "iid":
         partitioner = IidPartitioner(num_partitions=spec.num_partitions)
@@ -83,18 +110,8 @@ def partition_labels(
             self_balancing=True,
             seed=spec.seed,
         )
-    elif spec.scheme == "by-writer":
-        if writers is None:
-            raise PartitionError("`by-writer` partitioning needs a data set with writers (femnist)")
-        distinct = len(np.unique(writers))
-        if spec.num_partitions > distinct:
-            raise PartitionError(
-                f"`by-writer` gives one client per writer: {distinct} writers, "
-                f"{spec.num_partitions} clients asked; set `sim.clients` <= {distinct}"
-            )
-        partitioner = NaturalIdPartitioner(partition_by="writer")
     else:
-        raise PartitionError(f"unknown partitioning {spec.scheme!r}; use iid, dirichlet, by-writer")
+        partitioner = NaturalIdPartitioner(partition_by="writer")
     partitioner.dataset = _index_table(labels, writers, spec.seed)
     # Read each partition's rows in one slice: its `index` Column would otherwise be fetched
     # row by row.
@@ -129,28 +146,43 @@ def task_pool(task: Task) -> Examples:
     return pool
 
 
+class Splitter(Protocol):
+    """A function that splits a pool's labels as ``partition_labels`` does."""
+
+    def __call__(
+        self, labels: LabelArray, spec: PartitionSpec, *, writers: WriterArray | None = None
+    ) -> list[npt.NDArray[np.int64]]:
+        """Return, for each partition id, the sorted indices it owns."""
+
+
 _TASK_PARTITIONS: dict[
-    tuple[int, PartitionSpec], tuple[Task, tuple[npt.NDArray[np.int64], ...]]
+    tuple[int, PartitionSpec, Splitter], tuple[Task, tuple[npt.NDArray[np.int64], ...]]
 ] = {}
-"""Partitions per (task object, spec). Keyed by identity, not hash: a user's task need not be
-hashable (a plain ``@dataclass`` is not); the task is kept beside its entry so its id cannot be
-reused by another object."""
+"""Partitions per (task object, spec, splitter). Keyed by identity, not hash: a user's task need
+not be hashable (a plain ``@dataclass`` is not); the task is kept beside its entry so its id
+cannot be reused by another object."""
 
 
-def task_partitions(task: Task, spec: PartitionSpec) -> tuple[npt.NDArray[np.int64], ...]:
+def task_partitions(
+    task: Task, spec: PartitionSpec, split: Splitter = partition_labels
+) -> tuple[npt.NDArray[np.int64], ...]:
     """Partition a task's simulation pool once per process (clients reuse it every round).
+
+    ``split`` is ``partition_labels`` (flwr-datasets) or its numpy twin
+    ``common.partition_numpy.split_labels``, which gives the same indices.
 
     Raises:
         TaskError: the task has no pool (``task_pool``).
+        PartitionError: the split cannot be made.
 
     """
-    key = (id(task), spec)
+    key = (id(task), spec, split)
     cached = _TASK_PARTITIONS.get(key)
     if cached is not None and cached[0] is task:
         return cached[1]
     pool = task_pool(task)
     writers = task.pool_writers()
     labels = pool.labels.numpy().astype(np.int64, copy=False)
-    parts = tuple(partition_labels(labels, spec, writers=writers))
+    parts = tuple(split(labels, spec, writers=writers))
     _TASK_PARTITIONS[key] = (task, parts)
     return parts

@@ -152,7 +152,9 @@ def _no_test() -> ImageSet:
     raise TaskError("a node's task holds no test split; only the server evaluates")
 
 
-def _read_npz(path: Path) -> tuple[npt.NDArray[np.floating], npt.NDArray[np.int64]]:
+def _read_npz(
+    path: Path,
+) -> tuple[npt.NDArray[np.floating] | npt.NDArray[np.uint8], npt.NDArray[np.int64]]:
     try:
         with np.load(path, allow_pickle=False) as npz:
             if "x" not in npz.files or "y" not in npz.files:
@@ -166,7 +168,10 @@ def _read_npz(path: Path) -> tuple[npt.NDArray[np.floating], npt.NDArray[np.int6
         ) from None
     if not np.issubdtype(x.dtype, np.number) or not np.issubdtype(y.dtype, np.integer):
         raise TaskError(f"{path}: `x` must be numeric pixels and `y` integer labels")
-    return x.astype(np.float32), y.astype(np.int64)
+    # uint8 pixels stay as stored: ``FederatedData.tensors`` makes the one float32 copy.
+    if x.dtype != np.uint8:
+        x = x.astype(np.float32, copy=False)
+    return x, y.astype(np.int64)
 
 
 def _read_idx_pair(folder: Path) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.int64]]:

@@ -141,19 +141,25 @@ from client.local_data import load_local_data
 from common.config import FedveilConfig
 
 config = FedveilConfig.from_flat({"task": sys.argv[1], "data-dir": sys.argv[2]})
-context = Context(run_id=1, node_id=7, node_config={"data-path": sys.argv[3]},
+context = Context(run_id=1, node_id=7, node_config=json.loads(sys.argv[3]),
                   state=RecordDict(), run_config={})
 load_local_data(config, context)
 print(json.dumps(sorted({name.partition(".")[0] for name in sys.modules})))
 """
 
 
-def test_a_node_with_its_own_file_imports_no_simulation_or_dataframe_library(
-    csv_dir: Path,
+@pytest.mark.parametrize(
+    "node", [{"data-path": "node-0.csv"}, {"partition-id": 1, "num-partitions": 3}], ids=str
+)
+def test_a_node_imports_no_simulation_or_dataframe_library(
+    csv_dir: Path, node: dict[str, str | int]
 ) -> None:
-    # A fresh interpreter: this test process has imported everything already.
+    # A fresh interpreter: this test process has imported everything already. A partition
+    # node splits the pool with numpy (common.partition_numpy), not flwr-datasets.
+    if "data-path" in node:
+        node = {"data-path": str(csv_dir / str(node["data-path"]))}
     done = subprocess.run(
-        [sys.executable, "-c", _NODE_IMPORTS, TABULAR, str(csv_dir), str(csv_dir / "node-0.csv")],
+        [sys.executable, "-c", _NODE_IMPORTS, TABULAR, str(csv_dir), json.dumps(node)],
         cwd=Path(__file__).resolve().parents[2],
         capture_output=True,
         text=True,
