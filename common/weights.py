@@ -100,6 +100,11 @@ def load_safetensors(path: Path, expected: Mapping[str, tuple[int, ...]]) -> Nam
         arrays = load(data)
     except (SafetensorError, ValueError, OSError) as exc:
         raise WeightsError(f"{path} is not a safetensors file ({exc})") from None
+    except KeyError as exc:
+        # safetensors.numpy knows the dtype name but numpy has no such type (e.g. BF16).
+        raise WeightsError(
+            f"{path} holds tensors of dtype {exc} that numpy cannot read; save it as float32"
+        ) from None
     missing = sorted(set(expected) - set(arrays))
     extra = sorted(set(arrays) - set(expected))
     if missing or extra:

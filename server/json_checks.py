@@ -109,3 +109,5 @@ def read_json(path: Path) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise Fields(path).error(f"not readable JSON ({exc})") from None
+    except RecursionError:
+        raise Fields(path).error("nested too deeply to be a fedveil run file") from None

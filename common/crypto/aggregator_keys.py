@@ -21,7 +21,6 @@ from common.files import (
     fsync_dir,
     read_key_file,
     show_path,
-    write_atomic,
     write_new,
 )
 
@@ -95,16 +94,16 @@ def fingerprint(public_key: bytes) -> str:
 def write_keypair(directory: Path, keypair: AggregatorKeyPair) -> tuple[Path, Path]:
     """Write ``aggregator.key`` (PEM PKCS8, 0600) and ``aggregator.pub`` (PEM SPKI, 0644).
 
-    The private key file is never readable by others, not even briefly, and an existing key is
-    never replaced (``common.files.write_new``); the public file is replaced atomically. If the
-    public file cannot be written, the new private key is removed again.
+    The private key file is never readable by others, not even briefly, and neither file ever
+    replaces an existing one (``common.files.write_new``): nodes may pin the old public key. If
+    the public file cannot be written, the new private key is removed again.
 
     Returns:
         The paths of the private and the public key file.
 
     Raises:
-        KeyFileExistsError: ``aggregator.key`` exists already (a ``ValueError`` and a
-            ``FileExistsError``).
+        KeyFileExistsError: ``aggregator.key`` or ``aggregator.pub`` exists already (a
+            ``ValueError`` and a ``FileExistsError``).
         OSError: The directory cannot be created or written.
 
     """
@@ -130,9 +129,14 @@ def write_keypair(directory: Path, keypair: AggregatorKeyPair) -> tuple[Path, Pa
             "refusing to overwrite it (move it away to make a new one)"
         ) from err
     try:
-        write_atomic(pub_path, public_pem, mode=0o644)
-    except BaseException:
+        write_new(pub_path, public_pem, mode=0o644)
+    except BaseException as err:
         key_path.unlink(missing_ok=True)
+        if isinstance(err, FileExistsError):
+            raise KeyFileExistsError(
+                f"{show_path(pub_path)}: an aggregator public key exists already; "
+                "refusing to overwrite it (move it away to make a new one)"
+            ) from err
         raise
     fsync_dir(directory)
     return key_path, pub_path

@@ -221,3 +221,12 @@ def test_from_private_bytes_checks_the_length() -> None:
         assert "0707" not in str(info.value)
     raw = os.urandom(32)
     assert AggregatorKeyPair.from_private_bytes(raw).private_bytes() == raw
+
+
+def test_write_keypair_never_replaces_a_public_key_nodes_may_pin(tmp_path: Path) -> None:
+    pinned = tmp_path / "aggregator.pub"
+    pinned.write_bytes(b"the key every node pins")
+    with pytest.raises(keys.KeyFileExistsError, match="public key exists already"):
+        keys.write_keypair(tmp_path, AggregatorKeyPair.generate())
+    assert pinned.read_bytes() == b"the key every node pins"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["aggregator.pub"]  # no orphan key

@@ -265,3 +265,13 @@ def test_map_update_refuses_other_names_or_shapes() -> None:
         map_update({"v": np.zeros(3, dtype=np.float32)}, global_weights, lambda f: f)
     with pytest.raises(ValueError, match="tensor w: local shape"):
         map_update({"w": np.zeros(4, dtype=np.float32)}, global_weights, lambda f: f)
+
+
+def test_a_dtype_numpy_cannot_read_is_one_line(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    path = tmp_path / "bf16.safetensors"
+    save_file({"w": torch.zeros(2, dtype=torch.bfloat16)}, str(path))
+    with pytest.raises(WeightsError, match="float32") as info:
+        load_safetensors(path, {"w": (2,)})
+    assert "\n" not in str(info.value)

@@ -194,7 +194,11 @@ def test_a_busy_work_directory_is_refused(
 def test_resume_with_another_aggregator_key_is_refused(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    import numpy as np
+
     from common.sealing import AggregatorKeyPair, write_keypair
+    from server.checkpoint import Checkpoint, save_checkpoint
+    from server.ledger import PrivacyLedger
 
     pinned = AggregatorKeyPair.generate()
     write_keypair(tmp_path / "other", AggregatorKeyPair.generate())  # not what nodes pin
@@ -202,8 +206,9 @@ def test_resume_with_another_aggregator_key_is_refused(
     DeploymentRecord(str(tmp_path / "work"), 2, False, False, pinned.fingerprint()).save(run)
     key = str(tmp_path / "other" / "aggregator.key")
     (run / "config.json").write_text(json.dumps({**DEFAULTS.to_flat(), "seal.private-key": key}))
-    (run / "checkpoint").mkdir()
-    (run / "checkpoint" / "state.json").write_text("{}")
+    ledger = PrivacyLedger(accountant="rdp", delta=1e-5, budget=8.0).to_json()
+    arrays = {"w": np.zeros(1, np.float32)}
+    save_checkpoint(run / "checkpoint", Checkpoint("run", 1, arrays, {}, set(), ledger))
 
     code, _, err = _run(["federation", "up", "--resume", str(run)], capsys)
 
