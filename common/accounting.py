@@ -38,6 +38,8 @@ class Domain:
 
 
 ACCOUNTABLE = Domain()
+# Steps of one merged history entry: a million rounds of the largest accountable entry.
+MAX_HISTORY_STEPS = 10**12
 # Where PRV's grid stays small (see docs/privacy.md); beyond, RDP's ε stands in for PRV's.
 PRV_MAX_RDP_EPSILON = 30.0
 PRV_MAX_STEPS = 5_000
@@ -64,6 +66,13 @@ def bound_entry(sigma: float, rate: float, steps: float) -> tuple[HistoryEntry, 
     return (float(bounded_sigma), float(bounded_rate), bounded_steps), sound
 
 
+def _computable(entry: HistoryEntry) -> bool:
+    """σ and q in ``ACCOUNTABLE``; steps up to ``MAX_HISTORY_STEPS`` (merged rounds add up)."""
+    s, q, n = entry
+    d = ACCOUNTABLE
+    return d.sigma[0] <= s <= d.sigma[1] and d.rate[0] <= q <= d.rate[1] and n <= MAX_HISTORY_STEPS
+
+
 def in_domain(entry: HistoryEntry) -> bool:
     """Return whether ``entry`` lies in ``ACCOUNTABLE`` (``bound_entry`` leaves it unchanged)."""
     s, q, n = entry
@@ -80,7 +89,8 @@ def epsilon_from_history(
 ) -> float:
     """Return ε at ``delta`` spent by ``history`` under the named accountant (0 when empty).
 
-    Entries outside ``ACCOUNTABLE`` are refused (``ValueError``): bound peer facts first. For
+    Entries whose σ or q lie outside ``ACCOUNTABLE``, or with more than ``MAX_HISTORY_STEPS``
+    steps, are refused (``ValueError``): bound peer facts first (``bound_entry``). For
     ``prv``, a history past ``PRV_MAX_RDP_EPSILON`` (by RDP) or ``PRV_MAX_STEPS`` gets the RDP ε.
     """
     from opacus.accountants import create_accountant
@@ -89,12 +99,12 @@ def epsilon_from_history(
         raise ValueError(f"`accountant` must be one of {ACCOUNTANTS}, got {accountant!r}")
     if not 0 < delta < 1:
         raise ValueError(f"`delta` must be in (0, 1), got {delta}")
+    outside = [e for e in history if int(e[2]) > 0 and not _computable(e)]
+    if outside:
+        raise ValueError(f"history entry {outside[0]} is outside what an accountant computes")
     entries = merge_history(history)
     if not entries:
         return 0.0
-    outside = [e for e in entries if not in_domain(e)]
-    if outside:
-        raise ValueError(f"history entry {outside[0]} is outside what an accountant computes")
     rdp = _rdp_epsilon(entries, delta)
     if accountant == "rdp":
         return rdp

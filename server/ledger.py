@@ -169,9 +169,11 @@ class PrivacyLedger:
             acct.flags.add(UNACCOUNTABLE)
             acct.exhausted = True
         if reported_epsilon is not None:
-            acct.reported_epsilon = reported_epsilon
+            # privacy.json holds finite numbers only: a non-finite report is kept as a mismatch.
+            finite = math.isfinite(reported_epsilon)
+            acct.reported_epsilon = reported_epsilon if finite else None
             acct.mismatch = not (
-                math.isfinite(reported_epsilon)
+                finite
                 and math.isclose(
                     acct.epsilon, reported_epsilon, rel_tol=REPORT_TOLERANCE, abs_tol=1e-9
                 )

@@ -31,6 +31,7 @@ from common.config import ConfigError, FedveilConfig
 from common.sealing import AggregatorKeyPair, load_private_key
 from common.task import task_of
 from server.anomaly import AnomalyError, DirectionEvidence
+from server.charging import charge_round
 from server.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 from server.evaluation import CentralEvaluator
 from server.ledger import CentralAccount, PrivacyLedger
@@ -344,43 +345,6 @@ class RoundLoop:
         self.run_dir.write_model(_numpy_state(self.arrays))
         return RoundLoopResult(self.completed, self.ledger.stopped_reason, accuracy)
 
-    def _charge(self, server_round: int) -> None:
-        """Charge the round's trained nodes and note refusals and node limits in the ledger."""
-        outcome = self.book.outcome
-        for node, limits in outcome.limits.items():
-            key = self.book.account_of(node)
-            if key is not None:
-                self.ledger.note_node(
-                    key, node=node, label=self.book.node_clients[node], limits=limits
-                )
-        for report in outcome.trained:
-            key = self.book.account_of(report.node)
-            if key is None:
-                continue
-            self.ledger.note_node(key, node=report.node, label=report.label)
-            acct = self.ledger.charge(
-                key,
-                server_round,
-                report.planned,
-                report.epsilon,
-                declared=report.declared,
-                flags=report.flags,
-            )
-            if acct.mismatch:
-                log.warning(
-                    "client %s reported ε %s, ledger computes %.4f",
-                    key,
-                    report.epsilon,
-                    acct.epsilon,
-                )
-        for node, _reason in outcome.refused:
-            key = self.book.account_of(node)
-            if key is not None:
-                self.ledger.note_refusal(key)
-        shared = self.ledger.shared_labels()
-        if shared:
-            log.warning("accounts %s declare a label another account declares", sorted(shared))
-
     def run_round(self, server_round: int) -> RoundRecord:
         """Run one round end to end and record it."""
         config = self.config
@@ -394,7 +358,7 @@ class RoundLoop:
         replies = self.grid.send_and_receive(messages, timeout=config.round_timeout)
         new_arrays, _ = strategy.aggregate_train(server_round, replies)
         outcome = self.book.outcome
-        self._charge(server_round)
+        charge_round(self.ledger, self.book, server_round)
         if new_arrays is not None:
             self.arrays = new_arrays
             if self.ledger.central is not None:
