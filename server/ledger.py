@@ -178,8 +178,7 @@ class PrivacyLedger:
                     acct.epsilon, reported_epsilon, rel_tol=REPORT_TOLERANCE, abs_tol=1e-9
                 )
             )
-        if not self.can_train(client_id):
-            acct.exhausted = True
+        self.can_train(client_id)  # marks the account exhausted if it can afford no more
         return acct
 
     def note_refusal(self, client_id: str) -> None:

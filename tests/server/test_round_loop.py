@@ -161,3 +161,15 @@ def test_a_node_joining_mid_run_that_cannot_afford_one_round_is_left_out(
         json.loads(line) for line in (run_dir.path / "metrics.jsonl").read_text().splitlines()
     ]
     assert [record["clients"] for record in rounds] == [[20, 21], [20, 21]]
+
+
+def test_a_node_without_a_plan_is_never_eligible(tmp_path: Path, task_identity: None) -> None:
+    config = FedveilConfig.from_flat({"num-server-rounds": 1})
+    loop = RoundLoop(
+        ListGrid([21]), config, RunDirectory.create(tmp_path / "run"), run_id=1, run_tag="run"
+    )
+    loop.book.node_clients[21] = "3"  # a label, but no plan to hold its replies to
+
+    assert not loop._eligible(21)
+    loop.book.planned[21] = (1.0, 0.05, 40)
+    assert loop._eligible(21)
