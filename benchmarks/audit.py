@@ -4,10 +4,11 @@ Digits, 10 clients, every client sampled every round, DP-SGD calibrated so each 
 ``dp.target-epsilon`` (4 by default); ``privacy.audit = true`` with one canary per trainable
 parameter. Each run is ``fedveil simulate``'s own path (``benchmarks.runs``); its
 ``privacy.json`` holds each client's audited lower bound beside the accountant's ε. ``CASES``
-are the product's codec (top-k 10 %, 8 bits, error feedback) and no compression, each over
-``--seeds`` seeds. Per case: the largest bound / ε over every client and seed (an honest run
-must stay <= 1) and the mean, median and smallest share. Writes every client's numbers and the
-summary as one stamped JSON (``benchmarks/results/audit.json`` unless ``--json``).
+are the product's codec (top-k 10 %, 8 bits, error feedback) and no compression, audited, and
+the codec without the audit (what the canaries cost in accuracy), each over ``--seeds`` seeds.
+Per audited case: the largest bound / ε over every client and seed (an honest run must stay
+<= 1) and the mean, median and smallest share; per case the final accuracy of each run. Writes
+everything as one stamped JSON (``benchmarks/results/audit.json`` unless ``--json``).
 """
 
 from __future__ import annotations
@@ -44,7 +45,10 @@ BASE: dict[str, ConfigValue] = {
 CASES: dict[str, dict[str, ConfigValue]] = {
     "codec": {},
     "uncompressed": {"codec.topk": 1.0, "codec.bits": 32, "codec.error-feedback": False},
+    "no-audit": {"privacy.audit": False},
 }
+"""The product's codec and no compression, audited; the product's codec without the audit, the
+baseline of the audit's cost in accuracy."""
 
 
 def client_audits(privacy: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -88,17 +92,21 @@ def run_case(
 ) -> dict[str, Any]:
     """Run ``case`` once per seed; return every client's audit and the case's summary."""
     rows: list[dict[str, Any]] = []
+    accuracy: list[float] = []
     started = time.perf_counter()
+    config = {**BASE, **CASES[case], **overrides}
     for seed in seeds:
-        flat = {**BASE, **CASES[case], **overrides, "seed": seed}
-        run_simulation(flat, out / f"{case}-seed{seed}")
+        rounds = run_simulation({**config, "seed": seed}, out / f"{case}-seed{seed}")
+        accuracy.append(float(rounds[-1]["accuracy"]))
         privacy = json.loads(next((out / f"{case}-seed{seed}").rglob("privacy.json")).read_text())
         rows.extend({"seed": seed, **r} for r in client_audits(privacy))
     return {
-        "config": {**BASE, **CASES[case], **overrides},
+        "config": config,
         "seeds": list(seeds),
         "seconds": round(time.perf_counter() - started, 1),
-        "summary": summarize(rows),
+        "final_accuracy": accuracy,
+        "mean_accuracy": statistics.fmean(accuracy),
+        "summary": summarize(rows) if config["privacy.audit"] else None,
         "clients": rows,
     }
 
@@ -128,11 +136,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     write_json(args.json, {"benchmark": NAME, "cases": results})
     for case, result in results.items():
         s = result["summary"]
-        print(
-            f"{case}: {s['clients']} client audits, bound/ε max {s['max_share']:.1%}, "
+        audit = (
+            "not audited"
+            if s is None
+            else f"{s['clients']} client audits, bound/ε max {s['max_share']:.1%}, "
             f"mean {s['mean_share']:.1%}, median {s['median_share']:.1%}, "
             f"min {s['min_share']:.1%}; any above ε: {s['any_bound_above_epsilon']}"
         )
+        print(f"{case}: accuracy {result['mean_accuracy']:.4f}; {audit}")
     return 0
 
 

@@ -1,7 +1,7 @@
 """The server's white-box privacy audit: canaries per client, scored on its opened updates.
 
 The aggregator is the auditor (Steinke, Nasr and Jagielski 2023, one training run): it draws
-one secret seed for the canary directions of the run and one for each client's inclusion bits,
+two secret seeds per client, one for its canary directions and one for its inclusion bits,
 sends both in that client's train requests (``canaries_for``), and adds up every opened update
 of the client (``observe``; the decoded ``local - global`` of each round it trained). After any
 round, each canary's score is how far the summed update moved against it; the highest scores
@@ -24,7 +24,7 @@ import numpy.typing as npt
 from torch import nn
 
 from common.audit import AuditResult, audit_scores
-from common.audit_canaries import MAX_CANARIES, SEED_LIMIT, CanarySpec, canary_layout
+from common.audit_canaries import MAX_CANARIES, SEED_LIMIT, CanaryLayout, CanarySpec
 from common.config import ConfigError, FedveilConfig
 from common.task import task_of
 from server.audit_file import AuditEntry
@@ -83,8 +83,8 @@ class WhiteBoxAuditor:
         self.canaries = canaries
         self.delta = delta
         self.beta = beta
-        self._directions_seed = secrets.randbelow(SEED_LIMIT)
-        self._layout = canary_layout(self._directions_seed, canaries, self.size, max_grad_norm)
+        self.max_grad_norm = max_grad_norm
+        self._layouts: dict[str, CanaryLayout] = {}
         self._specs: dict[str, CanarySpec] = {}
         self._sums: dict[str, npt.NDArray[np.float64]] = {}
 
@@ -92,8 +92,13 @@ class WhiteBoxAuditor:
         """Return the client's canaries, drawing its secret inclusion seed on first sight."""
         spec = self._specs.get(client_id)
         if spec is None:
-            spec = CanarySpec(self._directions_seed, secrets.randbelow(SEED_LIMIT), self.canaries)
+            # Directions of their own per client: the clients' canary drifts then average out
+            # in the aggregate instead of adding up along shared directions.
+            spec = CanarySpec(
+                secrets.randbelow(SEED_LIMIT), secrets.randbelow(SEED_LIMIT), self.canaries
+            )
             self._specs[client_id] = spec
+            self._layouts[client_id] = spec.layout(self.size, self.max_grad_norm)
         return spec
 
     def is_audited(self, client_id: str) -> bool:
@@ -124,7 +129,10 @@ class WhiteBoxAuditor:
         if total is None:
             return AuditResult(0.0, spec.canaries, 0, 0)
         return audit_scores(
-            self._layout.scores(total), spec.included(), delta=self.delta, beta=self.beta
+            self._layouts[client_id].scores(total),
+            spec.included(),
+            delta=self.delta,
+            beta=self.beta,
         )
 
     def entry(self, client_id: str) -> AuditEntry:

@@ -44,7 +44,9 @@ def test_summary_flags_a_bound_above_epsilon() -> None:
 def test_every_case_is_a_valid_audited_config() -> None:
     for case in CASES.values():
         config = FedveilConfig.from_flat({**BASE, **case})
-        assert config.privacy_audit and config.dp_target_epsilon == 4.0
+        assert config.dp_target_epsilon == 4.0
+    assert FedveilConfig.from_flat({**BASE, **CASES["codec"]}).privacy_audit
+    assert not FedveilConfig.from_flat({**BASE, **CASES["no-audit"]}).privacy_audit
 
 
 def test_bad_arguments_end_with_one_line_and_status_2(capsys: pytest.CaptureFixture[str]) -> None:
