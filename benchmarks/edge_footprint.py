@@ -12,6 +12,8 @@ with a node ``data-path`` CSV).
 Run from the repository root: ``python -m benchmarks.edge_footprint [--data-dir DIR]``; prints a
 table and writes ``results/edge_footprint.json`` stamped with date, commit and machine. Each case
 runs ``--repeat`` times (default 3) and keeps the median peak: the allocator makes peaks vary.
+``--venv DIR`` also records the installed size of each distribution in that environment (the
+files its ``RECORD`` lists, compiled bytecode included) and which distributions require it.
 """
 
 from __future__ import annotations
@@ -176,6 +178,68 @@ def repeated(case: str, data_dir: str, repeat: int) -> dict[str, Any]:
     return {**runs[0], "peak_rss_bytes": peaks[(len(peaks) - 1) // 2], "peak_rss_runs": peaks}
 
 
+_SIZES = """
+import importlib.metadata as md, json, os, re
+rows = {}
+for dist in md.distributions():
+    name = dist.metadata["Name"].lower().replace("_", "-")
+    size = 0
+    for f in dist.files or []:
+        try:
+            size += os.path.getsize(dist.locate_file(f))
+        except OSError:
+            pass
+    needs = [re.split(r"[ ;<>=!~\\[(]", r)[0].lower().replace("_", "-")
+             for r in dist.requires or [] if "extra ==" not in r]
+    rows[name] = {"version": dist.version, "bytes": size, "requires": needs}
+print(json.dumps(rows))
+"""
+
+
+def install_sizes(venv: Path) -> dict[str, Any]:
+    """Return each distribution's installed bytes in ``venv`` and who requires it, largest first.
+
+    ``required_by`` lists the distributions whose unconditional requirements name it (extras
+    are not followed, so a package pulled only through an extra shows none).
+    """
+    done = subprocess.run(  # noqa: S603 - the venv's own interpreter, a fixed script
+        [str(venv / "bin" / "python"), "-c", _SIZES],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    rows: dict[str, dict[str, Any]] = json.loads(done.stdout)
+    for name, row in rows.items():
+        row["required_by"] = sorted(n for n, r in rows.items() if name in r["requires"])
+    ordered = sorted(rows.items(), key=lambda kv: -int(kv[1]["bytes"]))
+    return {
+        "venv": str(venv),
+        "total_bytes": sum(int(r["bytes"]) for r in rows.values()),
+        "distributions": [
+            {
+                "name": n,
+                "version": r["version"],
+                "bytes": r["bytes"],
+                "required_by": r["required_by"],
+            }
+            for n, r in ordered
+        ],
+    }
+
+
+def install_table(install: dict[str, Any], top: int = 15) -> str:
+    """Return the largest distributions as a Markdown table (MiB), and the total."""
+    lines = ["| distribution | MiB | required by |", "|---|---:|---|"]
+    for row in install["distributions"][:top]:
+        needs = ", ".join(row["required_by"]) or "-"
+        lines.append(f"| {row['name']} {row['version']} | {row['bytes'] / MIB:.1f} | {needs} |")
+    lines.append(
+        f"| total ({len(install['distributions'])} distributions) | "
+        f"{install['total_bytes'] / MIB:.0f} | |"
+    )
+    return "\n".join(lines)
+
+
 def table(results: Sequence[dict[str, Any]]) -> str:
     """Return the results as a Markdown table (peak RSS in MiB, and above the baseline)."""
     base = next((r["peak_rss_bytes"] for r in results if r["case"] == "baseline"), None)
@@ -198,6 +262,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "edge_footprint.json")
     parser.add_argument("--cases", nargs="+", choices=CASES, default=list(CASES))
     parser.add_argument("--repeat", type=int, default=3, help="runs per case (median kept)")
+    parser.add_argument("--venv", type=Path, help="a client venv whose install size to record")
     parser.add_argument("--child", choices=CASES, help=argparse.SUPPRESS)
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -211,7 +276,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"edge_footprint: {exc}", file=sys.stderr)
         return 1
     print(table(results))
-    write_json(args.out, {"benchmark": "edge_footprint", "results": results})
+    doc: dict[str, Any] = {"benchmark": "edge_footprint", "results": results}
+    if args.venv:
+        doc["install"] = install_sizes(args.venv)
+        print(install_table(doc["install"]))
+    write_json(args.out, doc)
     print(args.out)
     return 0
 
