@@ -76,10 +76,12 @@ def audit_section(a: Analysis) -> Section | None:
         ),
         Para(
             "What the audit costs: canaries use none of a client's data and no privacy of its "
-            "examples (each example's sensitivity is unchanged), but every included canary "
-            "perturbs the client's updates like one more training example with a random "
-            "gradient, so the model loses a little utility. The canary seeds travel in the "
-            "clear in the train request: the relay can learn which canaries were included, "
+            "examples (each example's sensitivity is unchanged), but they cost utility: every "
+            "included canary moves the client's model along its direction at each step that "
+            "samples it, and with one canary per parameter that displacement is of the order "
+            "of the DP noise itself, so the model loses some accuracy (fewer canaries, through "
+            "`privacy.audit-canaries`, cost less and prove less). The canary seeds travel in "
+            "the clear in the train request: the relay can learn which canaries were included, "
             "which says nothing about any client's data."
         ),
     ]
