@@ -28,6 +28,7 @@ from flwr.superlink.grid import InMemoryGrid
 from common import protocol
 from common.codec import CodecParams
 from common.config import ConfigError, FedveilConfig
+from common.device import resolve_device
 from common.sealing import AggregatorKeyPair, load_private_key
 from common.task import task_of
 from server.anomaly import AnomalyError, DirectionEvidence
@@ -116,7 +117,7 @@ class RoundLoop:
         # account that must survive a resume; deployments' ids are bound to each node's key.
         self.book = RoundBook(keyed_by_node=not isinstance(grid, InMemoryGrid))
         task = task_of(config)
-        self.model = task.build_model()
+        self.model = task.build_model().to(resolve_device(config.device))
         self.root_set, evaluation = server_examples(
             task,
             config.robust_root_examples,
