@@ -38,6 +38,7 @@ from common import protocol
 from common.accounting import (
     HistoryEntry,
     calibrate_noise_multiplier,
+    in_domain,
     sample_rate,
     steps_per_round,
 )
@@ -306,6 +307,15 @@ def check_budget(
         noise_multiplier=entry[0],
         rounds_trained=len(state.rounds),
     )
+    if broken is None and not in_domain(entry):
+        # A σ no accountant computes (e.g. 1e-300 from an altered request) is refused before
+        # the accountant sees it: its ε is unbounded, or the computation would not end.
+        reason = (
+            f"refused: round {request.server_round} asks σ={entry[0]:.3g}, q={entry[1]:.3g}, "
+            f"{entry[2]} steps, outside what an accountant computes; nothing was spent"
+        )
+        log.warning("client %d %s", data.client_id, reason)
+        return _reply(protocol.STATUS_REFUSED, reason, _facts(data.client_id, entry, spent), None)
     after = 0.0
     if broken is None:
         after = state.epsilon_after(entry, delta=config.dp_delta, accountant=config.dp_accountant)

@@ -152,6 +152,24 @@ def test_noise_below_the_nodes_floor_is_refused_before_any_privacy_is_spent(
     assert _metrics(trained)[protocol.NOISE_MULTIPLIER] == 0.9
 
 
+@pytest.mark.parametrize("asked", [1e-300, 1e300])
+def test_a_noise_no_accountant_computes_is_refused_without_a_node_limit(
+    asked: float, train_request: Callable[..., Message]
+) -> None:
+    # No owner floor: the node still refuses σ it cannot account for, in one line.
+    ctx = client_context(1, 4)
+    absurd = train_request(CONFIG, _global(), 1)
+    absurd.content[protocol.DP] = ConfigRecord({protocol.ASSIGNED_NOISE: asked})
+
+    reply = app(absurd, ctx)
+
+    status = _status(reply)
+    assert status["status"] == protocol.STATUS_REFUSED
+    assert "outside what an accountant computes" in str(status["reason"])
+    assert "\n" not in str(status["reason"])
+    assert _rounds_charged(ctx) == []
+
+
 def test_a_round_past_max_rounds_is_refused(train_request: Callable[..., Message]) -> None:
     ctx = client_context(0, 4, **{MAX_ROUNDS: 1})
 
