@@ -221,6 +221,8 @@ def read_rounds(run_path: Path, *, growing: bool = False) -> list[RoundRecord]:
             doc = json.loads(text)
         except ValueError as exc:
             raise f.error(f"line {no} is not JSON ({exc})") from None
+        except RecursionError:
+            raise f.error(f"line {no} is nested too deeply to be a round") from None
         record = _round(f, doc, f"line {no}")
         if out and record.round <= out[-1].round:
             raise f.error(f"line {no}: round {record.round} follows round {out[-1].round}")

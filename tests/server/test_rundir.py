@@ -95,6 +95,13 @@ def test_a_growing_file_skips_a_line_still_being_written(tmp_path: Path) -> None
         read_rounds(tmp_path)
 
 
+def test_a_line_nested_too_deeply_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / METRICS).write_text("[" * 200_000 + "]" * 200_000 + "\n")
+    with pytest.raises(RunFileError, match="line 1 is nested too deeply") as info:
+        read_rounds(tmp_path)
+    assert "\n" not in str(info.value)
+
+
 def test_truncate_keeps_the_rounds_up_to_the_checkpoint_byte_for_byte(tmp_path: Path) -> None:
     run = RunDirectory.create(tmp_path / "run")
     for rnd in (1, 2, 3):
