@@ -4,6 +4,8 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from common.audit import audit_scores, epsilon_lower_bound, guess_counts, p_value
 
@@ -122,3 +124,31 @@ def test_p_value_matches_the_papers_reference_code(
 ) -> None:
     ours = p_value(m, r, v, epsilon=eps, delta=delta)
     assert ours == pytest.approx(_reference_p_value(m, r, v, eps, delta), rel=1e-9, abs=1e-15)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    r=st.integers(1, 300),
+    data=st.data(),
+    eps=st.floats(0, 10),
+    step=st.floats(0.01, 3),
+    delta=st.sampled_from([0.0, 1e-6, 1e-5, 1e-3]),
+)
+def test_p_value_is_a_probability_that_grows_with_epsilon(
+    r: int, data: st.DataObject, eps: float, step: float, delta: float
+) -> None:
+    v = data.draw(st.integers(0, r))
+    low = p_value(1000, r, v, epsilon=eps, delta=delta)
+    high = p_value(1000, r, v, epsilon=eps + step, delta=delta)
+    assert 0 <= low <= high + 1e-12 <= 1 + 1e-12
+
+
+@settings(max_examples=40, deadline=None)
+@given(r=st.integers(2, 200), data=st.data())
+def test_more_right_guesses_never_prove_less(r: int, data: st.DataObject) -> None:
+    v = data.draw(st.integers(0, r - 1))
+    assert (
+        0
+        <= epsilon_lower_bound(1000, r, v, delta=1e-5)
+        <= epsilon_lower_bound(1000, r, v + 1, delta=1e-5)
+    )
