@@ -89,7 +89,7 @@ class WhiteBoxAuditor:
         self._sums: dict[str, npt.NDArray[np.float64]] = {}
 
     def canaries_for(self, client_id: str) -> CanarySpec:
-        """Return the client's canaries, drawing its secret inclusion seed on first sight."""
+        """Return the client's canaries, drawing its two secret seeds on first sight."""
         spec = self._specs.get(client_id)
         if spec is None:
             # Directions of their own per client: the clients' canary drifts then average out
