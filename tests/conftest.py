@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,16 @@ def task_identity() -> Iterator[None]:
     TaskIdentity.node_id = 0
     TaskIdentity.task_id = 1
     yield
+
+
+@pytest.fixture
+def permissive_umask() -> Iterator[None]:
+    """A umask of 0: a file or folder made without an explicit mode would be world-readable."""
+    old = os.umask(0)
+    try:
+        yield
+    finally:
+        os.umask(old)
 
 
 @pytest.fixture(scope="session")

@@ -1,9 +1,7 @@
 from __future__ import annotations
 
 import logging
-import os
 import stat
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -63,16 +61,6 @@ def test_privacy_state_survives_a_round_trip(tmp_path: Path) -> None:
     assert loaded is not None
     assert loaded.history == state.history
     assert loaded.rounds == [1]
-
-
-@pytest.fixture
-def permissive_umask() -> Iterator[None]:
-    # With umask 0 a file or folder made without an explicit mode would be world-readable.
-    old = os.umask(0)
-    try:
-        yield
-    finally:
-        os.umask(old)
 
 
 def _mode(path: Path) -> int:

@@ -141,3 +141,19 @@ def client_row(html: str, cid: str) -> list[str]:
         if cells and cells[0] == cid:
             return cells
     raise AssertionError(f"no row for client {cid}")
+
+
+def add_plan(docs: RunDocs) -> None:
+    """Give ``docs`` a ``plan`` in ``privacy.json``: each client's ``CLIENT_PLANS`` entry."""
+    docs.privacy["plan"] = {
+        cid: {
+            "client_id": cid,
+            "noise_multiplier": sigma,
+            "sample_rate": q,
+            "steps_per_round": steps,
+            "planned_rounds": ROUNDS,
+            "planned_epsilon": eps([(sigma, q, steps * ROUNDS)]),
+            "one_round_epsilon": eps([(sigma, q, steps)]),
+        }
+        for cid, (sigma, q, steps, _) in CLIENT_PLANS.items()
+    }

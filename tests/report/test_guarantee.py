@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from report.write import write_report
-from tests.report.run_docs import CLIENT_PLANS, DELTA, ROUNDS, RunDocs, Written, eps
+from tests.report.run_docs import DELTA, ROUNDS, RunDocs, Written, add_plan, eps
 
 # Opacus warns when the optimal RDP order lies at an end of its list: tightness, not us.
 pytestmark = pytest.mark.filterwarnings("ignore:Optimal order is the (largest|smallest) alpha")
@@ -59,18 +59,7 @@ def test_every_channel_and_limit_is_named(written: Written) -> None:
 
 
 def test_plan_stopped_reason_central_and_watermark(docs: RunDocs, tmp_path: Path) -> None:
-    docs.privacy["plan"] = {
-        cid: {
-            "client_id": cid,
-            "noise_multiplier": sigma,
-            "sample_rate": q,
-            "steps_per_round": steps,
-            "planned_rounds": ROUNDS,
-            "planned_epsilon": eps([(sigma, q, steps * ROUNDS)]),
-            "one_round_epsilon": eps([(sigma, q, steps)]),
-        }
-        for cid, (sigma, q, steps, _) in CLIENT_PLANS.items()
-    }
+    add_plan(docs)
     docs.privacy["stopped_reason"] = "stopped before round 5: 1 client available, 2 needed"
     central_history = [(2.0, 1.0, 1)] * ROUNDS
     docs.privacy["central"] = {

@@ -9,24 +9,9 @@ import pytest
 from common import protocol
 from report.analysis import ReportError, analyse
 from report.write import write_report
-from tests.report.run_docs import CLIENT_PLANS, ROUNDS, RunDocs, Written, client_row, eps
+from tests.report.run_docs import RunDocs, Written, add_plan, client_row
 
 pytestmark = pytest.mark.filterwarnings("ignore:Optimal order is the (largest|smallest) alpha")
-
-
-def _plan(docs: RunDocs) -> None:
-    docs.privacy["plan"] = {
-        cid: {
-            "client_id": cid,
-            "noise_multiplier": sigma,
-            "sample_rate": q,
-            "steps_per_round": steps,
-            "planned_rounds": ROUNDS,
-            "planned_epsilon": eps([(sigma, q, steps * ROUNDS)]),
-            "one_round_epsilon": eps([(sigma, q, steps)]),
-        }
-        for cid, (sigma, q, steps, _) in CLIENT_PLANS.items()
-    }
 
 
 def test_the_statement_says_what_the_server_verifies_and_cannot(written: Written) -> None:
@@ -74,7 +59,7 @@ def test_flagged_accounts_are_warned_about_and_named_in_their_status(
 
 
 def test_each_nodes_own_limits_are_listed_in_the_plan(docs: RunDocs, tmp_path: Path) -> None:
-    _plan(docs)
+    add_plan(docs)
     docs.privacy["clients"]["0"]["node_limits"] = {
         protocol.NODE_MAX_EPSILON: 2.5,
         protocol.NODE_MIN_NOISE: 1.2,
