@@ -3,6 +3,7 @@
 The server's stack, outermost first (``server.strategy.stack.build_stack``)::
 
     BudgetAwareSampling(SealedUpdates(ScreenedUpdates(aggregator)))
+    BudgetAwareSampling(SealedUpdates(AuditedUpdates(ScreenedUpdates(aggregator))))  # privacy.audit
 
 Ordering contract. Requests flow inwards and come back out decorated; replies flow inwards.
 
@@ -10,6 +11,8 @@ Ordering contract. Requests flow inwards and come back out decorated; replies fl
   ``RoundBook`` and gives the inner wrappers a Grid holding only the sampled nodes.
 * ``SealedUpdates`` comes next: nothing inside it sees a sealed byte, a refusal, an error or a
   reply whose DP facts do not hold; it hands on ``global + delta`` plaintext replies.
+* ``AuditedUpdates`` (only with ``privacy.audit``) sends each planned account its canary seeds
+  and scores the opened updates it passes on unchanged (``server.audit``).
 * ``ScreenedUpdates`` is innermost of ours: it scores updates before clipping them and passes
   only kept, clipped updates to the aggregator (which may be Flower's central-DP wrapper: its
   clip and noise then act on screened updates). It calls the aggregator's ``configure_train``,

@@ -94,7 +94,9 @@ def seeded_dp_noise() -> Iterator[None]:
     seeds = itertools.count()
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(
-            trainer, "_secret_generator", lambda: torch.Generator().manual_seed(next(seeds))
+            trainer,
+            "_secret_generator",
+            lambda device="cpu": torch.Generator(device).manual_seed(next(seeds)),
         )
         yield
 
