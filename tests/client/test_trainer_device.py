@@ -84,30 +84,23 @@ def test_training_on_the_cpu_stays_on_the_cpu() -> None:
     assert all(p.device.type == "cpu" for p in model.parameters())
 
 
-@pytest.mark.parametrize("setting", ["cpu", "auto"])
+@pytest.mark.parametrize(
+    ("run_setting", "node"),
+    [("cpu", {}), ("auto", {}), ("cuda", {"device": "cpu"})],
+    ids=["cpu", "auto-without-cuda", "node-config-overrides-the-run"],
+)
 def test_a_round_trains_on_the_device_its_setting_resolves_to(
     train_request: Callable[..., Message],
     monkeypatch: pytest.MonkeyPatch,
-    setting: str,
-) -> None:
-    _no_accelerators(monkeypatch)
-    devices = _spy_device(monkeypatch)
-
-    reply = app(train_request(CONFIG.replace(device=setting), _global(), 1), client_context(1, 4))
-
-    assert reply.content.config_records[protocol.STATUS]["status"] == protocol.STATUS_TRAINED
-    assert devices == [torch.device("cpu")]
-
-
-def test_the_node_config_overrides_the_runs_device(
-    train_request: Callable[..., Message], monkeypatch: pytest.MonkeyPatch
+    run_setting: str,
+    node: dict[str, str],
 ) -> None:
     _no_accelerators(monkeypatch)
     devices = _spy_device(monkeypatch)
 
     reply = app(
-        train_request(CONFIG.replace(device="cuda"), _global(), 1),
-        client_context(1, 4, device="cpu"),
+        train_request(CONFIG.replace(device=run_setting), _global(), 1),
+        client_context(1, 4, **node),
     )
 
     assert reply.content.config_records[protocol.STATUS]["status"] == protocol.STATUS_TRAINED
