@@ -221,15 +221,8 @@ def parse_header(view: memoryview, max_payload: int) -> SealedHeader:
         raise SealError(
             "malformed", f"{n} bytes, the header announces {expected_len} ({payload_len} payload)"
         )
-    return SealedHeader(
-        version=version,
-        kem_id=kem_id,
-        kdf_id=kdf_id,
-        aead_id=aead_id,
-        codec=codec,
-        context=context,
-        payload_len=payload_len,
-    )
+    # The fields in the order the header carries them.
+    return SealedHeader(version, kem_id, kdf_id, aead_id, codec, context, payload_len)
 
 
 def read_header(sealed: bytes, *, max_payload: int) -> SealedHeader:
