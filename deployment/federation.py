@@ -39,6 +39,7 @@ from deployment.logs import json_file, last_line, metric_rows, read_from, size
 from deployment.material import aggregator_key_path, prepare_material
 from deployment.nodes import node_data_paths
 from deployment.record import DeploymentRecord
+from server.planning import check_budget_allows_a_round
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -68,6 +69,8 @@ class RunOutcome:
 
 def check_deployable(config: FedveilConfig, nodes: int) -> None:
     """Refuse a federation that cannot run before anything starts (one line)."""
+    # The ServerApp checks again; here a bad plan ends before any process starts.
+    check_budget_allows_a_round(config, [])
     if nodes < 1:
         raise DeployError(f"--nodes must be >= 1, got {nodes}")
     if config.min_train_clients > nodes:

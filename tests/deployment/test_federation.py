@@ -96,6 +96,10 @@ def test_keys_generate_tls_and_node(tmp_path: Path, capsys: pytest.CaptureFixtur
         (["federation", "up"], "--nodes N is required"),
         (["federation", "up", "--nodes", "2", "--auth"], "--auth needs --tls"),
         (["federation", "up", "--nodes", "1"], "min-train-clients"),
+        (
+            ["federation", "up", "--nodes", "2", "--set", "dp.target-epsilon=9"],
+            "above `dp.budget`",
+        ),
         (["federation", "up", "--nodes", "2", "--set", "nope=1"], "unknown config key `nope`"),
         (["federation", "up", "--resume", "RUN", "--nodes", "2"], "drop --nodes"),
         (["federation", "up", "--resume", "RUN"], "was not made by `fedveil federation up`"),
