@@ -226,10 +226,12 @@ def test_tls_auth_three_nodes_two_sealed_rounds_and_an_unregistered_node_is_refu
         assert set(row["clients"]) == node_ids
         assert row["rejected"] == []
     ledger = json.loads((run / "privacy.json").read_text())
-    assert set(ledger["clients"]) == {"0", "1", "2"}
+    # Accounts are keyed by the node's authenticated id; the declared partition is its label.
+    assert set(ledger["clients"]) == {str(node) for node in node_ids}
+    assert sorted(c["label"] for c in ledger["clients"].values()) == ["0", "1", "2"]
     for cid, client in ledger["clients"].items():
         assert client["rounds"] == [1, 2], cid
-        own = _client_states(run, 3)[int(cid)]
+        own = _client_states(run, 3)[int(client["label"])]
         assert own["rounds"] == [1, 2] and own["history"] == client["history"]
     deployment = federation.deployment()
     assert deployment["tls"] is True and deployment["auth"] is True
@@ -261,13 +263,13 @@ def test_server_killed_after_round_two_resumes_with_continuous_privacy(
     _contract(run)
     assert [r["round"] for r in federation.rows()] == [1, 2, 3, 4]
     ledger = json.loads((run / "privacy.json").read_text())
-    assert set(ledger["clients"]) == {"0", "1"}
+    assert sorted(c["label"] for c in ledger["clients"].values()) == ["0", "1"]
     for cid, client in ledger["clients"].items():
         assert client["rounds"] == [1, 2, 3, 4], cid  # none lost, none twice
-        own = _client_states(run, 2)[int(cid)]
+        own = _client_states(run, 2)[int(client["label"])]
         assert own["rounds"] == client["rounds"]  # the client never restarted from zero
         assert own["history"] == client["history"]
-        old = before[int(cid)]
+        old = before[int(client["label"])]
         assert own["history"][: len(old["history"])] == old["history"]
         assert client["epsilon"] <= client["budget"]
     runs = federation.deployment()["flower_runs"]
@@ -333,6 +335,6 @@ def test_supernode_killed_mid_round_is_restarted_and_its_epsilon_continues(
     assert own["rounds"][: len(before["rounds"])] == before["rounds"]  # continued, not reset
     assert own["history"][: len(before["history"])] == before["history"]
     assert own["rounds"] == sorted(set(own["rounds"])) and set(back) <= set(own["rounds"])
-    ledger = json.loads((run / "privacy.json").read_text())["clients"]["2"]
+    ledger = json.loads((run / "privacy.json").read_text())["clients"][str(node2)]
     assert set(ledger["rounds"]) <= set(own["rounds"])  # the server never over-counts...
     assert killed_in not in ledger["rounds"]  # ...and heard nothing from the lost round

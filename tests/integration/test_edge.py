@@ -153,10 +153,12 @@ def test_the_edge_recipe_runs_three_client_only_nodes_on_their_own_data(
     for row in rows:
         assert len(row["clients"]) == NODES and row["rejected"] == [] and row["bytes_sealed"] > 0
     ledger: dict[str, Any] = json.loads((run / "privacy.json").read_text())
-    assert set(ledger["clients"]) == {"0", "1", "2"}
-    for cid, client in ledger["clients"].items():
-        assert client["epsilon"] > 0, cid
-        own = project / f"site-{cid}" / f"node-{cid}.csv"
+    # Accounts are keyed by each node's authenticated id; the site it declares is its label.
+    assert sorted(c["label"] for c in ledger["clients"].values()) == ["0", "1", "2"]
+    for client in ledger["clients"].values():
+        site = client["label"]
+        assert client["epsilon"] > 0, site
+        own = project / f"site-{site}" / f"node-{site}.csv"
         assert list(own.parent.iterdir()) == [own]  # a folder per site, holding its file only
         # Each node trained on its own file: its sampling rate follows that file's size.
         assert {entry[1] for entry in client["history"]} == {sample_rate(_rows(own), 64)}
