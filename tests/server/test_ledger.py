@@ -1,4 +1,4 @@
-"""PrivacyLedger: charge once, the costliest candidate, mismatch, separate accounts, exhausted, resume."""
+"""PrivacyLedger: charge once, the costliest candidate, mismatch, accounts, exhausted, resume."""
 
 from __future__ import annotations
 
