@@ -22,7 +22,10 @@ import torch
 from flwr.app import ConfigRecord
 
 from common import protocol
+from common.audit_canaries import MODE as WHITE_BOX
 from common.audit_canaries import CanarySpec
+from common.audit_inputs import MODE as BLACK_BOX
+from common.audit_inputs import InputCanarySpec
 
 
 class GradientCanaries:
@@ -81,15 +84,30 @@ class GradientCanaries:
         optimizer.add_noise = add_canaries_then_noise
 
 
-def requested_canaries(record: ConfigRecord | None) -> CanarySpec | None:
+def requested_canaries(record: ConfigRecord | None) -> CanarySpec | InputCanarySpec | None:
     """Return the canaries a train request's ``audit`` record asks for; ``None`` without one.
 
+    White-box gradient canaries (this module) unless its ``mode`` is ``black-box``: input
+    canaries in the node's data (``client.input_canaries``).
+
     Raises:
-        ValueError: the record's seeds or count are missing or out of range.
+        ValueError: an unknown mode, or the record's seeds, count or range are missing or
+            out of range.
 
     """
     if record is None:
         return None
+    mode = record.get(protocol.AUDIT_MODE, WHITE_BOX)
+    if mode == BLACK_BOX:
+        return InputCanarySpec(
+            inputs_seed=record.get(protocol.AUDIT_INPUTS_SEED),  # type: ignore[arg-type]
+            bits_seed=record.get(protocol.AUDIT_BITS_SEED),  # type: ignore[arg-type]
+            canaries=record.get(protocol.AUDIT_CANARIES),  # type: ignore[arg-type]
+            low=record.get(protocol.AUDIT_INPUT_LOW),  # type: ignore[arg-type]
+            high=record.get(protocol.AUDIT_INPUT_HIGH),  # type: ignore[arg-type]
+        )
+    if mode != WHITE_BOX:
+        raise ValueError(f"the request's audit mode {mode!r} is not {WHITE_BOX} or {BLACK_BOX}")
     return CanarySpec(
         directions_seed=record.get(protocol.AUDIT_DIRECTIONS_SEED),  # type: ignore[arg-type]
         bits_seed=record.get(protocol.AUDIT_BITS_SEED),  # type: ignore[arg-type]

@@ -8,7 +8,8 @@
 3. ``check_budget``: the round's ``(σ, q, steps)`` and ε after it; a round past the node's own
    limits (``client.node_limits``: node config, the device owner's last word) or the budget, or
    one already trained before a restart, ends here with the reply that says so.
-4. ``train_locally``: DP-SGD from the global model.
+4. ``train_locally``: DP-SGD from the global model (a black-box audit's input canaries first
+   take their slots in the data, ``client.input_canaries``).
 5. ``record_round``: charge the round to the node's privacy state, durably.
 6. ``seal_reply``: ``local - global``, error feedback, compression, sealed to this node's
    context (``common.sealing.SealContext``: run, round, ``context.node_id``).
@@ -28,6 +29,7 @@ import numpy.typing as npt
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
 from client.canaries import requested_canaries
+from client.input_canaries import with_input_canaries
 from client.local_data import LocalData, client_id_of, load_local_data
 from client.node_limits import NodeConfigError, NodeLimits
 from client.privacy_state import ClientPrivacyState
@@ -43,6 +45,7 @@ from common.accounting import (
     steps_per_round,
 )
 from common.audit_canaries import CanarySpec
+from common.audit_inputs import InputCanarySpec
 from common.codec import CodecParams
 from common.config import FedveilConfig
 from common.device import node_device, resolve_device
@@ -66,7 +69,7 @@ class TrainRequest:
     public_key: bytes
     global_arrays: ArrayRecord
     assigned_noise: float | None
-    canaries: CanarySpec | None = None
+    canaries: CanarySpec | InputCanarySpec | None = None
 
 
 @dataclass(frozen=True)
@@ -356,7 +359,7 @@ def train_locally(request: TrainRequest, data: LocalData, budget: RoundBudget) -
             noise_multiplier=budget.entry[0],
             max_grad_norm=config.dp_max_grad_norm,
         ),
-        canaries=request.canaries,
+        canaries=request.canaries if isinstance(request.canaries, CanarySpec) else None,
         device=resolve_device(config.device),
     )
     return {
@@ -420,6 +423,9 @@ def run_training_round(msg: Message, context: Context) -> RecordDict:
     budget = check_budget(request, data, context)
     if not isinstance(budget, RoundBudget):
         return budget
+    if isinstance(request.canaries, InputCanarySpec):
+        # After the budget check, which counts the rows: slots keep the row count, so q too.
+        data = with_input_canaries(data, request.canaries)
     local = train_locally(request, data, budget)
     record_round(request, budget)
     return seal_reply(request, budget, local, context)

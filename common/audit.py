@@ -114,14 +114,14 @@ class AuditResult:
     correct: int
 
 
-def guess_counts(m: int) -> tuple[int, ...]:
-    """Return the guess counts ``audit_scores`` tries for ``m`` canaries (even, distinct).
+def guess_counts(m: int, shares: Sequence[float] = (0.01, 0.02, 0.05)) -> tuple[int, ...]:
+    """Return the guess counts for ``m`` canaries: ``shares`` of m, each even and >= 2.
 
     Each count ``r`` guesses the ``r/2`` highest scores in and the ``r/2`` lowest out; fewer,
-    surer guesses prove more when the signal is strong, more guesses when it is weak.
+    surer guesses prove more when the signal is strong, more guesses when it is weak. The
+    default (``audit_scores``'s) suits thousands of canaries.
     """
-    fractions = (0.01, 0.02, 0.05)
-    return tuple(sorted({max(2, 2 * int(m * f / 2)) for f in fractions if m >= 2}))
+    return tuple(sorted({max(2, 2 * int(m * f / 2)) for f in shares if m >= 2}))
 
 
 def audit_scores(

@@ -18,12 +18,17 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
+from flwr.app import ConfigRecord
+
+from common import protocol
 
 MAX_CANARIES = 100_000
 SEED_LIMIT = 2**63
+MODE = "white-box"
 
 
-def _check_seed(name: str, value: object) -> None:
+def check_seed(name: str, value: object) -> None:
+    """Refuse a canary seed that is not an ``int`` in ``[0, 2**63)``, naming it."""
     if type(value) is not int or not 0 <= value < SEED_LIMIT:
         raise ValueError(f"canary `{name}` must be an integer in [0, 2**63), got {value!r}")
 
@@ -37,8 +42,8 @@ class CanarySpec:
     canaries: int
 
     def __post_init__(self) -> None:
-        _check_seed("directions_seed", self.directions_seed)
-        _check_seed("bits_seed", self.bits_seed)
+        check_seed("directions_seed", self.directions_seed)
+        check_seed("bits_seed", self.bits_seed)
         if type(self.canaries) is not int or not 1 <= self.canaries <= MAX_CANARIES:
             raise ValueError(
                 f"canary count must be an integer in [1, {MAX_CANARIES}], got {self.canaries!r}"
@@ -47,6 +52,17 @@ class CanarySpec:
     def included(self) -> npt.NDArray[np.bool_]:
         """Return the inclusion bits, one fair coin per canary."""
         return np.random.default_rng(self.bits_seed).random(self.canaries) < 0.5
+
+    def record(self) -> ConfigRecord:
+        """Return the train request's ``audit`` record (``common.protocol.AUDIT``)."""
+        return ConfigRecord(
+            {
+                protocol.AUDIT_MODE: MODE,
+                protocol.AUDIT_DIRECTIONS_SEED: self.directions_seed,
+                protocol.AUDIT_BITS_SEED: self.bits_seed,
+                protocol.AUDIT_CANARIES: self.canaries,
+            }
+        )
 
     def layout(self, size: int, norm: float) -> CanaryLayout:
         """Return the canaries over ``size`` coordinates, each of L2 ``norm``."""

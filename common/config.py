@@ -30,7 +30,7 @@ MODELS = ("auto", "mlp", "cnn")
 CODEC_MASKS = ("topk", "random")
 AGGREGATIONS = ("fedavg", "median", "trimmed-mean", "krum", "multikrum")
 ATTACK_KINDS = ("sign-flip", "scale", "gaussian", "label-flip")
-AUDIT_MODES = ("white-box",)
+AUDIT_MODES = ("white-box", "black-box")
 
 
 @dataclass(frozen=True)
@@ -216,8 +216,8 @@ KEYS: dict[str, _Key] = {
         int,
         0,
         lambda v: 0 <= v <= 100_000,
-        "an integer in [0, 100000]: canaries per audited client (0 = one per trainable "
-        "parameter, at most 10000)",
+        "an integer in [0, 100000]: canaries per audited client (0 = white-box: one per "
+        "trainable parameter, at most 10000; black-box: a tenth of the client's examples)",
     ),
     "sim.gpus-per-client": _Key(
         "sim_gpus_per_client",

@@ -7,8 +7,10 @@ Request ``RecordDict``:
                 ``server-round`` and ``run-tag`` (fedveil's run id, stable across a resume).
     ``seal``    ConfigRecord, ``public-key``: the aggregator's raw X25519 key (32 bytes).
     ``dp``      ConfigRecord, ``noise-multiplier``: the σ the server's plan assigns this client.
-    ``audit``   ConfigRecord (only with ``privacy.audit``): ``directions-seed``, ``bits-seed``,
-                ``canaries``: the white-box audit's canaries for this client.
+    ``audit``   ConfigRecord (only with ``privacy.audit``): ``mode`` (``white-box``, also when
+                absent, or ``black-box``), ``bits-seed`` and ``canaries``; white-box adds
+                ``directions-seed`` (``common.audit_canaries``), black-box ``inputs-seed``,
+                ``input-low`` and ``input-high`` (``common.audit_inputs``).
 
 A client reads these records and no others; a record it does not know changes nothing.
 
@@ -57,10 +59,15 @@ UPDATE = "update"
 PINNED_FINGERPRINT = "aggregator-fingerprint"
 DP = "dp"
 ASSIGNED_NOISE = "noise-multiplier"
-# The white-box audit's record (``common.audit_canaries``), only in audited clients' requests:
-# canaries to add to DP-SGD, derived from two seeds; a client without it adds none.
+# The audit's record, only in audited clients' requests: white-box canaries to add to DP-SGD
+# (``common.audit_canaries``) or black-box input canaries to put in the client's data
+# (``common.audit_inputs``), derived from seeds; a client without it adds none.
 AUDIT = "audit"
+AUDIT_MODE = "mode"
 AUDIT_DIRECTIONS_SEED = "directions-seed"
+AUDIT_INPUTS_SEED = "inputs-seed"
+AUDIT_INPUT_LOW = "input-low"
+AUDIT_INPUT_HIGH = "input-high"
 AUDIT_BITS_SEED = "bits-seed"
 AUDIT_CANARIES = "canaries"
 STATUS_TRAINED = "trained"

@@ -15,6 +15,29 @@ ANCHOR = "audit"
 _CONFIDENCE = "95 %"
 
 
+_MODE_NOTES = {
+    "white-box": Para(
+        "White-box: the canaries are random gradients of norm `dp.max-grad-norm`, each "
+        "included one sampled at every DP-SGD step like one more example, before the noise, "
+        "and scored on the client's opened updates. They use none of a client's data and no "
+        "privacy of its examples (each example's sensitivity is unchanged), but they cost "
+        "utility: every included canary moves the client's model along its direction at each "
+        "step that samples it, and with one canary per parameter that displacement is of the "
+        "order of the DP noise itself, so the model loses some accuracy (fewer canaries, "
+        "through `privacy.audit-canaries`, cost less and prove less)."
+    ),
+    "black-box": Para(
+        "Black-box: the canaries are random inputs with random labels, scored by the final "
+        "model's loss on them (lower loss: guessed in). Each takes a slot in the client's data: "
+        "the slot holds the canary when it is included, else a blank row that adds nothing, "
+        "so the data keeps its size and each slot's real example is not trained on. Part of "
+        "each audited client's data (the canary count) is spent on the audit. The final model "
+        "averages all clients' noisy updates, so black-box bounds are weak; they still must "
+        "stay below ε."
+    ),
+}
+
+
 def exceeds(lower_bound: float, epsilon: float) -> bool:
     """Return whether an audited lower bound contradicts the accountant's ε (a privacy bug)."""
     return lower_bound > epsilon
@@ -46,13 +69,12 @@ def audit_section(a: Analysis) -> Section | None:
                 "PRIVACY BUG: the bound exceeds ε" if bug else "consistent",
             )
         )
+    modes = {audit.mode for _, _, audit in audited}
     blocks: list[Para | Table] = [
         Para(
             'An empirical check of each ε (Steinke, Nasr and Jagielski, "Privacy Auditing '
             'with One (1) Training Run", NeurIPS 2023). The server gave each audited client '
-            "secret canaries: random gradients of norm `dp.max-grad-norm`, each included with "
-            "probability 1/2 and then sampled at every DP-SGD step like one more example, "
-            "before the noise. From the client's opened updates the server guessed which "
+            "secret canaries, each included with probability 1/2, and then guessed which "
             "canaries were in; the right guesses prove, with "
             f"{_CONFIDENCE} confidence, that the client's training is not (ε, δ)-DP for any ε "
             "below the lower bound. The accountant's ε is an upper bound, so the lower bound "
@@ -74,15 +96,10 @@ def audit_section(a: Analysis) -> Section | None:
             tuple(rows),
             frozenset(warn),
         ),
+        *(_MODE_NOTES[mode] for mode in sorted(modes) if mode in _MODE_NOTES),
         Para(
-            "What the audit costs: canaries use none of a client's data and no privacy of its "
-            "examples (each example's sensitivity is unchanged), but they cost utility: every "
-            "included canary moves the client's model along its direction at each step that "
-            "samples it, and with one canary per parameter that displacement is of the order "
-            "of the DP noise itself, so the model loses some accuracy (fewer canaries, through "
-            "`privacy.audit-canaries`, cost less and prove less). The canary seeds travel in "
-            "the clear in the train request: the relay can learn which canaries were included, "
-            "which says nothing about any client's data."
+            "The canary seeds travel in the clear in the train request: the relay can learn "
+            "which canaries were included, which says nothing about any client's data."
         ),
     ]
     if warn:

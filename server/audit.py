@@ -11,7 +11,8 @@ on ε at the run's δ (``result``).
 The bound holds whatever the updates contain, as long as each included canary went through
 the client's DP-SGD as one more example (``client.canaries``). Updates the server could not open
 were still trained on: missing them weakens the bound, never voids it. A resumed run draws
-fresh seeds and audits the rounds after the resume only.
+fresh seeds and audits the rounds after the resume only. ``build_auditor`` returns this auditor
+or, with ``privacy.audit-mode = "black-box"``, ``server.audit_black_box.BlackBoxAuditor``.
 """
 
 from __future__ import annotations
@@ -25,8 +26,11 @@ from torch import nn
 
 from common.audit import AuditResult, audit_scores
 from common.audit_canaries import MAX_CANARIES, SEED_LIMIT, CanaryLayout, CanarySpec
+from common.audit_canaries import MODE as WHITE_BOX
+from common.audit_inputs import MODE as BLACK_BOX
 from common.config import ConfigError, FedveilConfig
 from common.task import task_of
+from server.audit_black_box import BlackBoxAuditor
 from server.audit_file import AuditEntry
 
 AUTO_CANARIES_CAP = 10_000
@@ -67,7 +71,7 @@ class WhiteBoxAuditor:
 
     """
 
-    mode = "white-box"
+    mode = WHITE_BOX
 
     def __init__(
         self,
@@ -141,14 +145,34 @@ class WhiteBoxAuditor:
         return AuditEntry(r.epsilon_lower_bound, r.m, r.guesses, r.correct, self.mode)
 
 
-def build_auditor(config: FedveilConfig) -> WhiteBoxAuditor:
-    """Return the auditor ``privacy.audit`` asks for, over the task's model.
+Auditor = WhiteBoxAuditor | BlackBoxAuditor
+
+
+def build_auditor(config: FedveilConfig) -> Auditor:
+    """Return the auditor ``privacy.audit`` and ``privacy.audit-mode`` ask for.
+
+    White-box canaries span the task's trainable parameters; black-box canary inputs are drawn
+    in the range of the task's test examples (the server's own data, never a client's).
 
     Raises:
-        ConfigError: ``privacy.audit-canaries`` exceeds the model's trainable parameters.
+        ConfigError: in white-box mode, ``privacy.audit-canaries`` exceeds the model's
+            trainable parameters.
 
     """
-    sizes = trainable_sizes(task_of(config).build_model())
+    task = task_of(config)
+    if config.privacy_audit_mode == BLACK_BOX:
+        inputs = task.test_examples().inputs
+        low, high = float(inputs.min()), float(inputs.max())
+        return BlackBoxAuditor(
+            task.input_shape,
+            task.num_classes,
+            low=low,
+            high=high if high > low else low + 1.0,
+            canaries=config.privacy_audit_canaries,
+            batch_size=config.batch_size,
+            delta=config.dp_delta,
+        )
+    sizes = trainable_sizes(task.build_model())
     return WhiteBoxAuditor(
         sizes,
         canaries=canary_count(config.privacy_audit_canaries, sum(sizes.values())),

@@ -32,6 +32,7 @@ from common.device import resolve_device
 from common.sealing import AggregatorKeyPair, load_private_key
 from common.task import task_of
 from server.anomaly import AnomalyError, DirectionEvidence
+from server.audit_black_box import BlackBoxAuditor
 from server.charging import charge_round
 from server.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 from server.evaluation import CentralEvaluator
@@ -342,9 +343,17 @@ class RoundLoop:
                 log.warning("%s", self.ledger.stopped_reason)
                 break
             accuracy = record.accuracy
+        self._score_black_box_audit()
         self.ledger.save(self.run_dir.path / self.run_dir.PRIVACY)
         self.run_dir.write_model(_numpy_state(self.arrays))
         return RoundLoopResult(self.completed, self.ledger.stopped_reason, accuracy)
+
+    def _score_black_box_audit(self) -> None:
+        """Score a black-box audit on the final model (a white-box one scores every round)."""
+        auditor = self._stack().auditor
+        if isinstance(auditor, BlackBoxAuditor):
+            self.model.load_state_dict(self.arrays.to_torch_state_dict())
+            self.ledger.audits.update(auditor.score(self.model))
 
     def run_round(self, server_round: int) -> RoundRecord:
         """Run one round end to end and record it."""

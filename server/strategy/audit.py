@@ -2,10 +2,12 @@
 
 Placed inside ``SealedUpdates`` (``server.strategy.stack``), so it sees only opened, checked
 replies (``global + delta`` plaintext), before any screening, clipping or central noise changes
-them. Requests to a node with a ledger account (``RoundBook.account_of``: it declared a label)
-gain the ``audit`` record (``common.protocol.AUDIT``); each reply from such an account adds
-``reply - global`` to its audit (``server.audit.WhiteBoxAuditor``) and refreshes its entry in
-``audits``, the ledger's map from account to ``server.audit_file.AuditEntry``. Replies pass on
+them. Requests to a planned node with a ledger account (``RoundBook.account_of``: it declared a
+label) gain the ``audit`` record (``common.protocol.AUDIT``). White-box: each reply from such an
+account adds ``reply - global`` to its audit (``server.audit.WhiteBoxAuditor``) and refreshes
+its entry in ``audits``, the ledger's map from account to ``server.audit_file.AuditEntry``.
+Black-box (``server.audit_black_box.BlackBoxAuditor``): canaries are sized by the node's
+planned ``q``, and the round loop scores them once, on the final model. Replies pass on
 unchanged.
 """
 
@@ -18,7 +20,10 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from common import protocol
-from server.audit import WhiteBoxAuditor
+from common.audit_canaries import CanarySpec
+from common.audit_inputs import InputCanarySpec
+from server.audit import Auditor, WhiteBoxAuditor
+from server.audit_black_box import BlackBoxAuditor
 from server.audit_file import AuditEntry
 from server.strategy.round_book import RoundBook
 from server.strategy.wrapper import StrategyWrapper, add_record
@@ -31,7 +36,7 @@ class AuditedUpdates(StrategyWrapper):
         self,
         strategy: Strategy,
         *,
-        auditor: WhiteBoxAuditor,
+        auditor: Auditor,
         book: RoundBook,
         audits: dict[str, AuditEntry],
     ) -> None:
@@ -48,18 +53,20 @@ class AuditedUpdates(StrategyWrapper):
         self._global = arrays
         requests = list(self.strategy.configure_train(server_round, arrays, config, grid))
         for message in requests:
-            client = self.book.account_of(int(message.metadata.dst_node_id))
+            node = int(message.metadata.dst_node_id)
+            client = self.book.account_of(node)
             if client is None:
                 continue
-            spec = self.auditor.canaries_for(client)
-            record = ConfigRecord(
-                {
-                    protocol.AUDIT_DIRECTIONS_SEED: spec.directions_seed,
-                    protocol.AUDIT_BITS_SEED: spec.bits_seed,
-                    protocol.AUDIT_CANARIES: spec.canaries,
-                }
-            )
-            add_record(message, protocol.AUDIT, record)
+            if isinstance(self.auditor, BlackBoxAuditor):
+                planned = self.book.planned.get(node)
+                if planned is None:
+                    continue  # no q to size its canaries by; an unplanned node's reply is refused
+                spec: CanarySpec | InputCanarySpec = self.auditor.canaries_for(
+                    client, sample_rate=planned[1]
+                )
+            else:
+                spec = self.auditor.canaries_for(client)
+            add_record(message, protocol.AUDIT, spec.record())
         return requests
 
     def aggregate_train(
@@ -67,7 +74,7 @@ class AuditedUpdates(StrategyWrapper):
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Score each audited client's opened update, then aggregate as the wrapped strategy."""
         replies = list(replies)
-        if self._global is not None:
+        if self._global is not None and isinstance(self.auditor, WhiteBoxAuditor):
             base = {name: self._global[name].numpy() for name in self.auditor.sizes}
             for reply in replies:
                 client = self.book.account_of(self.book.sender_of(reply))

@@ -15,7 +15,7 @@ from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping, 
 from common.config import FedveilConfig
 from server.aggregation import build_aggregator
 from server.anomaly import DirectionEvidence
-from server.audit import build_auditor
+from server.audit import Auditor, build_auditor
 from server.audit_file import AuditEntry
 from server.opening import UpdateOpener
 from server.strategy.audit import AuditedUpdates
@@ -59,11 +59,15 @@ def build_inner_strategy(config: FedveilConfig, num_clients: int) -> Strategy:
 
 @dataclass(frozen=True)
 class StrategyStack:
-    """The built stack: ``outermost`` is what the round loop drives; the rest hold state."""
+    """The built stack: ``outermost`` is what the round loop drives; the rest hold state.
+
+    ``auditor`` is the audit's (``privacy.audit``), ``None`` without one.
+    """
 
     outermost: Strategy
     sampling: BudgetAwareSampling
     screened: ScreenedUpdates
+    auditor: Auditor | None = None
 
 
 def build_stack(
@@ -95,10 +99,11 @@ def build_stack(
         evidence=evidence,
     )
     opened: Strategy = screened
-    if config.privacy_audit:
+    auditor = build_auditor(config) if config.privacy_audit else None
+    if auditor is not None:
         opened = AuditedUpdates(
             screened,
-            auditor=build_auditor(config),
+            auditor=auditor,
             book=book,
             audits={} if audits is None else audits,
         )
@@ -106,4 +111,4 @@ def build_stack(
         SealedUpdates(opened, opener=opener, book=book), sampler=sampler, book=book
     )
     outermost = sampling if wrap is None else wrap(sampling, book)
-    return StrategyStack(outermost, sampling, screened)
+    return StrategyStack(outermost, sampling, screened, auditor)
