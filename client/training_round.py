@@ -347,7 +347,7 @@ def train_locally(request: TrainRequest, data: LocalData, budget: RoundBudget) -
     config = request.config
     model = task_of(config).build_model()
     model.load_state_dict(request.global_arrays.to_torch_state_dict())
-    train_dp_sgd(
+    outcome = train_dp_sgd(
         model,
         data.inputs,
         data.labels,
@@ -362,6 +362,9 @@ def train_locally(request: TrainRequest, data: LocalData, budget: RoundBudget) -
         canaries=request.canaries if isinstance(request.canaries, CanarySpec) else None,
         device=resolve_device(config.device),
     )
+    if outcome.entry != budget.entry:
+        # What trained must be what is charged (e.g. data resized after the budget check).
+        raise RuntimeError(f"DP-SGD took {outcome.entry}, the round was budgeted {budget.entry}")
     return {
         k: v.detach().cpu().numpy().astype(np.float32, copy=False)
         for k, v in model.state_dict().items()

@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pytest
 import torch
+from flwr.app import ArrayRecord, Message
 from torch import nn
 
+from client import training_round as steps
 from client.canaries import requested_canaries
 from client.input_canaries import with_input_canaries
-from client.local_data import LocalData
+from client.local_data import LocalData, load_local_data
 from client.trainer import DPSGDSettings, train_dp_sgd
 from common import protocol
 from common.audit_inputs import BLANK_LABEL, InputCanarySpec
+from common.config import FedveilConfig
+from common.models import create_model
 from server.audit_black_box import BlackBoxAuditor
+from tests.conftest import client_context
 
 SHAPE = (1, 4, 4)
 CLASSES = 5
@@ -110,3 +117,29 @@ def test_a_record_of_an_unknown_mode_or_a_bad_range_is_refused() -> None:
     record[protocol.AUDIT_INPUT_HIGH] = -5.0
     with pytest.raises(ValueError, match="range"):
         requested_canaries(record)
+
+
+def test_a_black_box_request_trains_on_the_data_with_its_slots_filled(
+    train_request: Callable[..., Message], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = FedveilConfig.from_flat({"num-server-rounds": 3, "sim.clients": 4})
+    context = client_context(0, 4)
+    spec = InputCanarySpec(11, 12, 20, -1.0, 1.0)
+    msg = train_request(config, ArrayRecord(create_model("mlp", 10, seed=0).state_dict()), 1)
+    msg.content.config_records[protocol.AUDIT] = spec.record()
+    trained_on: list[LocalData] = []
+    train_locally = steps.train_locally
+
+    def spy(
+        request: steps.TrainRequest, data: LocalData, budget: steps.RoundBudget
+    ) -> steps.Weights:
+        trained_on.append(data)
+        return train_locally(request, data, budget)
+
+    monkeypatch.setattr(steps, "train_locally", spy)
+    reply = steps.run_training_round(msg, context)
+
+    assert reply.config_records[protocol.STATUS]["status"] == protocol.STATUS_TRAINED
+    [data] = trained_on
+    expected = with_input_canaries(load_local_data(config, context), spec)
+    assert torch.equal(data.inputs, expected.inputs) and torch.equal(data.labels, expected.labels)
