@@ -1,10 +1,11 @@
-"""``python -m benchmarks.audit``: the one-run white-box audit's lower bound against the ledger's ε.
+"""``python -m benchmarks.audit``: the one-run audit's lower bound against the ledger's ε.
 
 Digits, 10 clients, every client sampled every round, DP-SGD calibrated so each client ends at
 ``dp.target-epsilon`` (4 by default); ``privacy.audit = true`` with one canary per trainable
 parameter. Each run is ``fedveil simulate``'s own path (``benchmarks.runs``); its
 ``privacy.json`` holds each client's audited lower bound beside the accountant's ε. ``CASES``
-are the product's codec (top-k 10 %, 8 bits, error feedback) and no compression, audited, and
+are the product's codec (top-k 10 %, 8 bits, error feedback) and no compression, audited
+white-box, the codec audited black-box (input canaries, a tenth of each client's examples), and
 the codec without the audit (what the canaries cost in accuracy), each over ``--seeds`` seeds.
 Per audited case: the largest bound / ε over every client and seed (an honest run must stay
 <= 1) and the mean, median and smallest share; per case the final accuracy of each run. Writes
@@ -45,10 +46,11 @@ BASE: dict[str, ConfigValue] = {
 CASES: dict[str, dict[str, ConfigValue]] = {
     "codec": {},
     "uncompressed": {"codec.topk": 1.0, "codec.bits": 32, "codec.error-feedback": False},
+    "black-box": {"privacy.audit-mode": "black-box"},
     "no-audit": {"privacy.audit": False},
 }
-"""The product's codec and no compression, audited; the product's codec without the audit, the
-baseline of the audit's cost in accuracy."""
+"""The product's codec and no compression, audited white-box; the codec audited black-box; the
+product's codec without the audit, the baseline of the audit's cost in accuracy."""
 
 
 def client_audits(privacy: Mapping[str, Any]) -> list[dict[str, Any]]:

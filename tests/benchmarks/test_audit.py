@@ -47,6 +47,8 @@ def test_every_case_is_a_valid_audited_config() -> None:
         assert config.dp_target_epsilon == 4.0
     assert FedveilConfig.from_flat({**BASE, **CASES["codec"]}).privacy_audit
     assert not FedveilConfig.from_flat({**BASE, **CASES["no-audit"]}).privacy_audit
+    black_box = FedveilConfig.from_flat({**BASE, **CASES["black-box"]})
+    assert black_box.privacy_audit and black_box.privacy_audit_mode == "black-box"
 
 
 def test_bad_arguments_end_with_one_line_and_status_2(capsys: pytest.CaptureFixture[str]) -> None:
