@@ -14,22 +14,22 @@ from tests.report.run_docs import build_docs
 pytestmark = pytest.mark.filterwarnings("ignore:Optimal order is the (largest|smallest) alpha")
 
 
-def _audit(bound: float, epsilon: float) -> dict[str, Any]:
+def _audit(bound: float, epsilon: float, mode: str = "white-box") -> dict[str, Any]:
     return {
         "epsilon_lower_bound": bound,
         "epsilon_accountant": epsilon,
         "m": 4810,
         "guesses": 96,
         "correct": 90,
-        "mode": "white-box",
+        "mode": mode,
     }
 
 
-def _report(tmp_path: Path, bounds: dict[str, float]) -> str:
+def _report(tmp_path: Path, bounds: dict[str, float], mode: str = "white-box") -> str:
     docs = build_docs()
     for cid, share in bounds.items():
         c = docs.privacy["clients"][cid]
-        c["audit"] = _audit(share * c["epsilon"], c["epsilon"])
+        c["audit"] = _audit(share * c["epsilon"], c["epsilon"], mode)
     files = write_report(docs.write(tmp_path / "run"))
     return files.html.read_text(encoding="utf-8")
 
@@ -69,3 +69,16 @@ def test_a_bound_above_epsilon_is_flagged_as_a_privacy_bug(tmp_path: Path) -> No
 
 def test_no_audit_no_section(tmp_path: Path) -> None:
     assert '<section id="audit">' not in _report(tmp_path, {})
+
+
+def test_a_black_box_audit_says_its_canaries_spend_part_of_the_clients_data(
+    tmp_path: Path,
+) -> None:
+    cid = next(iter(build_docs().privacy["clients"]))
+    html = _report(tmp_path, {cid: 0.01}, mode="black-box")
+    section = html[html.index('<section id="audit">') :]
+    section = section[: section.index("</section>")]
+    [(_, cells)] = _audit_rows(html)
+    assert cells[1] == "black-box"
+    assert "Black-box" in section and "spent on the audit" in section
+    assert "White-box" not in section
