@@ -155,7 +155,8 @@ VERIFIED = (
     "by declaring less. It cannot verify that a client really added that noise, clipped, or "
     "sampled as it says: nobody can check a client's noise from outside its device. An "
     "empirical privacy audit (canaries, when `privacy.audit` is on) gives a lower bound on ε "
-    "from what the updates actually reveal; the accountant's ε is an upper bound that holds only "
+    "from what the updates (white-box) or the final model (black-box) actually reveal; the "
+    "accountant's ε is an upper bound that holds only "
     "if every client ran DP-SGD as declared."
 )
 
