@@ -12,10 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from flwr.app import Context, MessageType, RecordDict
+from flwr.app import MessageType
 from torch import nn
 
-from client.app import app
 from common import protocol
 from common.accounting import sample_rate
 from common.audit_inputs import InputCanarySpec
@@ -27,7 +26,7 @@ from server.audit_black_box import AUTO_SHARE, BlackBoxAuditor, slot_count
 from server.round_loop import RoundLoop
 from server.rundir import RunDirectory
 from tests.conftest import RUN_ID
-from tests.server.strategy.fakes import ListGrid
+from tests.server.tabular_nodes import node_grid, tabular_config
 
 DELTA = 1e-5
 
@@ -110,27 +109,8 @@ def test_the_round_loop_scores_the_final_model_and_records_each_clients_audit(
     data = tmp_path / "data"
     # Just above multiples of the batch size (64): one row fewer would raise q above the plan.
     write_dataset(data, seed=0, train=60, test=40, node_sizes=(129, 193))
-    config = FedveilConfig.from_flat(
-        {
-            "num-server-rounds": 2,
-            "local-epochs": 1,
-            "task": "examples.tabular_csv.task",
-            "data-dir": str(data),
-            "privacy.audit": True,
-            "privacy.audit-mode": "black-box",
-        }
-    )
-    contexts = {
-        20 + i: Context(
-            run_id=RUN_ID,
-            node_id=20 + i,
-            node_config={"data-path": str(data / f"node-{i}.csv")},
-            state=RecordDict(),
-            run_config={},
-        )
-        for i in range(2)
-    }
-    grid = ListGrid(list(contexts), lambda m: app(m, contexts[int(m.metadata.dst_node_id)]))
+    config = tabular_config(data, {"privacy.audit": True, "privacy.audit-mode": "black-box"})
+    grid = node_grid({20 + i: data / f"node-{i}.csv" for i in range(2)})
     run_dir = RunDirectory.create(tmp_path / "run")
     loop = RoundLoop(grid, config, run_dir, run_id=RUN_ID, run_tag="run")
 

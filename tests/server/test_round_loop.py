@@ -5,9 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from flwr.app import Context, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import Message, MessageType, MetricRecord, RecordDict
 
-from client.app import app
 from common import protocol
 from common.config import CLIENT_KEYS, KEYS, FedveilConfig
 from examples.tabular_csv.make_data import write_dataset
@@ -15,6 +14,7 @@ from server.round_loop import RoundLoop, RunHooks
 from server.rundir import RunDirectory
 from tests.conftest import RUN_ID
 from tests.server.strategy.fakes import ListGrid, reply_from
+from tests.server.tabular_nodes import node_grid, tabular_config
 
 SERVER_ONLY = set(KEYS) - set(CLIENT_KEYS)
 
@@ -72,26 +72,9 @@ def test_a_node_without_usable_data_is_rejected_and_the_round_goes_on(
 ) -> None:
     data = tmp_path / "data"
     write_dataset(data, seed=0, train=60, test=40, node_sizes=(50, 60))
-    config = FedveilConfig.from_flat(
-        {
-            "num-server-rounds": 2,
-            "local-epochs": 1,
-            "task": "examples.tabular_csv.task",
-            "data-dir": str(data),
-        }
-    )
+    config = tabular_config(data)
     paths = {21: data / "node-0.csv", 22: data / "node-1.csv", 23: data / "absent.csv"}
-    contexts = {
-        node: Context(
-            run_id=RUN_ID,
-            node_id=node,
-            node_config={"data-path": str(path)},
-            state=RecordDict(),
-            run_config={},
-        )
-        for node, path in paths.items()
-    }
-    grid = ListGrid(list(paths), lambda m: app(m, contexts[int(m.metadata.dst_node_id)]))
+    grid = node_grid(paths)
     run_dir = RunDirectory.create(tmp_path / "run")
     loop = RoundLoop(grid, config, run_dir, run_id=RUN_ID, run_tag="run")
 
@@ -115,27 +98,10 @@ def test_a_node_joining_mid_run_that_cannot_afford_one_round_is_left_out(
 ) -> None:
     data = tmp_path / "data"
     write_dataset(data, seed=0, train=60, test=40, node_sizes=(400, 400, 4))
-    config = FedveilConfig.from_flat(
-        {
-            "num-server-rounds": 2,
-            "local-epochs": 1,
-            "task": "examples.tabular_csv.task",
-            "data-dir": str(data),
-            "dp.noise-multiplier": 3.0,  # fixed σ: the 4-row node pays q = 1 per step
-            "dp.budget": 1.2,
-        }
-    )
-    contexts = {
-        20 + i: Context(
-            run_id=RUN_ID,
-            node_id=20 + i,
-            node_config={"data-path": str(data / f"node-{i}.csv")},
-            state=RecordDict(),
-            run_config={},
-        )
-        for i in range(3)
-    }
-    grid = ListGrid([20, 21], lambda m: app(m, contexts[int(m.metadata.dst_node_id)]))
+    # A fixed σ: the 4-row node pays q = 1 per step.
+    config = tabular_config(data, {"dp.noise-multiplier": 3.0, "dp.budget": 1.2})
+    grid = node_grid({20 + i: data / f"node-{i}.csv" for i in range(3)})
+    grid.nodes.remove(22)  # it joins after the first round
 
     def tiny_node_joins(*_: object) -> None:
         if 22 not in grid.nodes:
