@@ -21,13 +21,6 @@ def test_importing_the_app_sets_the_cache_capacity_unless_the_owner_did(
     if owner is not None:
         env["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] = owner
     # A fresh interpreter: this test process may have imported client.app already.
-    done = subprocess.run(
-        [sys.executable, "-c", _PROBE],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
+    out = subprocess.check_output([sys.executable, "-c", _PROBE], cwd=REPO, env=env, text=True)
 
-    assert done.stdout.strip().splitlines()[-1] == expected
+    assert out.strip().splitlines()[-1] == expected
