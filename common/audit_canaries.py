@@ -27,10 +27,23 @@ SEED_LIMIT = 2**63
 MODE = "white-box"
 
 
-def check_seed(name: str, value: object) -> None:
-    """Refuse a canary seed that is not an ``int`` in ``[0, 2**63)``, naming it."""
-    if type(value) is not int or not 0 <= value < SEED_LIMIT:
-        raise ValueError(f"canary `{name}` must be an integer in [0, 2**63), got {value!r}")
+def check_draws(canaries: object, **seeds: object) -> None:
+    """Refuse (``ValueError``, naming it) a bad canary count or seed.
+
+    A count must be an ``int`` in ``[1, MAX_CANARIES]``, a seed an ``int`` in ``[0, 2**63)``.
+    """
+    for name, value in seeds.items():
+        if type(value) is not int or not 0 <= value < SEED_LIMIT:
+            raise ValueError(f"canary `{name}` must be an integer in [0, 2**63), got {value!r}")
+    if type(canaries) is not int or not 1 <= canaries <= MAX_CANARIES:
+        raise ValueError(
+            f"canary count must be an integer in [1, {MAX_CANARIES}], got {canaries!r}"
+        )
+
+
+def inclusion_bits(bits_seed: int, canaries: int) -> npt.NDArray[np.bool_]:
+    """Return which canaries are included: one fair coin per canary, drawn from ``bits_seed``."""
+    return np.random.default_rng(bits_seed).random(canaries) < 0.5
 
 
 @dataclass(frozen=True)
@@ -42,16 +55,11 @@ class CanarySpec:
     canaries: int
 
     def __post_init__(self) -> None:
-        check_seed("directions_seed", self.directions_seed)
-        check_seed("bits_seed", self.bits_seed)
-        if type(self.canaries) is not int or not 1 <= self.canaries <= MAX_CANARIES:
-            raise ValueError(
-                f"canary count must be an integer in [1, {MAX_CANARIES}], got {self.canaries!r}"
-            )
+        check_draws(self.canaries, directions_seed=self.directions_seed, bits_seed=self.bits_seed)
 
     def included(self) -> npt.NDArray[np.bool_]:
         """Return the inclusion bits, one fair coin per canary."""
-        return np.random.default_rng(self.bits_seed).random(self.canaries) < 0.5
+        return inclusion_bits(self.bits_seed, self.canaries)
 
     def record(self) -> ConfigRecord:
         """Return the train request's ``audit`` record (``common.protocol.AUDIT``)."""

@@ -27,7 +27,7 @@ import numpy.typing as npt
 from flwr.app import ConfigRecord
 
 from common import protocol
-from common.audit_canaries import MAX_CANARIES, check_seed
+from common.audit_canaries import check_draws, inclusion_bits
 
 BLANK_LABEL = -100
 """``nn.CrossEntropyLoss``'s default ``ignore_index``: a row with this label adds no gradient."""
@@ -49,12 +49,7 @@ class InputCanarySpec:
     high: float
 
     def __post_init__(self) -> None:
-        check_seed("inputs_seed", self.inputs_seed)
-        check_seed("bits_seed", self.bits_seed)
-        if type(self.canaries) is not int or not 1 <= self.canaries <= MAX_CANARIES:
-            raise ValueError(
-                f"canary count must be an integer in [1, {MAX_CANARIES}], got {self.canaries!r}"
-            )
+        check_draws(self.canaries, inputs_seed=self.inputs_seed, bits_seed=self.bits_seed)
         low, high = self.low, self.high
         if not (
             type(low) is float and type(high) is float and math.isfinite(low + high) and low < high
@@ -68,7 +63,7 @@ class InputCanarySpec:
 
     def included(self) -> npt.NDArray[np.bool_]:
         """Return the inclusion bits, one fair coin per canary."""
-        return np.random.default_rng(self.bits_seed).random(self.canaries) < 0.5
+        return inclusion_bits(self.bits_seed, self.canaries)
 
     def inputs(self, input_shape: tuple[int, ...]) -> npt.NDArray[np.float32]:
         """Return the canary inputs, ``(canaries, *input_shape)`` float32."""
