@@ -182,12 +182,6 @@ def load_checkpoint(folder: Path, shapes: Mapping[str, tuple[int, ...]]) -> Chec
         arrays = load_safetensors(state.model, shapes)
     except WeightsError as exc:
         raise CheckpointError(f"checkpoint model does not fit: {exc}") from None
-    return Checkpoint(
-        run_tag=state.run_tag,
-        round=state.round,
-        arrays=arrays,
-        node_clients=state.node_clients,
-        trained_before=state.trained_before,
-        ledger=state.ledger,
-        evidence=state.evidence,
-    )
+    # The checked state with the model it names, field for field.
+    fields = (state.node_clients, state.trained_before, state.ledger, state.evidence)
+    return Checkpoint(state.run_tag, state.round, arrays, *fields)
