@@ -13,7 +13,7 @@ from torch import nn
 from client import training_round
 from client.app import app as deployed_app
 from client.privacy_state import STATE_KEY, ClientPrivacyState
-from client.trainer import DPSGDSettings
+from client.trainer import DPSGDSettings, RoundOutcome
 from common import protocol
 from common.codec import CodecParams
 from common.config import FedveilConfig
@@ -25,6 +25,7 @@ from simulations.adversary.client import adversary_mods, simulated_client_app
 from simulations.adversary.faults import FAULT_RECORD, FAULTS, Fault, SimulatedDrop
 from simulations.adversary.mod import fault_mod
 from tests.conftest import NODE_ID, RUN_ID, client_context
+from tests.simulations.known_step import planned_outcome
 
 CONFIG = FedveilConfig.from_flat({"num-server-rounds": 3, "sim.clients": 4})
 EXACT = CONFIG.replace(codec_topk=1.0, codec_bits=32, codec_error_feedback=False)
@@ -54,11 +55,16 @@ def known_step(monkeypatch: pytest.MonkeyPatch) -> None:
     """Replace DP-SGD by a known step: +STEP on every weight."""
 
     def step(
-        model: nn.Module, images: torch.Tensor, labels: torch.Tensor, settings: DPSGDSettings
-    ) -> None:
+        model: nn.Module,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        settings: DPSGDSettings,
+        **_: object,
+    ) -> RoundOutcome:
         with torch.no_grad():
             for p in model.parameters():
                 p.add_(STEP)
+        return planned_outcome(labels, settings)
 
     monkeypatch.setattr(training_round, "train_dp_sgd", step)
 

@@ -15,7 +15,7 @@ from torch import nn
 from client import training_round
 from client.app import query, train
 from client.privacy_state import STATE_KEY, ClientPrivacyState
-from client.trainer import DPSGDSettings
+from client.trainer import DPSGDSettings, RoundOutcome
 from common import protocol
 from common.codec import CodecParams
 from common.config import FedveilConfig
@@ -33,6 +33,7 @@ from simulations.adversary.faults import (
 )
 from simulations.adversary.mod import REPLAY_KEY, attack_mod, fault_mod
 from tests.conftest import NODE_ID, RUN_ID, client_context
+from tests.simulations.known_step import planned_outcome
 
 CONFIG = FedveilConfig.from_flat({"num-server-rounds": 3, "sim.clients": 4})
 # Every coordinate kept as raw float32 and no residual: the update opens exactly as computed.
@@ -77,12 +78,17 @@ def trained_labels(monkeypatch: pytest.MonkeyPatch) -> list[torch.Tensor]:
     seen: list[torch.Tensor] = []
 
     def step(
-        model: nn.Module, images: torch.Tensor, labels: torch.Tensor, settings: DPSGDSettings
-    ) -> None:
+        model: nn.Module,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        settings: DPSGDSettings,
+        **_: object,
+    ) -> RoundOutcome:
         seen.append(labels.clone())
         with torch.no_grad():
             for p in model.parameters():
                 p.add_(STEP)
+        return planned_outcome(labels, settings)
 
     monkeypatch.setattr(training_round, "train_dp_sgd", step)
     return seen
