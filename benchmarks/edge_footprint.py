@@ -23,6 +23,7 @@ import json
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -136,6 +137,7 @@ def _train_once(case: str, data_dir: str, work: Path) -> str:
 
 def run_child(case: str, data_dir: str, work: Path) -> dict[str, Any]:
     """Run one case in this process (meant to be a fresh one) and return its measurements."""
+    started = time.perf_counter()
     if case == "baseline":
         import opacus  # noqa: F401
         import torch  # noqa: F401
@@ -146,6 +148,7 @@ def run_child(case: str, data_dir: str, work: Path) -> dict[str, Any]:
     return {
         "case": case,
         "status": status,
+        "seconds": time.perf_counter() - started,
         "peak_rss_bytes": peak_rss_bytes(Path("/proc/self/status").read_text()),
         "heavy_imports": heavy_imports(list(sys.modules)),
     }
@@ -175,7 +178,15 @@ def repeated(case: str, data_dir: str, repeat: int) -> dict[str, Any]:
     """Measure ``case`` ``repeat`` times; its peak is the median run's (allocator noise)."""
     runs = [measure(case, data_dir) for _ in range(repeat)]
     peaks = sorted(r["peak_rss_bytes"] for r in runs)
-    return {**runs[0], "peak_rss_bytes": peaks[(len(peaks) - 1) // 2], "peak_rss_runs": peaks}
+    seconds = sorted(r["seconds"] for r in runs)
+    middle = (len(runs) - 1) // 2
+    return {
+        **runs[0],
+        "peak_rss_bytes": peaks[middle],
+        "peak_rss_runs": peaks,
+        "seconds": seconds[middle],
+        "seconds_runs": seconds,
+    }
 
 
 _SIZES = """
@@ -244,14 +255,17 @@ def table(results: Sequence[dict[str, Any]]) -> str:
     """Return the results as a Markdown table (peak RSS in MiB, and above the baseline)."""
     base = next((r["peak_rss_bytes"] for r in results if r["case"] == "baseline"), None)
     lines = [
-        "| case | status | peak RSS (MiB) | above torch+opacus (MiB) | heavy imports |",
-        "|---|---|---:|---:|---|",
+        "| case | status | peak RSS (MiB) | above torch+opacus (MiB) | imports + round (s) "
+        "| heavy imports |",
+        "|---|---|---:|---:|---:|---|",
     ]
     for r in results:
         peak = r["peak_rss_bytes"] / MIB
         above = "-" if base is None else f"{(r['peak_rss_bytes'] - base) / MIB:.0f}"
         heavy = ", ".join(r["heavy_imports"]) or "none"
-        lines.append(f"| {r['case']} | {r['status']} | {peak:.0f} | {above} | {heavy} |")
+        lines.append(
+            f"| {r['case']} | {r['status']} | {peak:.0f} | {above} | {r['seconds']:.2f} | {heavy} |"
+        )
     return "\n".join(lines)
 
 

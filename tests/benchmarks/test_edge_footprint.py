@@ -32,13 +32,14 @@ def test_the_baseline_case_reports_this_process(tmp_path: Path) -> None:
     result = bench.run_child("baseline", "", tmp_path)
 
     assert result["status"] == "imported"
-    assert result["peak_rss_bytes"] > 0
+    assert result["peak_rss_bytes"] > 0 and result["seconds"] >= 0
 
 
-def _result(case: str, mib: int, heavy: list[str]) -> dict[str, Any]:
+def _result(case: str, mib: int, heavy: list[str], seconds: float = 1.5) -> dict[str, Any]:
     return {
         "case": case,
         "status": "trained",
+        "seconds": seconds,
         "peak_rss_bytes": mib * bench.MIB,
         "heavy_imports": heavy,
     }
@@ -47,8 +48,8 @@ def _result(case: str, mib: int, heavy: list[str]) -> dict[str, Any]:
 def test_the_table_shows_each_case_above_the_baseline() -> None:
     text = bench.table([_result("baseline", 300, []), _result("mnist", 420, ["pandas"])])
 
-    assert "| mnist | trained | 420 | 120 | pandas |" in text
-    assert "| baseline | trained | 300 | 0 | none |" in text
+    assert "| mnist | trained | 420 | 120 | 1.50 | pandas |" in text
+    assert "| baseline | trained | 300 | 0 | 1.50 | none |" in text
 
 
 def test_main_skips_mnist_without_data_dir_and_writes_stamped_json(
@@ -84,10 +85,16 @@ def test_a_failing_case_is_one_line_and_exit_1(
 
 
 def test_a_repeated_case_keeps_the_median_peak(monkeypatch: pytest.MonkeyPatch) -> None:
-    peaks = iter([300, 100, 200])
-    monkeypatch.setattr(bench, "measure", lambda case, _: _result(case, next(peaks), []))
+    runs = iter([(300, 2.0), (100, 3.0), (200, 1.0)])
+
+    def measure(case: str, _: str) -> dict[str, Any]:
+        mib, seconds = next(runs)
+        return _result(case, mib, [], seconds)
+
+    monkeypatch.setattr(bench, "measure", measure)
 
     result = bench.repeated("digits", "", 3)
 
     assert result["peak_rss_bytes"] == 200 * bench.MIB
     assert result["peak_rss_runs"] == [m * bench.MIB for m in (100, 200, 300)]
+    assert result["seconds"] == 2.0 and result["seconds_runs"] == [1.0, 2.0, 3.0]
