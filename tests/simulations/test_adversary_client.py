@@ -6,14 +6,11 @@ from collections.abc import Callable
 
 import numpy as np
 import pytest
-import torch
 from flwr.app import ArrayRecord, Message
-from torch import nn
 
 from client import training_round
 from client.app import app as deployed_app
 from client.privacy_state import STATE_KEY, ClientPrivacyState
-from client.trainer import DPSGDSettings, RoundOutcome
 from common import protocol
 from common.codec import CodecParams
 from common.config import FedveilConfig
@@ -25,12 +22,11 @@ from simulations.adversary.client import adversary_mods, simulated_client_app
 from simulations.adversary.faults import FAULT_RECORD, FAULTS, Fault, SimulatedDrop
 from simulations.adversary.mod import fault_mod
 from tests.conftest import NODE_ID, RUN_ID, client_context
-from tests.simulations.known_step import planned_outcome
+from tests.simulations.known_step import known_step
 
 CONFIG = FedveilConfig.from_flat({"num-server-rounds": 3, "sim.clients": 4})
 EXACT = CONFIG.replace(codec_topk=1.0, codec_bits=32, codec_error_feedback=False)
 SIZE = 4810  # DigitsMLP parameters
-STEP = 0.01
 
 
 def _global() -> ArrayRecord:
@@ -51,22 +47,9 @@ def _open(reply: Message, key: AggregatorKeyPair, rnd: int, config: FedveilConfi
 
 
 @pytest.fixture
-def known_step(monkeypatch: pytest.MonkeyPatch) -> None:
+def stand_in_training(monkeypatch: pytest.MonkeyPatch) -> None:
     """Replace DP-SGD by a known step: +STEP on every weight."""
-
-    def step(
-        model: nn.Module,
-        images: torch.Tensor,
-        labels: torch.Tensor,
-        settings: DPSGDSettings,
-        **_: object,
-    ) -> RoundOutcome:
-        with torch.no_grad():
-            for p in model.parameters():
-                p.add_(STEP)
-        return planned_outcome(labels, settings)
-
-    monkeypatch.setattr(training_round, "train_dp_sgd", step)
+    monkeypatch.setattr(training_round, "train_dp_sgd", known_step())
 
 
 @pytest.mark.parametrize("kind", FAULTS)
@@ -108,7 +91,7 @@ def test_fault_rates_install_the_fault_mod(train_request: Callable[..., Message]
 
 
 def test_attackers_are_the_configs_and_only_they_attack(
-    known_step: None, train_request: Callable[..., Message], aggregator: AggregatorKeyPair
+    stand_in_training: None, train_request: Callable[..., Message], aggregator: AggregatorKeyPair
 ) -> None:
     config = EXACT.replace(attack_fraction=0.5, attack_kind="sign-flip", seed=3)
     attackers = attacker_ids(config.sim_clients, config.attack_fraction, config.seed)

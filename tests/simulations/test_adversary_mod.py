@@ -10,12 +10,10 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import Mod
-from torch import nn
 
 from client import training_round
 from client.app import query, train
 from client.privacy_state import STATE_KEY, ClientPrivacyState
-from client.trainer import DPSGDSettings, RoundOutcome
 from common import protocol
 from common.codec import CodecParams
 from common.config import FedveilConfig
@@ -33,13 +31,12 @@ from simulations.adversary.faults import (
 )
 from simulations.adversary.mod import REPLAY_KEY, attack_mod, fault_mod
 from tests.conftest import NODE_ID, RUN_ID, client_context
-from tests.simulations.known_step import planned_outcome
+from tests.simulations.known_step import STEP, known_step
 
 CONFIG = FedveilConfig.from_flat({"num-server-rounds": 3, "sim.clients": 4})
 # Every coordinate kept as raw float32 and no residual: the update opens exactly as computed.
 EXACT = CONFIG.replace(codec_topk=1.0, codec_bits=32, codec_error_feedback=False)
 SIZE = 4810  # DigitsMLP parameters
-STEP = 0.01  # what the stand-in training adds to every weight
 
 
 def _global() -> ArrayRecord:
@@ -76,21 +73,7 @@ def _open(
 def trained_labels(monkeypatch: pytest.MonkeyPatch) -> list[torch.Tensor]:
     """Replace DP-SGD by a known step (+STEP on every weight); collect the labels trained on."""
     seen: list[torch.Tensor] = []
-
-    def step(
-        model: nn.Module,
-        images: torch.Tensor,
-        labels: torch.Tensor,
-        settings: DPSGDSettings,
-        **_: object,
-    ) -> RoundOutcome:
-        seen.append(labels.clone())
-        with torch.no_grad():
-            for p in model.parameters():
-                p.add_(STEP)
-        return planned_outcome(labels, settings)
-
-    monkeypatch.setattr(training_round, "train_dp_sgd", step)
+    monkeypatch.setattr(training_round, "train_dp_sgd", known_step(seen))
     return seen
 
 
