@@ -17,7 +17,6 @@ from __future__ import annotations
 import secrets
 from typing import Any
 
-import numpy as np
 import torch
 from flwr.app import ConfigRecord
 
@@ -46,22 +45,38 @@ class GradientCanaries:
         *,
         sample_rate: float,
         max_grad_norm: float,
+        device: torch.device | None = None,
     ) -> None:
         if not 0 < sample_rate <= 1:
             raise ValueError(f"`sample_rate` must be in (0, 1], got {sample_rate}")
         self.sample_rate = sample_rate
         self._shapes = [p.shape for p in params]
-        self._layout = spec.layout(sum(p.numel() for p in params), max_grad_norm)
-        self._included = spec.included()
-        self._generator = torch.Generator().manual_seed(secrets.randbits(63))
-        self.added = 0
+        self._size = sum(p.numel() for p in params)
+        device = device if device is not None else torch.device("cpu")
+        layout = spec.layout(self._size, max_grad_norm)
+        included = spec.included()
+        # Only the included canaries, on the training device once: a step then samples, builds
+        # and adds its canary sum without a host-device copy or a synchronizing read.
+        self._coords = torch.from_numpy(layout.coords[included]).to(device)
+        self._values = torch.from_numpy(layout.values[included]).to(device)
+        self._generator = torch.Generator(device=device).manual_seed(secrets.randbits(63))
+        self._added = torch.zeros((), dtype=torch.int64, device=device)
+
+    @property
+    def added(self) -> int:
+        """How many canary gradients the steps so far added (one read from the device)."""
+        return int(self._added.item())
 
     def step_sum(self) -> torch.Tensor:
         """Return this step's canary gradient sum, flat: Poisson-sampled included canaries."""
-        draws = torch.rand(len(self._included), generator=self._generator).numpy()
-        sampled = self._included & (draws < self.sample_rate)
-        self.added += int(sampled.sum())
-        return torch.from_numpy(self._layout.dense(sampled.astype(np.float32)))
+        draws = torch.rand(
+            self._coords.shape[0], generator=self._generator, device=self._coords.device
+        )
+        sampled = draws < self.sample_rate
+        self._added += sampled.sum()
+        flat = torch.zeros(self._size, dtype=self._values.dtype, device=self._values.device)
+        flat[self._coords.flatten()] = (self._values * sampled[:, None]).flatten()
+        return flat
 
     def attach(self, optimizer: Any) -> None:
         """Make ``optimizer`` (an Opacus ``DPOptimizer``) add canaries before its noise.

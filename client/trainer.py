@@ -156,6 +156,7 @@ def train_dp_sgd(
             [p for p in model.parameters() if p.requires_grad],
             sample_rate=sample_rate(n, settings.batch_size),
             max_grad_norm=settings.max_grad_norm,
+            device=device,
         ).attach(private_optimizer)
     criterion = nn.CrossEntropyLoss()
     private_model.train()

@@ -104,3 +104,17 @@ def test_the_request_record_gives_the_spec_and_its_absence_none() -> None:
     record[protocol.AUDIT_CANARIES] = 0
     with pytest.raises(ValueError, match="canary count"):
         requested_canaries(record)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_canaries_live_on_the_training_device() -> None:
+    # A step's canary sum is built where the optimizer's sums are: no host-device copy per step.
+    params = [p.cuda() for p in nn.Linear(8, 3).parameters()]
+    canaries = GradientCanaries(
+        SPEC, params, sample_rate=1.0, max_grad_norm=1.0, device=torch.device("cuda")
+    )
+    flat = canaries.step_sum()
+    assert flat.device.type == "cuda"
+    scores = SPEC.layout(flat.shape[0], 1.0).scores(-flat.cpu().numpy())
+    assert np.allclose(scores, SPEC.included().astype(float), atol=1e-5)
