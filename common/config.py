@@ -26,7 +26,7 @@ class ConfigError(ValueError):
 DATASETS = ("digits", "mnist", "fashion-mnist", "femnist")
 PARTITIONINGS = ("iid", "dirichlet", "by-writer")
 ACCOUNTANTS = ("rdp", "prv")
-MODELS = ("auto", "mlp", "cnn")
+MODELS = ("auto", "mlp", "cnn", "cnn-wide")
 CODEC_MASKS = ("topk", "random")
 AGGREGATIONS = ("fedavg", "median", "trimmed-mean", "krum", "multikrum")
 ATTACK_KINDS = ("sign-flip", "scale", "gaussian", "label-flip")

@@ -62,10 +62,40 @@ class SmallCNN(nn.Module):
         return logits
 
 
+class WideCNN(nn.Module):
+    """A ~1 M-parameter CNN for ``(N, 1, 28, 28)``; logits ``(N, num_classes)``.
+
+    Two 3x3 conv blocks (1->32, 32->64, each GroupNorm, ReLU, 2x2 max-pool) and two dense
+    layers (3136->320->classes): 1,026,058 parameters for 10 classes, almost all in ``fc1``, so
+    its updates weigh ~4 MB dense. GroupNorm normalises each example on its own, which DP-SGD
+    needs (BatchNorm mixes examples of a batch).
+    """
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 32, kernel_size=3, padding=1)
+        self.norm1 = nn.GroupNorm(8, 32)
+        self.conv2 = nn.Conv2d(32, 64, kernel_size=3, padding=1)
+        self.norm2 = nn.GroupNorm(8, 64)
+        self.fc1 = nn.Linear(64 * 7 * 7, 320)
+        self.fc2 = nn.Linear(320, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Map images to logits."""
+        x = torch.max_pool2d(torch.relu(self.norm1(self.conv1(x))), 2)
+        x = torch.max_pool2d(torch.relu(self.norm2(self.conv2(x))), 2)
+        logits: torch.Tensor = self.fc2(torch.relu(self.fc1(x.flatten(1))))
+        return logits
+
+
 MODELS: dict[str, Callable[[int], nn.Module]] = {
     "mlp": DigitsMLP,
     "cnn": SmallCNN,
+    "cnn-wide": WideCNN,
 }
+
+IMAGE_SIDES: dict[str, int] = {"mlp": 8, "cnn": 28, "cnn-wide": 28}
+"""Side of the square one-channel images each registered model takes."""
 
 
 def model_for(name: str, image_shape: tuple[int, int, int]) -> str:

@@ -76,7 +76,8 @@ class TaskSettings:
     ``seed`` seeds the model's initial weights (and any split the task draws); ``data_dir`` is the
     run's `data-dir` (``""`` when unset: a task then uses its own default); ``test_fraction`` is the
     share held out for the server when a data set has no test split of its own; ``model`` is
-    `model` (``auto``, ``mlp``, ``cnn``), which the built-in tasks honour and user tasks may ignore.
+    `model` (``auto``, ``mlp``, ``cnn``, ``cnn-wide``), which the built-in tasks honour and user
+    tasks may ignore.
     """
 
     seed: int

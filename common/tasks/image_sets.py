@@ -1,7 +1,8 @@
 """A built-in image data set of ``common.data`` as a ``Task``, with a registered model.
 
 Pool and test examples are ``FederatedData.tensors`` of the set's training pool and test split;
-the model is ``create_model(model_for(settings.model, image_shape), num_classes, seed=seed)``.
+the model is ``create_model(model_for(settings.model, image_shape), num_classes, seed=seed)``,
+refused with ``TaskError`` when it does not take the set's image size (``IMAGE_SIDES``).
 Data are read lazily: loading the task touches no file until examples are asked for.
 
 A deployed node's ``data-path`` is either an ``.npz`` file with arrays ``x`` (raw pixels,
@@ -25,7 +26,7 @@ import torch
 from torch import nn
 
 from common.data import DataError, FederatedData, ImageSet, load_data, read_data, read_idx
-from common.models import create_model, model_for
+from common.models import IMAGE_SIDES, create_model, model_for
 from common.task import Examples, Task, TaskError, TaskSettings
 
 NODE_IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte")
@@ -61,6 +62,13 @@ class ImageSetTask(Task):
     def build_model(self) -> nn.Module:
         """Return the registered model `model` names (``auto``: the one fitting the images)."""
         name = model_for(self.settings.model, self._image_shape)
+        side = self._image_shape[-1]
+        if IMAGE_SIDES.get(name, side) != side:
+            fitting = sorted(m for m, s in IMAGE_SIDES.items() if s == side)
+            raise TaskError(
+                f"model `{name}` takes {IMAGE_SIDES[name]}x{IMAGE_SIDES[name]} images but "
+                f"{self.name} has {side}x{side}; set model to auto or one of {fitting}"
+            )
         return create_model(name, self._num_classes, seed=self.settings.seed)
 
     @cached_property

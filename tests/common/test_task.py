@@ -310,7 +310,7 @@ def test_builtin_task_gives_todays_tensors(builtin: tuple[str, TaskSettings]) ->
         )
 
 
-@pytest.mark.parametrize("model", ["auto", "mlp", "cnn"])
+@pytest.mark.parametrize("model", ["auto", "mlp"])
 def test_builtin_task_builds_todays_model(model: str) -> None:
     settings = TaskSettings(seed=11, data_dir="", test_fraction=0.2, model=model)
     expected = create_model(model_for(model, (1, 8, 8)), 10, seed=11).state_dict()
@@ -319,6 +319,14 @@ def test_builtin_task_builds_todays_model(model: str) -> None:
 
     assert built.keys() == expected.keys()
     assert all(torch.equal(built[k], expected[k]) for k in expected)
+
+
+@pytest.mark.parametrize("model", ["cnn", "cnn-wide"])
+def test_builtin_task_refuses_a_model_for_other_images(model: str) -> None:
+    settings = TaskSettings(seed=11, data_dir="", test_fraction=0.2, model=model)
+
+    with pytest.raises(TaskError, match=f"model `{model}` takes 28x28 images .* digits has 8x8"):
+        load_task("digits", settings)
 
 
 def test_builtin_node_npz_gives_todays_partition(tmp_path: Path) -> None:
@@ -402,11 +410,11 @@ def test_data_folder_is_data_dir_expanded_or_the_default(tmp_path: Path) -> None
 
 
 def test_task_of_an_empty_task_is_the_built_in_dataset_with_the_runs_settings() -> None:
-    config = FedveilConfig.from_flat({"seed": 5, "test-fraction": 0.25, "model": "cnn"})
+    config = FedveilConfig.from_flat({"seed": 5, "test-fraction": 0.25, "model": "mlp"})
 
     task = task_of(config)
 
-    assert task is load_task("digits", TaskSettings(5, "", 0.25, "cnn"))
+    assert task is load_task("digits", TaskSettings(5, "", 0.25, "mlp"))
     assert (task.input_shape, task.num_classes) == ((1, 8, 8), 10)
 
 
