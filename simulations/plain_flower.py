@@ -37,6 +37,7 @@ from flwr.serverapp.strategy import FedAvg, Strategy
 from torch import nn
 
 from common.config import ConfigValue, FedveilConfig
+from common.device import model_device, resolve_device
 from common.partition import PartitionSpec, task_partitions, task_pool
 from common.task import task_of
 
@@ -55,8 +56,10 @@ TASK_KEYS = (
     "batch-size",
     "lr",
     "momentum",
+    "device",
 )
-"""The config keys that define the task; the server sends them with every train request."""
+"""The config keys that define the task and where it trains; the server sends them with every
+train request, so the baseline trains on the device fedveil's clients use."""
 
 NUM_EXAMPLES = "num-examples"
 
@@ -95,25 +98,29 @@ def train_sgd(
     """Train ``model`` in place with shuffled minibatch SGD; return the mean batch loss.
 
     ``config`` gives ``local-epochs``, ``batch-size``, ``lr`` and ``momentum``; ``generator``
-    shuffles.
+    (on the CPU) shuffles. Training runs on the model's device: the examples and each epoch's
+    order move there once, never per step.
     """
     epochs, batch_size = config.local_epochs, config.batch_size
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum)
     criterion = nn.CrossEntropyLoss()
     model.train()
+    device = model_device(model)
+    images, labels = images.to(device), labels.to(device)
     n = int(labels.shape[0])
-    total, batches = 0.0, 0
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    batches = 0
     for _ in range(epochs):
-        order = torch.randperm(n, generator=generator)
+        order = torch.randperm(n, generator=generator).to(device)
         for start in range(0, n, batch_size):
             idx = order[start : start + batch_size]
             optimizer.zero_grad(set_to_none=True)
             loss = criterion(model(images[idx]), labels[idx])
             loss.backward()
             optimizer.step()
-            total += float(loss.detach())
+            total += loss.detach()
             batches += 1
-    return total / max(batches, 1)
+    return float(total) / max(batches, 1)
 
 
 @app.train()
@@ -126,9 +133,11 @@ def train(msg: Message, context: Context) -> Message:
     images, labels = local_data(config, pid, count)
     model = task_of(config).build_model()
     model.load_state_dict(msg.content.array_records["arrays"].to_torch_state_dict())
+    model.to(resolve_device(config.device))
     gen = torch.Generator()
     gen.manual_seed(config.seed * 1_000_003 + server_round * 10_007 + pid)
     loss = train_sgd(model, images, labels, config, gen)
+    model.cpu()
     reply = RecordDict(
         {
             "arrays": ArrayRecord(model.state_dict()),
@@ -212,7 +221,7 @@ def build_plain_server_app(
     def main(grid: Grid, context: Context) -> None:
         started = time.perf_counter()
         task = task_of(config)
-        model = task.build_model()
+        model = task.build_model().to(resolve_device(config.device))
         evaluator = CentralEvaluator(task.test_examples())
         strategy = MeasuredFedAvg(
             fraction_train=config.fraction_train,
@@ -250,7 +259,7 @@ def build_plain_server_app(
         driven = strategy if wrap_strategy is None else wrap_strategy(strategy)
         driven.start(
             grid,
-            ArrayRecord(model.state_dict()),
+            ArrayRecord({k: v.cpu() for k, v in model.state_dict().items()}),
             num_rounds=config.num_server_rounds,
             timeout=config.round_timeout,
             train_config=ConfigRecord(task_config(config)),  # type: ignore[arg-type]

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.clientapp import ClientApp
 
@@ -150,3 +151,29 @@ def test_the_baseline_trains_a_user_task_on_the_same_partition_as_fedveil(
     assert examples == float(fedveil_sees.labels.shape[0])
     trained = reply.content.array_records["arrays"]
     assert set(trained) == set(model.state_dict())
+
+
+def _train_on(device: str) -> set[str]:
+    """Train one baseline round with ``device``; return the devices the forwards ran on."""
+    from simulations.plain_flower import train_sgd
+
+    config = CONFIG.replace(device=device)
+    model = create_model("mlp", 10, seed=0).to(torch.device(device))
+    seen: set[str] = set()
+    model.register_forward_pre_hook(lambda _m, args: seen.add(args[0].device.type))
+    images, labels = torch.randn(40, 1, 8, 8), torch.randint(0, 10, (40,))
+    loss = train_sgd(model, images, labels, config, torch.Generator().manual_seed(0))
+    assert np.isfinite(loss)
+    return seen
+
+
+def test_the_baseline_trains_where_the_model_is() -> None:
+    assert "device" in task_config(CONFIG)
+    assert _train_on("cpu") == {"cpu"}
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_the_baseline_trains_on_cuda_like_fedveil() -> None:
+    # The bench's ratios compare like with like only if the baseline uses the GPU too.
+    assert _train_on("cuda") == {"cuda"}
