@@ -1,25 +1,24 @@
-"""``python -m benchmarks.codec``: what the update codec saves and what sealing costs.
+"""``python -m benchmarks.codec``: what each codec setting saves and costs, over seeds.
 
-One command, two tables on stdout, and the same numbers as JSON stamped with date, commit and
-machine (``benchmarks/results/codec.json``, or ``codec-quick.json`` for trial runs, or ``--json``):
-
-1. Uplink and accuracy. Dense float32 and each codec setting (``SETTINGS``) run the same rounds
-   of ``fedveil simulate``'s real stack (Flower's simulation engine, DP-SGD clients at the
-   default ε target, sealed updates) on digits and, with ``--data-dir``, MNIST (20 clients,
-   Dirichlet 0.5, the CNN). From each run's ``metrics.jsonl``: sealed bytes per update, the
-   ratio of dense float32 bytes to sealed bytes, final accuracy, the mean steady-state round
-   time (round 1 also starts the simulation engine, so it is left out), and sealing's share.
-2. Microbenchmarks (``benchmarks.codec_micro``): codec, envelope, HPKE and AES-256-GCM MB/s.
-
-Sealing share of round time = median seal+open seconds of one update (measured here on that
-model's size and setting) x clients per round / mean steady-state round seconds. It is an upper
-bound: in a round the clients seal in parallel and only the opening is serial on the server.
+Dense float32 and each codec setting (``SETTINGS``, or ``--settings``) run the same rounds of
+``fedveil simulate``'s real stack (Flower's simulation engine, DP-SGD clients at the default ε
+target, sealed updates) on one data set and model (default: MNIST's CNN, 20 clients, Dirichlet
+0.5, 15 rounds), once per seed (the ``seed`` config key). Runs go seed by seed, so a stopped
+benchmark has every setting on its first seeds; with ``--keep-runs DIR`` each finished run is
+appended to ``DIR/summaries.jsonl`` and a rerun with the same keys reuses it. Printed per
+setting (``benchmarks.codec_results``): bytes per client and round up (sealed) and down,
+the ratio of dense up + down to it, accuracy mean and sd over seeds, the difference to dense,
+and the codec + seal share of round time; then the verdict on issue 18's targets. The same
+numbers go to JSON stamped with date, commit and machine (``benchmarks/results/codec.json``
+for MNIST's CNN, ``codec-<dataset>-<model>.json`` otherwise, ``codec-quick.json`` for trial
+runs, or ``--json``). ``--micro-only`` runs only the codec/seal/AES microbenchmarks.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import sys
 import tempfile
@@ -32,12 +31,12 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from benchmarks.codec_micro import MicroRow, micro_table, microbench, update_seal_seconds
+from benchmarks.codec_micro import micro_table, microbench, update_codec_seconds
 from benchmarks.codec_results import (
-    RunResult,
     RunSummary,
-    attach_costs,
+    SettingSummary,
     summarize_metrics,
+    summarize_setting,
     verdict,
     verdict_lines,
 )
@@ -45,107 +44,103 @@ from benchmarks.command_line import add_assignments, benchmark_parser, config_ke
 from benchmarks.provenance import RESULTS_DIR, write_json
 from benchmarks.runs import BenchmarkError, run_simulation
 from common.codec import CodecParams
-from common.config import ConfigValue, FedveilConfig
+from common.config import DATASETS, MODELS, ConfigValue, FedveilConfig
 from common.sealing import AggregatorKeyPair
 
 CNN_SIZE = 26_010
 """Parameters of ``common.models.SmallCNN`` (the MNIST model); the test checks it."""
 LARGE_SIZE = 4 * 2**20
-"""The 4M-coordinate vector: 16 MiB as dense float32."""
+"""The 4M-coordinate vector of the microbenchmarks: 16 MiB as dense float32."""
 RAW_SIZES = (2**20, 16 * 2**20)
 """Dense payload sizes (bytes) sealed beside the settings' payloads: 1 MiB and 16 MiB."""
 DEFAULT_JSON = RESULTS_DIR / "codec.json"
 QUICK_JSON = RESULTS_DIR / "codec-quick.json"
 """Trial runs (``--quick``, ``--micro-only``) write here by default, never over the results."""
+SUMMARIES = "summaries.jsonl"
 
 
 @dataclass(frozen=True)
 class Setting:
-    """One codec configuration under test."""
+    """One codec configuration under test (``downlink_bits`` ``None``: the run's default)."""
 
     name: str
     topk: float
     bits: int
-    error_feedback: bool
+    error_feedback: bool = True
     mask: str = "topk"
+    quantizer: str = "stochastic"
+    downlink_bits: int | None = None
 
     @property
     def params(self) -> CodecParams:
-        """The codec parameters of this setting."""
-        return CodecParams(topk=self.topk, bits=self.bits, mask=self.mask)
+        """The uplink codec parameters of this setting."""
+        return CodecParams(topk=self.topk, bits=self.bits, mask=self.mask, quantizer=self.quantizer)
 
     def overrides(self) -> dict[str, ConfigValue]:
         """Return the ``--set``-style config keys of this setting."""
-        return {
+        keys: dict[str, ConfigValue] = {
             "codec.topk": self.topk,
             "codec.bits": self.bits,
             "codec.error-feedback": self.error_feedback,
             "codec.mask": self.mask,
+            "codec.quantizer": self.quantizer,
         }
+        if self.downlink_bits is not None:
+            keys["codec.downlink-bits"] = self.downlink_bits
+        return keys
 
 
-DENSE = Setting("dense-f32", 1.0, 32, True)
+DENSE = Setting("dense-f32", 1.0, 32)
 SETTINGS: tuple[Setting, ...] = (
     DENSE,
-    Setting("dense-8bit", 1.0, 8, True),
-    Setting("top10-8bit", 0.1, 8, True),
-    Setting("top2-2bit", 0.02, 2, True),
-    Setting("top1-4bit", 0.01, 4, True),
-    Setting("top1-4bit-noef", 0.01, 4, False),
-    Setting("top2.2-4bit", 0.022, 4, True),
-    Setting("rand6.6-4bit", 0.066, 4, True, "random"),
+    Setting("top10-8bit", 0.1, 8),
+    Setting("sign", 1.0, 1, quantizer="sign"),
+    Setting("dense-2bit", 1.0, 2),
+    Setting("top10-sign", 0.1, 1, quantizer="sign"),
+    Setting("top2-sign", 0.02, 1, quantizer="sign"),
+    Setting("rand25-sign", 0.25, 1, mask="random", quantizer="sign"),
 )
-"""Dense float32 first: it is the baseline of every ratio and accuracy loss.
+"""Dense float32 first: it is the baseline of every ratio and accuracy difference.
 
-``top2-2bit`` spends about the bytes of ``top1-4bit`` (a kept coordinate's index costs about a
-byte, its value ``bits``), on twice the coordinates at a coarser grid. ``top2.2-4bit`` and
-``rand6.6-4bit`` fill the ~1,040-byte budget of 100x on the MNIST CNN: the first with the
-largest magnitudes (an index byte and half a value byte each), the second with three times as
-many coordinates of a seeded random mask (no index bytes), each sent about every 15 rounds.
+``top10-8bit`` was the default before issue 18. ``sign`` sends every coordinate as one bit
+(scaled sign, error feedback), ``dense-2bit`` every coordinate with unbiased 2-bit rounding.
+The sparse ones aim at the aggressive preset: ``top2-sign`` spends about a byte per kept
+index, ``rand25-sign`` none (a 16-byte seed), so it keeps many more coordinates per byte.
 """
-
-
-@dataclass(frozen=True)
-class Scenario:
-    """A data set and the config keys (without codec keys) every setting runs with."""
-
-    dataset: str
-    flat: dict[str, ConfigValue]
+BY_NAME = {s.name: s for s in SETTINGS}
 
 
 @dataclass(frozen=True)
 class Plan:
     """How much work one benchmark invocation does."""
 
-    scenarios: tuple[Scenario, ...]
-    skipped: dict[str, str]
-    micro_sizes: tuple[int, ...]
-    raw_sizes: tuple[int, ...]
+    dataset: str
+    model: str
+    flat: dict[str, ConfigValue]
+    settings: tuple[Setting, ...]
+    seeds: tuple[int, ...]
     repeats: int
 
 
-# ----------------------------------------------------------------------------------- runs
+# ------------------------------------------------------------------------------------ plan
 
 
-def run_setting(scenario: Scenario, setting: Setting, out: Path, *, verbose: bool) -> RunSummary:
-    """Run ``setting`` on ``scenario`` as ``fedveil simulate`` would; summarize its run."""
-    rows = run_simulation({**scenario.flat, **setting.overrides()}, out, verbose=verbose)
-    return summarize_metrics(setting.name, rows)
-
-
-# ------------------------------------------------------------------------------ scenarios
-
-
-def check_mnist(data_dir: Path) -> None:
-    """Read MNIST from ``data_dir`` once, so a wrong folder fails before any run starts.
+def check_data(dataset: str, data_dir: Path | None) -> None:
+    """Read ``dataset`` once, so a wrong folder fails before any run starts.
 
     Raises:
-        DataError: ``data_dir`` does not hold MNIST's IDX files (the message says what is wrong).
+        DataError: the folder does not hold the data set (the message says what is wrong).
+        ConfigError: a file data set without ``--data-dir``.
 
     """
+    from common.config import ConfigError
     from common.data import load_data
 
-    load_data("mnist", str(data_dir), 0, 0.2)
+    if dataset == "digits":
+        return
+    if data_dir is None:
+        raise ConfigError(f"--dataset {dataset} needs --data-dir (or use --dataset digits)")
+    load_data(dataset, str(data_dir), 0, 0.2)
 
 
 def user_overrides(assignments: Sequence[str]) -> dict[str, ConfigValue]:
@@ -159,202 +154,213 @@ def user_overrides(assignments: Sequence[str]) -> dict[str, ConfigValue]:
     return flat
 
 
-def build_plan(args: argparse.Namespace) -> Plan:
-    """Turn the command line into scenarios, skipped data sets and microbenchmark sizes.
+def pick_settings(names: str | None) -> tuple[Setting, ...]:
+    """Return dense float32 and the named settings (comma-separated), in ``SETTINGS`` order.
 
-    Every scenario's config is validated here, so a bad option fails before any run starts.
+    Raises:
+        ConfigError: a name is not in ``SETTINGS``.
+
     """
-    extra = {"seed": args.seed, **user_overrides(args.assignments)}
-    if args.micro_only:
-        why = "--micro-only runs the microbenchmarks alone"
-        sizes = (CNN_SIZE, 2**16) if args.quick else (CNN_SIZE, LARGE_SIZE)
-        raw = (2**16,) if args.quick else RAW_SIZES
-        repeats = 3 if args.quick else args.repeats
-        return Plan((), {"digits": why, "mnist": why}, sizes, raw, repeats)
+    from common.config import ConfigError
+
+    if names is None:
+        return SETTINGS
+    wanted = {n.strip() for n in names.split(",") if n.strip()}
+    unknown = sorted(wanted - set(BY_NAME))
+    if unknown:
+        raise ConfigError(f"unknown setting(s) {unknown}; choose from {sorted(BY_NAME)}")
+    return tuple(s for s in SETTINGS if s is DENSE or s.name in wanted)
+
+
+def build_plan(args: argparse.Namespace) -> Plan:
+    """Turn the command line into one data set's keys, its settings and seeds.
+
+    Every setting's config is validated here, so a bad option fails before any run starts.
+    """
     if args.quick:
-        digits = Scenario("digits", {"num-server-rounds": 2, "sim.clients": 3, **extra})
-        plan = Plan(
-            (digits,), {"mnist": "--quick runs digits only"}, (CNN_SIZE, 2**16), (2**16,), 3
-        )
+        flat: dict[str, ConfigValue] = {"num-server-rounds": 2, "sim.clients": 3}
+        plan = Plan("digits", "auto", flat, pick_settings("sign"), (args.first_seed,), 3)
     else:
-        scenarios = [Scenario("digits", {"num-server-rounds": args.rounds_digits, **extra})]
-        skipped = {}
-        if args.data_dir is None:
-            skipped["mnist"] = "no --data-dir given"
-        else:
-            data_dir = Path(args.data_dir).expanduser().resolve()
-            check_mnist(data_dir)
-            scenarios.append(Scenario("mnist", {**mnist_keys(args, data_dir), **extra}))
-        plan = Plan(tuple(scenarios), skipped, (CNN_SIZE, LARGE_SIZE), RAW_SIZES, args.repeats)
-    for scenario in plan.scenarios:
-        for setting in SETTINGS:
-            FedveilConfig.from_flat({**scenario.flat, **setting.overrides()})
+        data_dir = None if args.data_dir is None else Path(args.data_dir).expanduser().resolve()
+        check_data(args.dataset, data_dir)
+        flat = {
+            "dataset": args.dataset,
+            "model": args.model,
+            "sim.clients": args.clients,
+            "partitioning": "dirichlet",
+            "dirichlet-alpha": args.alpha,
+            "num-server-rounds": args.rounds,
+        }
+        if data_dir is not None:
+            flat["data-dir"] = str(data_dir)
+        seeds = tuple(range(args.first_seed, args.first_seed + args.seeds))
+        plan = Plan(
+            args.dataset, args.model, flat, pick_settings(args.settings), seeds, args.repeats
+        )
+    plan.flat.update(user_overrides(args.assignments))
+    for setting in plan.settings:
+        FedveilConfig.from_flat(run_keys(plan, setting, plan.seeds[0]))
     return plan
 
 
-def mnist_keys(args: argparse.Namespace, data_dir: Path) -> dict[str, ConfigValue]:
-    """Return the MNIST scenario: non-IID (Dirichlet 0.5) over ``--clients-mnist`` clients."""
-    return {
-        "dataset": "mnist",
-        "data-dir": str(data_dir),
-        "sim.clients": args.clients_mnist,
-        "partitioning": "dirichlet",
-        "dirichlet-alpha": 0.5,
-        "num-server-rounds": args.rounds_mnist,
-    }
+def run_keys(plan: Plan, setting: Setting, seed: int) -> dict[str, ConfigValue]:
+    """Return every config key of one run: the plan's, the setting's and the seed."""
+    return {**plan.flat, **setting.overrides(), "seed": seed}
 
 
-def run_scenario(
-    scenario: Scenario,
-    runs_dir: Path,
-    keypair: AggregatorKeyPair,
-    plan: Plan,
-    *,
-    verbose: bool,
-    log: Console,
-) -> list[RunResult]:
-    """Run every setting on ``scenario``; attach accuracy loss and sealing share to each."""
+# ------------------------------------------------------------------------------------ runs
+
+
+def load_summaries(path: Path) -> dict[str, RunSummary]:
+    """Return the runs a kept folder already finished, by their keys (as JSON text)."""
+    if not path.exists():
+        return {}
+    done = {}
+    for line in path.read_text().splitlines():
+        entry = json.loads(line)
+        done[entry["keys"]] = RunSummary(**entry["summary"])
+    return done
+
+
+def run_all(plan: Plan, runs_dir: Path, *, verbose: bool, log: Console) -> list[RunSummary]:
+    """Run every setting on every seed (seed by seed); reuse runs ``runs_dir`` already holds."""
+    store = runs_dir / SUMMARIES
+    done = load_summaries(store)
     summaries = []
-    for setting in SETTINGS:
-        started = time.perf_counter()
-        summary = run_setting(
-            scenario, setting, runs_dir / f"{scenario.dataset}-{setting.name}", verbose=verbose
-        )
-        log.print(
-            f"{scenario.dataset} {setting.name}: accuracy {summary.final_accuracy:.4f}, "
-            f"{summary.bytes_per_update:,.0f} B/update, {time.perf_counter() - started:.0f} s"
-        )
-        summaries.append(summary)
-    seconds = [
-        update_seal_seconds(setting.params, summary.parameters, keypair, plan.repeats, 0)
-        for setting, summary in zip(SETTINGS, summaries, strict=True)
-    ]
-    return attach_costs(summaries, seconds)
-
-
-# ------------------------------------------------------------------------------- output
-
-
-def accuracy_table(results: dict[str, list[RunResult]]) -> Table:
-    """Return table 1: uplink bytes, ratio, accuracy and sealing share, settings side by side."""
-    table = Table(title="codec settings on the real stack (same rounds per data set)")
-    for name in (
-        "data",
-        "setting",
-        "mask",
-        "EF",
-        "rounds",
-        "B/update",
-        "ratio",
-        "final acc",
-        "loss (pts)",
-        "round s",
-        "seal+open ms",
-        "seal share",
-    ):
-        table.add_column(name, justify="left" if name in ("data", "setting") else "right")
-    by_name = {s.name: s for s in SETTINGS}
-    for dataset, runs in results.items():
-        for r in runs:
-            s = r.summary
-            table.add_row(
-                dataset,
-                s.setting,
-                by_name[s.setting].mask,
-                "on" if by_name[s.setting].error_feedback else "off",
-                str(s.rounds),
-                f"{s.bytes_per_update:,.0f}",
-                f"{s.ratio:,.1f}x",
-                f"{s.final_accuracy:.4f}",
-                f"{r.accuracy_loss_points:+.2f}",
-                f"{s.round_seconds:.2f}",
-                f"{1e3 * r.seal_open_seconds:.3f}",
-                f"{100 * r.seal_share:.3f} %",
+    for seed in plan.seeds:
+        for setting in plan.settings:
+            flat = run_keys(plan, setting, seed)
+            keys = json.dumps(flat, sort_keys=True, default=str)
+            if keys in done:
+                summaries.append(done[keys])
+                continue
+            started = time.perf_counter()
+            out = runs_dir / f"{plan.dataset}-{plan.model}-{setting.name}-seed{seed}"
+            rows = run_simulation(flat, out, verbose=verbose)
+            summary = summarize_metrics(setting.name, seed, rows)
+            with store.open("a") as fh:
+                fh.write(json.dumps({"keys": keys, "summary": dataclasses.asdict(summary)}) + "\n")
+            log.print(
+                f"{setting.name} seed {seed}: accuracy {summary.final_accuracy:.4f}, "
+                f"{summary.bytes_up:,.0f} B up, {summary.bytes_down:,.0f} B down, "
+                f"{time.perf_counter() - started:.0f} s"
             )
-        table.add_section()
+            summaries.append(summary)
+    return summaries
+
+
+def aggregate(
+    plan: Plan, runs: Sequence[RunSummary], keypair: AggregatorKeyPair
+) -> list[SettingSummary]:
+    """Group runs by setting (dense first) and time each setting's codec on the model's size."""
+    dense = [r for r in runs if r.setting == DENSE.name]
+    out = []
+    for setting in plan.settings:
+        mine = [r for r in runs if r.setting == setting.name]
+        seconds = update_codec_seconds(
+            setting.params, mine[0].parameters, keypair, plan.repeats, plan.seeds[0]
+        )
+        out.append(summarize_setting(mine, dense, seconds))
+    return out
+
+
+# ---------------------------------------------------------------------------------- output
+
+
+def settings_table(plan: Plan, settings: Sequence[SettingSummary]) -> Table:
+    """Return the table: bytes up and down, ratios, accuracy over seeds, codec share."""
+    rounds = plan.flat.get("num-server-rounds")
+    table = Table(
+        title=f"{plan.dataset} / {plan.model}: {len(plan.seeds)} seed(s), {rounds} rounds"
+    )
+    for name in (
+        "setting",
+        "B up",
+        "B down",
+        "up x",
+        "total x",
+        "accuracy (mean ± sd)",
+        "vs dense (pts)",
+        "round s",
+        "codec+seal share",
+    ):
+        table.add_column(name, justify="left" if name == "setting" else "right")
+    for s in settings:
+        down = f"{s.bytes_down:,.0f}" + ("" if s.down_measured else " (f32)")
+        table.add_row(
+            s.setting,
+            f"{s.bytes_up:,.0f}",
+            down,
+            f"{s.up_ratio:,.1f}x",
+            f"{s.total_ratio:,.1f}x",
+            f"{s.accuracy_mean:.4f} ± {s.accuracy_sd:.4f}",
+            f"{s.diff_points:+.2f}",
+            f"{s.round_seconds:.2f}",
+            f"{100 * s.codec_share:.3f} %",
+        )
     return table
 
 
 def report_json(
     plan: Plan,
-    results: dict[str, list[RunResult]],
-    micro: Sequence[MicroRow],
+    runs: Sequence[RunSummary],
+    settings: Sequence[SettingSummary],
     load_before: Sequence[float],
 ) -> dict[str, Any]:
-    """Return every number of the tables as one JSON-ready object (``write_json`` stamps it).
-
-    ``load_before`` is the load average when the runs started; the stamp holds it at the end.
-    """
+    """Return every number of the table, each run and the verdict (``write_json`` stamps it)."""
     return {
         "benchmark": "codec",
         "plan": {
-            "datasets": {s.dataset: s.flat for s in plan.scenarios},
-            "micro_sizes": list(plan.micro_sizes),
-            "raw_sizes": list(plan.raw_sizes),
+            "dataset": plan.dataset,
+            "model": plan.model,
+            "keys": plan.flat,
+            "seeds": list(plan.seeds),
             "repeats": plan.repeats,
         },
-        "settings": [dataclasses.asdict(s) for s in SETTINGS],
-        "accuracy": {
-            dataset: {
-                "rounds": runs[0].summary.rounds,
-                "runs": [{**dataclasses.asdict(r.summary), **_result_extras(r)} for r in runs],
-                "verdict": verdict(runs),
-            }
-            for dataset, runs in results.items()
-        },
-        "skipped": plan.skipped,
-        "micro": [dataclasses.asdict(row) for row in micro],
+        "settings": [{**dataclasses.asdict(s), "keys": s.overrides()} for s in plan.settings],
+        "summary": [dataclasses.asdict(s) for s in settings],
+        "runs": [dataclasses.asdict(r) for r in runs],
+        "verdict": verdict(settings),
         "load_average_before": list(load_before),
     }
 
 
-def _result_extras(r: RunResult) -> dict[str, float]:
-    return {
-        "accuracy_loss_points": r.accuracy_loss_points,
-        "seal_open_seconds": r.seal_open_seconds,
-        "seal_share": r.seal_share,
-    }
-
-
-# ---------------------------------------------------------------------------------- main
+# ------------------------------------------------------------------------------------ main
 
 
 def build_parser() -> argparse.ArgumentParser:
     """Return the benchmark's argument parser."""
     parser = benchmark_parser(
-        "codec", "Uplink bytes, accuracy and sealing cost of dense float32 vs codec settings."
+        "codec", "Bytes up and down, accuracy over seeds and codec cost of each codec setting."
     )
-    parser.add_argument("--rounds-digits", type=_positive_int, default=15)
-    parser.add_argument("--rounds-mnist", type=_positive_int, default=8)
-    parser.add_argument("--clients-mnist", type=_positive_int, default=20)
+    parser.add_argument("--dataset", choices=DATASETS, default="mnist")
+    parser.add_argument("--model", choices=MODELS, default="auto", help="e.g. cnn-wide")
+    parser.add_argument("--clients", type=_positive_int, default=20)
+    parser.add_argument("--alpha", type=float, default=0.5, help="Dirichlet concentration")
+    parser.add_argument("--rounds", type=_positive_int, default=15)
+    parser.add_argument("--seeds", type=_positive_int, default=3, help="runs per setting")
+    parser.add_argument("--first-seed", type=int, default=0, help="seeds are consecutive")
     parser.add_argument(
-        "--repeats",
-        type=_positive_int,
-        default=7,
-        help="timing samples per microbenchmark (the median is reported)",
+        "--settings",
+        help=f"comma-separated names (dense-f32 always runs): {', '.join(BY_NAME)}",
     )
-    parser.add_argument("--seed", type=int, default=0, help="the runs' `seed` config key")
+    parser.add_argument(
+        "--repeats", type=_positive_int, default=7, help="timing samples (median reported)"
+    )
     add_assignments(parser, "another config key for every run, e.g. local-epochs=1 (not codec.*)")
     parser.add_argument(
-        "--quick",
-        action="store_true",
-        help="digits only, 3 clients, 2 rounds, tiny microbenchmarks",
+        "--quick", action="store_true", help="digits, 3 clients, 2 rounds, dense and sign"
     )
     parser.add_argument(
         "--micro-only",
         action="store_true",
-        help="only the codec/seal/AES microbenchmarks (seconds; run them on a quiet machine)",
+        help="only the codec/seal/AES microbenchmarks (run them on a quiet machine)",
     )
-    parser.add_argument(
-        "--json",
-        type=Path,
-        help=f"where to write every number (default: {DEFAULT_JSON.name}, or "
-        f"{QUICK_JSON.name} with --quick or --micro-only, in benchmarks/results/)",
-    )
+    parser.add_argument("--json", type=Path, help="where to write every number")
     parser.add_argument(
         "--keep-runs",
         type=Path,
-        help="keep the run directories in this folder (default: a temporary one)",
+        help="keep run directories and summaries.jsonl here; a rerun reuses finished runs",
     )
     parser.add_argument("--verbose", action="store_true", help="show each run's display and logs")
     return parser
@@ -372,38 +378,46 @@ def _output_console() -> Console:
     return console if console.is_terminal else Console(width=160)
 
 
+def default_json(args: argparse.Namespace) -> Path:
+    """Return where the JSON goes without ``--json``."""
+    if args.quick or args.micro_only:
+        return QUICK_JSON
+    if args.dataset == "mnist" and args.model in ("auto", "cnn"):
+        return DEFAULT_JSON
+    return RESULTS_DIR / f"codec-{args.dataset}-{args.model}.json"
+
+
 def run(args: argparse.Namespace, runs_dir: Path) -> dict[str, Any]:
-    """Run the whole benchmark, print both tables, and return the JSON report."""
+    """Run the benchmark, print its table and verdict, and return the JSON report."""
     log = Console(stderr=True)
-    plan = build_plan(args)
-    load_before = os.getloadavg()
-    keypair = AggregatorKeyPair.generate()
-    results = {
-        scenario.dataset: run_scenario(
-            scenario, runs_dir, keypair, plan, verbose=args.verbose, log=log
-        )
-        for scenario in plan.scenarios
-    }
-    log.print("microbenchmarks ...")
-    named = [(s.name, s.params) for s in SETTINGS]
-    micro = microbench(
-        named, plan.micro_sizes, plan.raw_sizes, keypair, repeats=plan.repeats, seed=args.seed
-    )
-    load_after = os.getloadavg()
     out = _output_console()
-    if results:
-        out.print(accuracy_table(results))
-    for dataset, reason in plan.skipped.items():
-        out.print(f"{dataset}: skipped ({reason})", highlight=False)
-    out.print(micro_table(micro))
-    for line in verdict_lines({d: verdict(r) for d, r in results.items()}):
+    keypair = AggregatorKeyPair.generate()
+    load_before = os.getloadavg()
+    if args.micro_only:
+        named = [(s.name, s.params) for s in SETTINGS]
+        micro = microbench(
+            named, (CNN_SIZE, LARGE_SIZE), RAW_SIZES, keypair, repeats=args.repeats, seed=0
+        )
+        out.print(micro_table(micro))
+        return {
+            "benchmark": "codec-micro",
+            "micro": [dataclasses.asdict(row) for row in micro],
+            "load_average_before": list(load_before),
+        }
+    plan = build_plan(args)
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    runs = run_all(plan, runs_dir, verbose=args.verbose, log=log)
+    settings = aggregate(plan, runs, keypair)
+    out.print(settings_table(plan, settings))
+    for line in verdict_lines(f"{plan.dataset}/{plan.model}", verdict(settings)):
         out.print(line, highlight=False, soft_wrap=True)
+    load_after = os.getloadavg()
     out.print(
         f"load average before/after: {load_before[0]:.2f} / {load_after[0]:.2f} "
         f"on {os.cpu_count()} CPUs",
         highlight=False,
     )
-    return report_json(plan, results, micro, load_before)
+    return report_json(plan, runs, settings, load_before)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -421,8 +435,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 report = run(args, Path(tmp))
     except (BenchmarkError, ConfigError, DataError, RunDirError) as exc:
         return refuse("codec", exc)
-    trial = args.quick or args.micro_only
-    path = args.json or (QUICK_JSON if trial else DEFAULT_JSON)
+    path = args.json or default_json(args)
     write_json(path, report)
     print(path, file=sys.stderr)
     return 0

@@ -183,13 +183,26 @@ def microbench(
     return rows
 
 
-def update_seal_seconds(
+def update_codec_seconds(
     params: CodecParams, size: int, keypair: AggregatorKeyPair, repeats: int, seed: int
 ) -> float:
-    """Median seal+open seconds of one update of ``size`` coordinates under ``params``."""
+    """Median seconds to encode one update of ``size`` coordinates, seal, open and decode it."""
     rng = np.random.default_rng(seed)
-    payload = encode_update(update_vector(size, rng), params, rng).payload
-    return seal_open_seconds(payload, params, size, keypair, repeats)
+    vector = update_vector(size, rng)
+
+    def round_trip() -> None:
+        payload = encode_update(vector, params, rng).payload
+        sealed = seal_client_update(
+            payload,
+            facts=_FACTS,
+            params=params,
+            size=size,
+            public_key=keypair.public_bytes,
+            context=_CONTEXT,
+        )
+        open_client_update(sealed, keypair=keypair, expected=_CONTEXT, params=params, size=size)
+
+    return median_seconds(round_trip, repeats)
 
 
 def _mb_s(value: float | None) -> str:

@@ -1,17 +1,17 @@
-"""Compression of client model updates: top-k sparsification, stochastic quantization, packing.
+"""Compression of client model updates: top-k sparsification, quantization, packing.
 
 :func:`encode_update` takes one finite 1-D ``float32`` vector of ``size`` coordinates (the
 flattened ``local - global`` delta plus the error-feedback residual), keeps ``k =
 kept_count(size, topk)`` coordinates (largest magnitudes, or a seeded random mask), quantizes
-each kept value to ``bits`` bits (unbiased stochastic rounding, :mod:`common.codec_quantize`)
-and packs a self-describing payload: a 17-byte header, then the index section
-(:mod:`common.codec_index`), the scales and the codes, zstd-compressed when that is smaller.
-:func:`decode_update` is deterministic, so the encoder hands the client exactly the vector the
-server will see (``EncodedUpdate.decoded``), for its residual (:class:`ErrorFeedback`). The
-payload is hostile input to the receiver: every count and length is checked against ``size``
-and ``params`` before anything is allocated, and every failure is a :class:`CodecError`.
-Caveat: a random mask's seed must come from OS entropy, never from the public run seed.
-Byte layout and the measurements behind the defaults: docs/codec.md.
+each kept value to ``bits`` bits (unbiased stochastic rounding, or a biased 1-bit scaled sign
+that needs error feedback: :mod:`common.codec_quantize`) and packs a self-describing payload:
+a 17-byte header, then the index section (:mod:`common.codec_index`), the scales and the
+codes, zstd-compressed when that is smaller. :func:`decode_update` is deterministic, so the
+encoder hands the client exactly the vector the server will see (``EncodedUpdate.decoded``),
+for its residual (:class:`ErrorFeedback`). The payload is hostile input to the receiver: every
+count and length is checked against ``size`` and ``params`` before anything is allocated, and
+every failure is a :class:`CodecError`. Caveat: a random mask's seed must come from OS
+entropy, never from the public run seed. Byte layout and measurements: docs/codec.md.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from common.codec_index import (
 from common.codec_params import (
     MASKS,
     MAX_SIZE,
+    QUANTIZERS,
     CodecError,
     CodecParams,
     Float32Array,
@@ -44,13 +45,21 @@ from common.codec_params import (
     dense_nbytes,
     kept_count,
 )
-from common.codec_quantize import CHUNK, dequantize, pack_codes, quantize, unpack_codes
+from common.codec_quantize import (
+    CHUNK,
+    dequantize,
+    pack_codes,
+    quantize,
+    sign_quantize,
+    unpack_codes,
+)
 from common.error_feedback import ErrorFeedback
 
 __all__ = [
     "CHUNK",
     "MASKS",
     "MAX_SIZE",
+    "QUANTIZERS",
     "CodecError",
     "CodecParams",
     "EncodedUpdate",
@@ -67,6 +76,8 @@ _VERSION: Final = 1
 _HEADER = struct.Struct("<2sBBBIII")
 _MODE_MASK: Final = 0b011
 _FLAG_ZSTD: Final = 0b100
+# The values are scaled signs (1 bit, biased); clear: unbiased stochastic rounding.
+_FLAG_SIGN: Final = 0b1000
 # zstd's default level: hundreds of MB/s, cheap next to the top-k selection.
 _ZSTD_LEVEL: Final = 3
 
@@ -105,9 +116,9 @@ def encode_update(
 
     Args:
         vector: ``float32`` array of shape ``(size,)``, finite, ``1 <= size <= MAX_SIZE``.
-        params: Sparsity and precision.
-        rng: Drives the stochastic rounding (unused when ``params.bits == 32``) and draws the
-            seed of a random mask; it must be seeded from OS entropy outside tests.
+        params: Sparsity, precision, mask and quantizer.
+        rng: Drives the stochastic rounding (unused for 32 bits and by the sign quantizer) and
+            draws the seed of a random mask; it must be seeded from OS entropy outside tests.
 
     Returns:
         The payload and the dense ``float32`` vector it decodes to.
@@ -153,13 +164,15 @@ def encode_update(
         value_section = values.astype("<f4", copy=False).tobytes()
         scale_section = b""
     else:
-        scales, codes = quantize(kept, params.bits, rng)
+        scales, codes = (
+            sign_quantize(kept) if params.quantizer == "sign" else quantize(kept, params.bits, rng)
+        )
         values = dequantize(scales, codes, params.bits)
         scale_section = scales.astype("<f4", copy=False).tobytes()
         value_section = pack_codes(codes, params.bits)
 
     body = b"".join((index_section, scale_section, value_section))
-    flags = int(mode)
+    flags = int(mode) | (_FLAG_SIGN if params.quantizer == "sign" else 0)
     compressed = zstandard.ZstdCompressor(level=_ZSTD_LEVEL, write_content_size=True).compress(body)
     if len(compressed) < len(body):
         body = compressed
@@ -212,10 +225,12 @@ def decode_update(
         raise CodecError("bad magic")
     if version != _VERSION:
         raise CodecError(f"unsupported version {version}")
-    if flags & ~(_MODE_MASK | _FLAG_ZSTD):
+    if flags & ~(_MODE_MASK | _FLAG_ZSTD | _FLAG_SIGN):
         raise CodecError(f"unknown flags {flags:#04x}")
     if bits != params.bits:
         raise CodecError(f"payload has {bits} bits per value, params say {params.bits}")
+    if flags & _FLAG_SIGN and bits != 1:
+        raise CodecError(f"sign-quantized payload with {bits} bits per value, must be 1")
     if claimed_size != size:
         raise CodecError(f"payload is for a vector of {claimed_size}, expected {size}")
     if claimed_k != k:

@@ -1,8 +1,9 @@
 """What sender and receiver of an update agree on: codec parameters and the kept count.
 
-:class:`CodecParams` (fraction kept, bits per value, mask choice), :func:`kept_count` (how
-many coordinates an update of ``size`` keeps), :func:`dense_nbytes` (what it weighs as dense
-float32, for metrics) and :class:`CodecError`, the one error a hostile payload can raise.
+:class:`CodecParams` (fraction kept, bits per value, mask and quantizer choice),
+:func:`kept_count` (how many coordinates an update of ``size`` keeps), :func:`dense_nbytes`
+(what it weighs as dense float32, for metrics) and :class:`CodecError`, the one error a
+hostile payload can raise.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ MAX_SIZE: Final = 2**31 - 1
 VALID_BITS: Final = frozenset((*range(1, 9), 16, 32))
 MASKS: Final = ("topk", "random")
 """How the encoder chooses the kept coordinates: largest magnitudes, or a seeded random mask."""
+QUANTIZERS: Final = ("stochastic", "sign")
+"""How the encoder maps kept values to codes: unbiased stochastic rounding, or 1-bit scaled sign."""
 
 
 class CodecError(ValueError):
@@ -39,12 +42,17 @@ class CodecParams:
             scales), or ``32`` (raw ``float32`` values, no quantization).
         mask: How the sender picks the kept coordinates, one of :data:`MASKS`. The decoder
             reads the choice from the payload, so only the encoder uses this field.
+        quantizer: How the sender quantizes kept values, one of :data:`QUANTIZERS`:
+            ``"stochastic"`` (unbiased) or ``"sign"`` (needs ``bits == 1``; each chunk's mean
+            magnitude times the value's sign: biased, so use it with error feedback). Like
+            ``mask``, self-described in the payload and used only by the encoder.
 
     """
 
     topk: float
     bits: int
     mask: str = "topk"
+    quantizer: str = "stochastic"
 
     def __post_init__(self) -> None:
         """Reject out-of-domain values, naming the parameter."""
@@ -57,6 +65,12 @@ class CodecParams:
             raise ValueError(f"`bits` must be 1-8, 16 or 32, got {self.bits!r}")
         if not isinstance(self.mask, str) or self.mask not in MASKS:
             raise ValueError(f"`mask` must be one of {MASKS}, got {self.mask!r}")
+        if not isinstance(self.quantizer, str) or self.quantizer not in QUANTIZERS:
+            raise ValueError(f"`quantizer` must be one of {QUANTIZERS}, got {self.quantizer!r}")
+        if self.quantizer == "sign" and self.bits != 1:
+            raise ValueError(
+                f"`quantizer` 'sign' sends 1 bit per value: `bits` must be 1, got {self.bits!r}"
+            )
         object.__setattr__(self, "topk", float(self.topk))
         object.__setattr__(self, "bits", int(self.bits))
 

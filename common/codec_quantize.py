@@ -1,11 +1,15 @@
-"""Stochastic quantization of kept values against per-chunk scales, and code packing.
+"""Quantization of kept values against per-chunk scales (stochastic or sign), and code packing.
 
-Each chunk of ``CHUNK`` kept values gets a scale, its largest magnitude. A code ``q`` in
-``[0, 2**bits - 1]`` stands for ``scale * (2 q / (2**bits - 1) - 1)``: ``2**bits`` evenly
-spaced levels spanning ``[-scale, scale]``. Stochastic rounding between the two neighbouring
-levels makes the decoded value unbiased (``E[decoded] = value``) with error below one step.
-Encoder and decoder share :func:`dequantize`, so both get bit-identical floats. Codes of at most
-8 bits are packed LSB first; 16-bit codes are little-endian u16. Valid for ``bits <= 16``.
+Stochastic (:func:`quantize`): each chunk of ``CHUNK`` kept values gets a scale, its largest
+magnitude. A code ``q`` in ``[0, 2**bits - 1]`` stands for ``scale * (2 q / (2**bits - 1) - 1)``:
+``2**bits`` evenly spaced levels spanning ``[-scale, scale]``. Stochastic rounding between the
+two neighbouring levels makes the decoded value unbiased (``E[decoded] = value``) with error
+below one step. Sign (:func:`sign_quantize`, 1 bit): the scale is the chunk's mean magnitude
+and the code is ``value >= 0``, so a value decodes to ``+-scale``: biased, which error feedback
+corrects (Karimireddy et al. 2019, https://arxiv.org/abs/1901.09847). Both decode through the
+same grid, and encoder and decoder share :func:`dequantize`, so both get bit-identical floats.
+Codes of at most 8 bits are packed LSB first; 16-bit codes are little-endian u16. Valid for
+``bits <= 16``.
 """
 
 from __future__ import annotations
@@ -42,6 +46,17 @@ def quantize(
     if bits <= 8:
         return scales.astype(np.float32), codes.astype(np.uint8)
     return scales.astype(np.float32), codes.astype(np.uint16)
+
+
+def sign_quantize(kept: Float32Array) -> tuple[Float32Array, npt.NDArray[np.uint8]]:
+    """Return per-chunk mean magnitudes ``(ceil(k/CHUNK),)`` and 1-bit codes ``kept >= 0``."""
+    k = kept.size
+    starts = np.arange(0, k, CHUNK)
+    sums = np.add.reduceat(np.abs(kept).astype(np.float64), starts)
+    counts = np.diff(np.append(starts, k))
+    # The grid point of code 1 is +1 and of code 0 is -1, so +-scale decodes to the sign.
+    codes = (kept >= 0).astype(np.uint8)
+    return (sums / counts).astype(np.float32), codes
 
 
 def pack_codes(codes: npt.NDArray[np.uint8] | npt.NDArray[np.uint16], bits: int) -> bytes:

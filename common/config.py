@@ -28,6 +28,7 @@ PARTITIONINGS = ("iid", "dirichlet", "by-writer")
 ACCOUNTANTS = ("rdp", "prv")
 MODELS = ("auto", "mlp", "cnn", "cnn-wide")
 CODEC_MASKS = ("topk", "random")
+CODEC_QUANTIZERS = ("stochastic", "sign")
 AGGREGATIONS = ("fedavg", "median", "trimmed-mean", "krum", "multikrum")
 ATTACK_KINDS = ("sign-flip", "scale", "gaussian", "label-flip")
 AUDIT_MODES = ("white-box", "black-box")
@@ -188,6 +189,13 @@ KEYS: dict[str, _Key] = {
         _one_of(CODEC_MASKS),
         f"one of {CODEC_MASKS}: keep the largest magnitudes, or a seeded random mask",
     ),
+    "codec.quantizer": _Key(
+        "codec_quantizer",
+        str,
+        "stochastic",
+        _one_of(CODEC_QUANTIZERS),
+        f"one of {CODEC_QUANTIZERS}: unbiased stochastic rounding, or 1-bit scaled sign",
+    ),
     "seal.private-key": _Key(
         "seal_private_key", str, "", _ANY, "a path to the aggregator's private key, or empty"
     ),
@@ -299,6 +307,7 @@ CLIENT_KEYS: tuple[str, ...] = (
     "codec.bits",
     "codec.error-feedback",
     "codec.mask",
+    "codec.quantizer",
     "device",
 )
 """The run-config keys a train request carries to clients (``FedveilConfig.to_client_flat``)."""
@@ -350,6 +359,7 @@ class FedveilConfig:
     codec_bits: int
     codec_error_feedback: bool
     codec_mask: str
+    codec_quantizer: str
     seal_private_key: str
     faults_tamper: float
     faults_replay: float
@@ -384,6 +394,11 @@ class FedveilConfig:
         return config
 
     def _check_consistency(self) -> None:
+        if self.codec_quantizer == "sign" and self.codec_bits != 1:
+            raise ConfigError(
+                f"config key `codec.quantizer` = `sign` sends 1 bit per value: set "
+                f"`codec.bits` = 1 (got {self.codec_bits}) or `codec.quantizer` = `stochastic`"
+            )
         if self.faults_tamper + self.faults_replay + self.faults_misroute + self.faults_drop > 1:
             raise ConfigError(
                 "config keys `faults.tamper` + `faults.replay` + `faults.misroute` + `faults.drop` "
