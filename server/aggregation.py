@@ -25,6 +25,11 @@ one-line reason is left in the strategy's ``skipped`` attribute for the round's 
 :func:`build_aggregator` refuses, with :class:`AggregatorError`, a configuration whose
 ``expected_clients`` could never run.
 
+With sparse updates (``codec.topk < 1``) ``median`` and ``trimmed-mean`` run per coordinate over
+the clients that sent it (``server.sent_coordinates``), and need more than ``2f`` senders of a
+coordinate on average (``n * topk > 2f``): a coordinate sent by fewer cannot tell ``f``
+attackers from honest senders, and moves only where ``f + 1`` senders agree.
+
 The norm bound (:func:`clip_update`) acts on deltas, ``local - global``, after anomaly scoring
 (``server.anomaly``) and before aggregation; :func:`bound_local_weights` applies it to the
 reconstructed local weights an opened reply carries.
@@ -45,16 +50,12 @@ from flwr.serverapp.strategy import FedAvg, FedMedian, FedTrimmedAvg, Krum, Mult
 from common import protocol
 from common.config import ConfigError
 from common.weights import NamedArrays, map_update
+from server.sent_coordinates import Deltas, SentCoordinatewise, sent_median, sent_trimmed_mean
 
 log = logging.getLogger(__name__)
 
 AGGREGATORS: Final = ("fedavg", "median", "trimmed-mean", "krum", "multikrum")
 """Valid values of the ``aggregation`` config key."""
-
-
-MIN_COORDINATEWISE_TOPK: Final = 0.5
-"""Least ``codec.topk`` for ``median`` and ``trimmed-mean``: below it a coordinate is sent by
-fewer than half the clients on average, and a robust rule over it returns (almost) zero."""
 
 
 class AggregatorError(ConfigError):
@@ -162,6 +163,31 @@ class GuardedTrimmedAvg(_Guard, FedTrimmedAvg):
         self.beta = self.configured_beta if cut == configured else (cut + 0.25) / n
 
 
+class SentMedian(_Guard, SentCoordinatewise):
+    """``median`` of sparse updates: per coordinate over its senders; skips ``n <= 2f``."""
+
+    def __init__(self, *, assumed_malicious: int, **kwargs: object) -> None:
+        super().__init__(**kwargs)
+        self._guard("median", assumed_malicious)
+
+    def rule(self, deltas: Deltas) -> npt.NDArray[np.float64]:
+        """Return the senders' median of each coordinate (``server.sent_coordinates``)."""
+        return sent_median(deltas, assumed_malicious=self.assumed_malicious)
+
+
+class SentTrimmedAvg(_Guard, SentCoordinatewise):
+    """``trimmed-mean`` of sparse updates: per coordinate over its senders; skips ``n <= 2f``."""
+
+    def __init__(self, *, assumed_malicious: int, beta: float, **kwargs: object) -> None:
+        super().__init__(**kwargs)
+        self._guard("trimmed-mean", assumed_malicious)
+        self.beta = beta
+
+    def rule(self, deltas: Deltas) -> npt.NDArray[np.float64]:
+        """Return the senders' trimmed mean of each coordinate (``server.sent_coordinates``)."""
+        return sent_trimmed_mean(deltas, assumed_malicious=self.assumed_malicious, beta=self.beta)
+
+
 class GuardedKrum(_Guard, Krum):
     """Flower's ``Krum`` (one update selected); skips a round with ``n <= 2f + 2`` replies."""
 
@@ -188,6 +214,11 @@ class GuardedMultiKrum(_Guard, MultiKrum):
 
 _Builder = Callable[[dict[str, object], int, float], FedAvg]
 
+_SPARSE: Final[dict[str, _Builder]] = {
+    "median": lambda kw, f, beta: SentMedian(assumed_malicious=f, **kw),
+    "trimmed-mean": lambda kw, f, beta: SentTrimmedAvg(assumed_malicious=f, beta=beta, **kw),
+}
+
 _REGISTRY: Final[dict[str, _Builder]] = {
     "fedavg": lambda kw, f, beta: FedAvg(**kw),  # type: ignore[arg-type]
     "median": lambda kw, f, beta: GuardedMedian(assumed_malicious=f, **kw),
@@ -212,17 +243,17 @@ def build_aggregator(
         expected_clients: Replies a round is expected to aggregate (clients sampled per round).
         assumed_malicious: ``f``, the Byzantine clients per round the aggregator must tolerate.
         trim_beta: Fraction trimmed from each side by ``trimmed-mean`` (at least ``f`` are).
-        codec_topk: The ``codec.topk`` clients compress with. Coordinate-wise rules need most
-            clients to send a coordinate for it to move: with top-k sparse updates the median of
-            the decoded updates is zero on almost every coordinate and a trimmed mean keeps
-            almost none of them, so ``median`` and ``trimmed-mean`` are refused below
-            ``MIN_COORDINATEWISE_TOPK`` (docs/codec.md).
+        codec_topk: The ``codec.topk`` clients compress with. Below 1, ``median`` and
+            ``trimmed-mean`` run over each coordinate's senders (``SentMedian``,
+            ``SentTrimmedAvg``) and are refused unless ``expected_clients * codec_topk > 2f``
+            (module docstring; docs/anomaly.md).
 
     Raises:
         AggregatorError: Unknown ``name`` (the message lists the valid ones), out-of-domain
             numbers, or ``expected_clients`` too few for ``name`` (one line naming the numbers,
             e.g. ``krum needs more than 2f+2 = 6 clients per round with f = 2 assumed
-            malicious; got 5``), or ``median``/``trimmed-mean`` with sparse updates.
+            malicious; got 5``), or ``median``/``trimmed-mean`` with too few senders of a
+            coordinate on average.
 
     """
     if name not in _REGISTRY:
@@ -233,11 +264,15 @@ def build_aggregator(
         raise AggregatorError(reason)
     if not (isinstance(codec_topk, int | float) and 0.0 < codec_topk <= 1.0):
         raise AggregatorError(f"`codec_topk` must be in (0, 1], got {codec_topk!r}")
-    if name in ("median", "trimmed-mean") and codec_topk < MIN_COORDINATEWISE_TOPK:
+    sparse = name in _SPARSE and codec_topk < 1.0
+    senders = expected_clients * codec_topk
+    if sparse and senders <= 2 * assumed_malicious:
         raise AggregatorError(
-            f"{name} needs dense updates: with codec.topk = {codec_topk} most coordinates are "
-            f"zero in most updates, so the {name} barely moves; set codec.topk >= "
-            f"{MIN_COORDINATEWISE_TOPK} (1.0 is dense) or use krum, multikrum or fedavg"
+            f"{name} with codec.topk = {codec_topk} and {expected_clients} clients per round: "
+            f"a coordinate is sent by {senders:.3g} clients on average, and a coordinate-wise "
+            f"rule robust to f = {assumed_malicious} needs more than 2f = {2 * assumed_malicious}"
+            f" senders; raise codec.topk above {2 * assumed_malicious / expected_clients:.3g}, "
+            f"sample more clients, or use krum, multikrum or fedavg"
         )
     common_kwargs: dict[str, object] = {
         "fraction_train": 1.0,  # FedveilStrategy samples; the inner strategy only aggregates
@@ -252,7 +287,8 @@ def build_aggregator(
     level = flower_log.level
     flower_log.setLevel(logging.ERROR)
     try:
-        return _REGISTRY[name](common_kwargs, assumed_malicious, float(trim_beta))
+        builder = _SPARSE[name] if sparse else _REGISTRY[name]
+        return builder(common_kwargs, assumed_malicious, float(trim_beta))
     finally:
         flower_log.setLevel(level)
 

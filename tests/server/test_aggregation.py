@@ -19,6 +19,8 @@ from server.aggregation import (
     AggregatorError,
     GuardedMultiKrum,
     GuardedTrimmedAvg,
+    SentMedian,
+    SentTrimmedAvg,
     bound_local_weights,
     build_aggregator,
     clip_update,
@@ -289,8 +291,18 @@ def test_bound_local_weights_clips_the_whole_update() -> None:
 
 
 @pytest.mark.parametrize("name", ["median", "trimmed-mean"])
-def test_coordinatewise_rules_refuse_sparse_updates(name: str) -> None:
-    with pytest.raises(AggregatorError, match=r"codec\.topk"):
-        build_aggregator(name, expected_clients=10, assumed_malicious=1, codec_topk=0.1)
-    build_aggregator(name, expected_clients=10, assumed_malicious=1, codec_topk=0.5)
+def test_coordinatewise_rules_need_more_than_2f_senders_per_coordinate(name: str) -> None:
+    # 10 clients x topk 0.2 = 2 senders of a coordinate on average: not more than 2f = 2.
+    with pytest.raises(AggregatorError) as refused:
+        build_aggregator(name, expected_clients=10, assumed_malicious=1, codec_topk=0.2)
+    message = str(refused.value)
+    assert "\n" not in message
+    assert "codec.topk = 0.2" in message and "more than 2f = 2 senders" in message
+    assert "raise codec.topk above 0.2" in message
+
+    assert isinstance(
+        build_aggregator(name, expected_clients=10, assumed_malicious=1, codec_topk=0.3),
+        SentMedian | SentTrimmedAvg,
+    )
+    build_aggregator(name, expected_clients=10, assumed_malicious=0, codec_topk=0.01)
     build_aggregator("krum", expected_clients=10, assumed_malicious=1, codec_topk=0.1)
