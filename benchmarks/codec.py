@@ -144,13 +144,15 @@ def check_data(dataset: str, data_dir: Path | None) -> None:
 
 
 def user_overrides(assignments: Sequence[str]) -> dict[str, ConfigValue]:
-    """Parse ``--set KEY=VALUE`` options; codec keys are refused (each setting sets them)."""
+    """Parse ``--set KEY=VALUE`` options; codec keys and ``seed`` are refused (set per run)."""
     from common.config import ConfigError
 
     flat = config_keys(assignments)
     for key in flat:
         if key.startswith("codec."):
             raise ConfigError(f"config key `{key}` is set by each benchmark setting; drop it")
+        if key == "seed":
+            raise ConfigError("config key `seed` is set per run; use --seeds and --first-seed")
     return flat
 
 
@@ -175,14 +177,15 @@ def pick_settings(names: str | None) -> tuple[Setting, ...]:
 def build_plan(args: argparse.Namespace) -> Plan:
     """Turn the command line into one data set's keys, its settings and seeds.
 
-    Every setting's config is validated here, so a bad option fails before any run starts.
+    Every setting's config is validated first, then the data set is read once, so a bad
+    option fails before any run starts.
     """
+    extra = user_overrides(args.assignments)
+    data_dir = None if args.data_dir is None else Path(args.data_dir).expanduser().resolve()
     if args.quick:
-        flat: dict[str, ConfigValue] = {"num-server-rounds": 2, "sim.clients": 3}
+        flat: dict[str, ConfigValue] = {"num-server-rounds": 2, "sim.clients": 3, **extra}
         plan = Plan("digits", "auto", flat, pick_settings("sign"), (args.first_seed,), 3)
     else:
-        data_dir = None if args.data_dir is None else Path(args.data_dir).expanduser().resolve()
-        check_data(args.dataset, data_dir)
         flat = {
             "dataset": args.dataset,
             "model": args.model,
@@ -190,16 +193,16 @@ def build_plan(args: argparse.Namespace) -> Plan:
             "partitioning": "dirichlet",
             "dirichlet-alpha": args.alpha,
             "num-server-rounds": args.rounds,
+            **({} if data_dir is None else {"data-dir": str(data_dir)}),
+            **extra,
         }
-        if data_dir is not None:
-            flat["data-dir"] = str(data_dir)
         seeds = tuple(range(args.first_seed, args.first_seed + args.seeds))
         plan = Plan(
             args.dataset, args.model, flat, pick_settings(args.settings), seeds, args.repeats
         )
-    plan.flat.update(user_overrides(args.assignments))
     for setting in plan.settings:
         FedveilConfig.from_flat(run_keys(plan, setting, plan.seeds[0]))
+    check_data(plan.dataset, data_dir)
     return plan
 
 

@@ -1,4 +1,4 @@
-"""The codec benchmark's command line: plans, settings, and its JSON from fabricated runs."""
+"""The codec benchmark's command line: plans, settings, reuse of runs, and its JSON."""
 
 from __future__ import annotations
 
@@ -6,45 +6,28 @@ import json
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 
+from benchmarks import codec
 from benchmarks.codec import (
     CNN_SIZE,
     DENSE,
-    LARGE_SIZE,
-    RAW_SIZES,
     SETTINGS,
-    accuracy_table,
     build_parser,
     build_plan,
+    default_json,
     report_json,
+    run_all,
+    settings_table,
 )
-from benchmarks.codec_micro import MicroRow
-from benchmarks.codec_results import attach_costs, summarize_metrics
-from benchmarks.provenance import write_json
-from benchmarks.runs import read_rounds
+from benchmarks.codec_results import RunSummary, summarize_setting
+from benchmarks.provenance import RESULTS_DIR, write_json
+from common.config import ConfigError, FedveilConfig
 from common.models import create_model
 
 
-def _fake_run(folder: Path, sealed: int, accuracies: list[float]) -> Path:
-    """A run directory holding only metrics.jsonl: two clients of a 100-parameter model."""
-    folder.mkdir(parents=True)
-    lines = [
-        {
-            "round": i + 1,
-            "accuracy": acc,
-            "loss": 1.0,
-            "watermark_accuracy": None,
-            "clients": [11, 12],
-            "rejected": [],
-            "flagged": [],
-            "bytes_sealed": sealed,
-            "bytes_dense": 800,
-            "seconds": 2.0,
-        }
-        for i, acc in enumerate(accuracies)
-    ]
-    (folder / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
-    return folder
+def _summary(setting: str, seed: int, accuracy: float, up: float) -> RunSummary:
+    return RunSummary(setting, seed, 2, 100, up, 400.0, False, accuracy, 2.0, 2.0)
 
 
 def test_cnn_size_constant_is_the_cnn() -> None:
@@ -52,49 +35,127 @@ def test_cnn_size_constant_is_the_cnn() -> None:
     assert sum(t.numel() for t in cnn.state_dict().values()) == CNN_SIZE
 
 
-def test_every_setting_names_a_valid_codec_and_the_random_mask_is_compared() -> None:
-    assert SETTINGS[0] == DENSE
+def test_every_setting_is_a_valid_config_and_dense_comes_first() -> None:
+    assert SETTINGS[0] == DENSE and (DENSE.topk, DENSE.bits) == (1.0, 32)
     assert len({s.name for s in SETTINGS}) == len(SETTINGS)
-    assert {s.mask for s in SETTINGS} == {"topk", "random"}
+    assert {s.quantizer for s in SETTINGS} == {"stochastic", "sign"}
     for s in SETTINGS:
-        assert s.params.mask == s.mask and s.overrides()["codec.mask"] == s.mask
+        config = FedveilConfig.from_flat(s.overrides())
+        assert (config.codec_topk, config.codec_bits) == (s.topk, s.bits)
+        assert config.codec_quantizer == s.params.quantizer == s.quantizer
 
 
-def test_micro_only_plans_no_runs_and_the_full_microbenchmarks() -> None:
-    plan = build_plan(build_parser().parse_args(["--micro-only", "--repeats", "5"]))
+def test_plan_runs_dense_and_the_chosen_settings_over_consecutive_seeds() -> None:
+    args = build_parser().parse_args(
+        [
+            "--dataset",
+            "digits",
+            "--settings",
+            "sign",
+            "--seeds",
+            "3",
+            "--first-seed",
+            "5",
+            "--rounds",
+            "4",
+            "--set",
+            "lr=0.1",
+        ]
+    )
 
-    assert plan.scenarios == ()
-    assert set(plan.skipped) == {"digits", "mnist"}
-    assert plan.micro_sizes == (CNN_SIZE, LARGE_SIZE) and plan.raw_sizes == RAW_SIZES
-    assert plan.repeats == 5
+    plan = build_plan(args)
+
+    assert [s.name for s in plan.settings] == [DENSE.name, "sign"]
+    assert plan.seeds == (5, 6, 7)
+    assert plan.flat["num-server-rounds"] == 4 and str(plan.flat["lr"]) == "0.1"
+    assert codec.run_keys(plan, plan.settings[1], 6)["seed"] == 6
 
 
-def test_without_a_data_folder_the_plan_runs_digits_only() -> None:
-    plan = build_plan(build_parser().parse_args(["--rounds-digits", "4", "--set", "lr=0.1"]))
+@pytest.mark.parametrize(
+    ("argv", "named"),
+    [
+        (["--dataset", "digits", "--settings", "sign,nope"], "nope"),
+        (["--dataset", "digits", "--set", "seed=3"], "--seeds"),
+        (["--dataset", "digits", "--set", "codec.quantizer=sign"], "codec.quantizer"),
+        (["--dataset", "fashion-mnist"], "--data-dir"),
+    ],
+)
+def test_plan_refuses_bad_options_naming_them(argv: list[str], named: str) -> None:
+    with pytest.raises(ConfigError, match=named):
+        build_plan(build_parser().parse_args(argv))
 
-    (digits,) = plan.scenarios
-    assert digits.dataset == "digits" and "--data-dir" in plan.skipped["mnist"]
-    assert digits.flat["num-server-rounds"] == 4 and str(digits.flat["lr"]) == "0.1"
+
+def test_default_json_names_the_model_unless_it_is_mnists_cnn() -> None:
+    parse = build_parser().parse_args
+    assert default_json(parse([])) == RESULTS_DIR / "codec.json"
+    assert default_json(parse(["--quick"])).name == "codec-quick.json"
+    wide = parse(["--dataset", "fashion-mnist", "--model", "cnn-wide"])
+    assert default_json(wide).name == "codec-fashion-mnist-cnn-wide.json"
 
 
-def test_json_from_fabricated_runs_has_every_number_and_its_provenance(tmp_path: Path) -> None:
+def test_run_all_goes_seed_by_seed_and_reuses_kept_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    plan = build_plan(
+        build_parser().parse_args(["--dataset", "digits", "--settings", "sign", "--seeds", "2"])
+    )
+    calls: list[tuple[str, int]] = []
+
+    def fake_simulation(
+        flat: dict[str, object], out: Path, *, verbose: bool
+    ) -> list[dict[str, object]]:
+        calls.append((out.name, int(flat["seed"])))  # type: ignore[call-overload]
+        up = 400 if flat["codec.bits"] == 32 else 13
+        return [
+            {
+                "round": 1,
+                "accuracy": 0.5,
+                "clients": [1, 2],
+                "rejected": [],
+                "bytes_sealed": 2 * up,
+                "bytes_dense": 800,
+                "seconds": 1.0,
+            }
+        ]
+
+    monkeypatch.setattr(codec, "run_simulation", fake_simulation)
+    log = Console(file=None, quiet=True)
+
+    first = run_all(plan, tmp_path, verbose=False, log=log)
+    again = run_all(plan, tmp_path, verbose=False, log=log)
+
+    assert [(s.setting, s.seed) for s in first] == [
+        (DENSE.name, 0),
+        ("sign", 0),
+        (DENSE.name, 1),
+        ("sign", 1),
+    ]
+    assert len(calls) == 4 and calls[1] == ("digits-auto-sign-seed0", 0)
+    assert again == first  # nothing ran twice
+    assert first[1].bytes_up == 13
+
+
+def test_json_and_table_from_fabricated_runs(tmp_path: Path) -> None:
     plan = build_plan(build_parser().parse_args(["--quick"]))
-    dense = summarize_metrics(DENSE.name, read_rounds(_fake_run(tmp_path / "d", 800, [0.8, 0.9])))
-    small = summarize_metrics("top1-4bit", read_rounds(_fake_run(tmp_path / "t", 8, [0.7, 0.88])))
-    results = {"digits": attach_costs([dense, small], [0.001, 0.001])}
-    micro = [MicroRow("dense-f32", 10, 44, 1.0, 2.0, 3.0, 4.0, 5.0)]
+    runs = [_summary(DENSE.name, 0, 0.9, 400.0), _summary("sign", 0, 0.88, 16.0)]
+    dense = runs[:1]
+    settings = [
+        summarize_setting(runs[:1], dense, 0.001),
+        summarize_setting(runs[1:], dense, 0.001),
+    ]
 
-    write_json(tmp_path / "codec.json", report_json(plan, results, micro, [0.5, 0.4, 0.3]))
+    write_json(tmp_path / "codec.json", report_json(plan, runs, settings, [0.5, 0.4, 0.3]))
 
     doc = json.loads((tmp_path / "codec.json").read_text())
     assert {"date", "commit", "machine"} <= set(doc) and doc["machine"]["cpus"] >= 1
-    assert doc["benchmark"] == "codec" and doc["skipped"] == plan.skipped
-    assert doc["plan"]["datasets"]["digits"]["sim.clients"] == 3
-    digits = doc["accuracy"]["digits"]
-    assert digits["rounds"] == 2
-    assert [r["setting"] for r in digits["runs"]] == [DENSE.name, "top1-4bit"]
-    assert digits["runs"][1]["ratio"] == pytest.approx(100.0)
-    assert digits["runs"][1]["accuracy_loss_points"] == pytest.approx(2.0)
-    assert digits["verdict"]["at_ratio"]["setting"] == "top1-4bit"
-    assert doc["micro"][0]["payload_bytes"] == 44 and doc["load_average_before"][0] == 0.5
-    assert accuracy_table(results).row_count == 2
+    assert doc["benchmark"] == "codec" and doc["plan"]["seeds"] == [0]
+    assert doc["plan"]["keys"]["sim.clients"] == 3
+    assert [s["name"] for s in doc["settings"]] == [DENSE.name, "sign"]
+    assert doc["settings"][1]["keys"]["codec.quantizer"] == "sign"
+    sign = doc["summary"][1]
+    assert sign["up_ratio"] == pytest.approx(25.0)
+    assert sign["total_ratio"] == pytest.approx(800 / 416)
+    assert sign["diff_points"] == pytest.approx(-2.0)
+    assert len(doc["runs"]) == 2 and doc["load_average_before"][0] == 0.5
+    assert doc["verdict"]["default"] is None  # 2 points below dense
+    assert settings_table(plan, settings).row_count == 2
