@@ -1,15 +1,17 @@
-"""A node's durable state: its privacy history and error-feedback residual on disk.
+"""A node's durable state: privacy history, error-feedback residual, downlink references.
 
 Layout of a state directory (``--node-config "state-dir=..."``, or in simulation the run's
 ``client-state-dir`` with one subfolder per partition)::
 
     privacy.json             ``ClientPrivacyState`` (run tag, σ, history, rounds)
     residual.safetensors     the error-feedback residual, one float32 vector
+    downlink.safetensors     the last downlink references (at most two float32 vectors)
 
 Every write is atomic, so a crash leaves the previous round's state intact. A file that is
 corrupt or belongs to another run makes the node refuse to take part; nothing is overwritten.
 The files are mode 0600 from their first byte, and folders this module creates 0700: a node's
-privacy history and residual (a function of its updates) are for its owner only.
+privacy history and residual (a function of its updates) are for its owner only. The
+references are named by their digest, recomputed on load, so a damaged file only costs a resync.
 """
 
 from __future__ import annotations
@@ -29,6 +31,9 @@ from common.weights import WeightsError, load_safetensors
 PRIVACY_FILE = "privacy.json"
 RESIDUAL_FILE = "residual.safetensors"
 RESIDUAL_KEY = "fedveil.residual"
+REFERENCES_FILE = "downlink.safetensors"
+REFERENCES_KEY = "fedveil.downlink"
+MAX_REFERENCES = 2
 FOLDER_MODE = 0o700
 
 log = logging.getLogger(__name__)
@@ -102,6 +107,35 @@ class StateStore:
         data = save({"residual": np.asarray(residual, dtype=np.float32, order="C")})
         write_atomic(self.folder / RESIDUAL_FILE, data, mode=SECRET_MODE, durable=False)
 
+    def load_references(self, size: int) -> list[npt.NDArray[np.float32]]:
+        """Return the stored downlink references of length ``size`` (none if unreadable).
+
+        Losing them costs one model sent from zeros, never privacy, so a bad file is dropped.
+        """
+        path = self.folder / REFERENCES_FILE
+        if not path.exists():
+            return []
+        names = [f"ref-{i}" for i in range(MAX_REFERENCES)]
+        for count in range(MAX_REFERENCES, 0, -1):
+            try:
+                found = load_safetensors(path, {n: (size,) for n in names[:count]})
+            except WeightsError:
+                continue
+            return [found[n] for n in names[:count]]
+        log.warning("dropping the downlink references in %s: not readable", path)
+        return []
+
+    def save_references(self, references: list[npt.NDArray[np.float32]]) -> None:
+        """Write at most ``MAX_REFERENCES`` references atomically, mode 0600, without fsync."""
+        from safetensors.numpy import save
+
+        self._make_folder()
+        arrays = {
+            f"ref-{i}": np.asarray(r, dtype=np.float32, order="C")
+            for i, r in enumerate(references[:MAX_REFERENCES])
+        }
+        write_atomic(self.folder / REFERENCES_FILE, save(arrays), mode=SECRET_MODE, durable=False)
+
 
 class NodeState:
     """A node's state in memory (``context.state``) and, with a state directory, on disk.
@@ -161,3 +195,22 @@ class NodeState:
             self.store.save_residual(residual)
         else:
             self.context.state[RESIDUAL_KEY] = ArrayRecord({"residual": Array(residual)})
+
+    def load_references(self, size: int) -> list[npt.NDArray[np.float32]]:
+        """Return the downlink references of length ``size`` this node keeps (disk, else memory)."""
+        if self.store is not None:
+            return self.store.load_references(size)
+        record = self.context.state.array_records.get(REFERENCES_KEY)
+        if record is None:
+            return []
+        kept = [a.numpy().astype(np.float32) for a in record.values()]
+        return [r for r in kept if r.shape == (size,)]
+
+    def save_references(self, references: list[npt.NDArray[np.float32]]) -> None:
+        """Keep at most ``MAX_REFERENCES`` downlink references for the next rounds."""
+        if self.store is not None:
+            self.store.save_references(references)
+        else:
+            self.context.state[REFERENCES_KEY] = ArrayRecord(
+                {f"ref-{i}": Array(r) for i, r in enumerate(references[:MAX_REFERENCES])}
+            )

@@ -1,8 +1,11 @@
 """One train request as public steps with one job each; ``run_training_round`` composes them.
 
 1. ``read_request``: the round, the run config (``common.config.CLIENT_KEYS`` suffice), the
-   global model, and the aggregator's key, checked against a pinned fingerprint first.
-2. ``load_data``: a round trained before a restart is answered ``already-trained`` first; then
+   aggregator's key, checked against a pinned fingerprint first, and the global model, rebuilt
+   from the signed downlink (``client.downlink``); a downlink the node cannot use becomes the
+   request's ``refusal``.
+2. ``load_data``: a refused downlink ends the round here (nothing spent); a round trained
+   before a restart is answered ``already-trained`` first; then
    the node's own ``data-path``, else its partition of the task's pool
    (``client.local_data``); data the task cannot use refuses the round, spending nothing.
 3. ``check_budget``: the round's ``(σ, q, steps)`` and ε after it; a round past the node's own
@@ -16,7 +19,8 @@
 
 Ordering contract: nothing is spent before step 3 says yes, and step 5 runs before step 6, so
 a crash after training never forgets a round. Every step is post-processing-safe to compose:
-what happens between 5 and 6 acts on an output that is already charged.
+what happens between 5 and 6 acts on an output that is already charged. Every reply to a
+request whose downlink was applied names the reference the node now holds (``with_digest``).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import numpy.typing as npt
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
 from client.canaries import requested_canaries
+from client.downlink import receive_model, refusal_reply, with_digest
 from client.input_canaries import with_input_canaries
 from client.local_data import LocalData, client_id_of, load_local_data
 from client.node_limits import NodeConfigError, NodeLimits
@@ -49,6 +54,7 @@ from common.audit_inputs import InputCanarySpec
 from common.codec import CodecParams
 from common.config import FedveilConfig
 from common.device import node_device, resolve_device
+from common.downlink import DownlinkError
 from common.envelope import DPFacts
 from common.sealing import SealContext
 from common.task import TaskError, task_of
@@ -70,6 +76,8 @@ class TrainRequest:
     global_arrays: ArrayRecord
     assigned_noise: float | None
     canaries: CanarySpec | InputCanarySpec | None = None
+    downlink_digest: bytes | None = None
+    refusal: RecordDict | None = None
 
 
 @dataclass(frozen=True)
@@ -149,7 +157,9 @@ def _assigned_noise(msg: Message) -> float | None:
 def read_request(msg: Message, context: Context) -> TrainRequest:
     """Read a train request; refuse it if the aggregator's key is not the pinned one.
 
-    The key is checked here, before any privacy is spent on a round nobody should read.
+    The key is checked here, before any privacy is spent on a round nobody should read. A
+    downlink the node cannot use is not raised: it becomes ``refusal``, which ``load_data``
+    returns, so every composition of the steps answers it with one line.
     """
     request = msg.content.config_records[protocol.CONFIG]
     server_round = request.get(protocol.SERVER_ROUND)
@@ -158,15 +168,30 @@ def read_request(msg: Message, context: Context) -> TrainRequest:
     run_id = int(msg.metadata.run_id)
     public_key = aggregator_key(msg.content.config_records[protocol.SEAL], context)
     config = _config_of(msg)
+    refusal = None
+    try:
+        received = receive_model(
+            msg,
+            context,
+            config=config,
+            server_round=server_round,
+            node_state=NodeState.for_node(context, config.client_state_dir, client_id_of(context)),
+        )
+        global_arrays, digest = received.arrays, received.digest
+    except DownlinkError as exc:
+        global_arrays, digest = ArrayRecord(), None
+        refusal = refusal_reply(exc, context)
     return TrainRequest(
         config=config.replace(device=node_device(config.device, context.node_config)),
         server_round=server_round,
         run_id=run_id,
         run_tag=str(request.get(protocol.RUN_TAG, run_id)),
         public_key=public_key,
-        global_arrays=msg.content.array_records[protocol.ARRAYS],
+        global_arrays=global_arrays,
         assigned_noise=_assigned_noise(msg),
         canaries=requested_canaries(msg.content.config_records.get(protocol.AUDIT)),
+        downlink_digest=digest,
+        refusal=refusal,
     )
 
 
@@ -281,6 +306,15 @@ def check_budget(
     ``dp.budget`` (``refused``); or this node trained it before a restart lost the reply
     (``already-trained``, with that round's DP facts). Nothing is spent on a declined round.
     """
+    decided = _budget_or_reply(request, data, context)
+    if isinstance(decided, RoundBudget):
+        return decided
+    return with_digest(request.downlink_digest, decided)
+
+
+def _budget_or_reply(
+    request: TrainRequest, data: LocalData, context: Context
+) -> RoundBudget | RecordDict:
     config = request.config
     n = int(data.labels.shape[0])
     node_state = NodeState.for_node(context, config.client_state_dir, data.client_id)
@@ -394,27 +428,30 @@ def seal_reply(
         seal_context=SealContext(request.run_id, request.server_round, int(context.node_id)),
         node_state=budget.node_state,
     )
-    return _reply(
-        protocol.STATUS_TRAINED,
-        "",
-        {**_facts(budget.client_id, budget.entry, budget.epsilon_after), **budget.limits.metrics()},
-        ConfigRecord({protocol.SEALED: sealed}),
-    )
+    facts = {
+        **_facts(budget.client_id, budget.entry, budget.epsilon_after),
+        **budget.limits.metrics(),
+    }
+    reply = _reply(protocol.STATUS_TRAINED, "", facts, ConfigRecord({protocol.SEALED: sealed}))
+    return with_digest(request.downlink_digest, reply)
 
 
 def load_data(request: TrainRequest, context: Context) -> LocalData | RecordDict:
     """Return this node's data for the round, or the reply that ends the round without it.
 
-    A round trained before a restart is answered ``already-trained`` first, so unreadable
-    data cannot hide it; data the task cannot use is refused (``_refuse_data``).
+    A refused downlink ends the round first (``TrainRequest.refusal``). A round trained before
+    a restart is answered ``already-trained`` next, so unreadable data cannot hide it; data
+    the task cannot use is refused (``_refuse_data``).
     """
+    if request.refusal is not None:
+        return request.refusal
     done = already_trained(request, context)
     if done is not None:
-        return done
+        return with_digest(request.downlink_digest, done)
     try:
         return load_local_data(request.config, context)
     except TaskError as exc:
-        return _refuse_data(exc, context)
+        return with_digest(request.downlink_digest, _refuse_data(exc, context))
 
 
 def run_training_round(msg: Message, context: Context) -> RecordDict:

@@ -182,6 +182,13 @@ KEYS: dict[str, _Key] = {
         "codec_bits", int, 8, lambda v: v in (*range(1, 9), 16, 32), "1-8, 16 or 32 (raw float32)"
     ),
     "codec.error-feedback": _Key("codec_error_feedback", bool, True, _ANY, "true or false"),
+    "codec.downlink-bits": _Key(
+        "codec_downlink_bits",
+        int,
+        8,
+        lambda v: v in (0, *range(1, 9), 16),
+        "0 (dense float32), 1-8 or 16: bits per value of the model sent to clients",
+    ),
     "codec.mask": _Key(
         "codec_mask",
         str,
@@ -358,6 +365,7 @@ class FedveilConfig:
     codec_topk: float
     codec_bits: int
     codec_error_feedback: bool
+    codec_downlink_bits: int
     codec_mask: str
     codec_quantizer: str
     seal_private_key: str

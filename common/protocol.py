@@ -1,7 +1,12 @@
 """What travels between ServerApp and ClientApp in a train round: record names and metric keys.
 
 Request ``RecordDict``:
-    ``arrays``  ArrayRecord, the global model (``state_dict`` names, float32).
+    ``downlink`` ConfigRecord, ``blob``: the global model as a signed change from a reference
+                the node holds (``common.downlink``), and ``signing-key``: the aggregator's raw
+                Ed25519 key (32 bytes), checked against ``aggregator-signing-fingerprint``.
+    ``arrays``  ArrayRecord, the global model (``state_dict`` names, float32), only in requests
+                without ``downlink`` (older servers, tools); a node pinning a signing key
+                refuses them.
     ``config``  ConfigRecord, the run-config keys a client needs (flat, dotted;
                 ``common.config.CLIENT_KEYS``, missing ones take their defaults) plus
                 ``server-round`` and ``run-tag`` (fedveil's run id, stable across a resume).
@@ -27,9 +32,14 @@ Reply ``RecordDict``:
                 (a refusal for lack of usable data adds ``cause`` = ``no-data`` and carries
                 ``client-id`` only in ``metrics``; one by the node's own limit adds ``cause`` =
                 ``node-limit`` and ``limit`` = the node-config key; an unusable limit value adds
-                ``cause`` = ``node-config``, ``limit`` and ``client-id`` only in ``metrics``).
+                ``cause`` = ``node-config``, ``limit`` and ``client-id`` only in ``metrics``; a
+                downlink the node cannot use adds ``cause`` = ``downlink`` (corrupt, truncated,
+                altered, misaddressed, or a signing key other than the pinned one) or
+                ``downlink-base`` (it lacks the reference named as base); nothing is spent).
     ``update``  ConfigRecord, ``sealed``: the sealed update (``common.envelope``); only when
                 ``status`` is ``trained``.
+    ``downlink`` ConfigRecord, ``digest``: the reference the node now holds (SHA-256, 32
+                bytes), in every reply to a request whose downlink it applied.
 
 Nothing else leaves a client: no training loss, no example count (aggregation is uniform);
 the node's own limits travel in the clear, so the server can plan around them.
@@ -57,6 +67,13 @@ PUBLIC_KEY = "public-key"
 SEALED = "sealed"
 UPDATE = "update"
 PINNED_FINGERPRINT = "aggregator-fingerprint"
+# The signed downlink (``common.downlink``): request record with the blob and the signing key;
+# the reply record of the same name carries the digest of the reference the node now holds.
+DOWNLINK = "downlink"
+DOWNLINK_BLOB = "blob"
+SIGNING_KEY = "signing-key"
+DOWNLINK_DIGEST = "digest"
+PINNED_SIGNING_FINGERPRINT = "aggregator-signing-fingerprint"
 DP = "dp"
 ASSIGNED_NOISE = "noise-multiplier"
 # The audit's record, only in audited clients' requests: white-box canaries to add to DP-SGD
@@ -88,6 +105,12 @@ CAUSE_NODE_LIMIT = "node-limit"
 # node trains nothing until its owner fixes it. Nothing is spent.
 CAUSE_NODE_CONFIG = "node-config"
 LIMIT = "limit"
+# The request's downlink cannot be used: corrupt, truncated, altered, misaddressed or signed by
+# a key other than the pinned one (``CAUSE_DOWNLINK``), or based on a reference the node does
+# not hold (``CAUSE_DOWNLINK_BASE``: the server then sends the next one from zeros). Nothing is
+# spent.
+CAUSE_DOWNLINK = "downlink"
+CAUSE_DOWNLINK_BASE = "downlink-base"
 
 # Metric keys of a train reply; "weight" is the aggregation weight (uniform, 1.0).
 WEIGHT = "weight"

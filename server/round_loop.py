@@ -28,6 +28,7 @@ from flwr.superlink.grid import InMemoryGrid
 from common import protocol
 from common.codec import CodecParams
 from common.config import ConfigError, FedveilConfig
+from common.crypto.signing import derive_signing_key
 from common.device import resolve_device
 from common.sealing import AggregatorKeyPair, load_private_key
 from common.task import task_of
@@ -139,8 +140,10 @@ class RoundLoop:
             seed=config.seed,
             eligible=self._eligible,
         )
+        keypair = aggregator_keypair(config)
+        self.signer = derive_signing_key(keypair)
         self.opener = UpdateOpener(
-            aggregator_keypair(config),
+            keypair,
             run_id=run_id,
             params=CodecParams(topk=config.codec_topk, bits=config.codec_bits),
             shapes=shapes,
@@ -321,6 +324,7 @@ class RoundLoop:
             len(nodes),
             sampler=self.sampler,
             opener=self.opener,
+            signer=self.signer,
             book=self.book,
             reference=None if self.root_set is None else self._reference,
             evidence=evidence,
@@ -397,6 +401,7 @@ class RoundLoop:
             refused=sorted(node for node, _ in outcome.refused),
             faults=[{"node": n, "kind": k} for n, k in sorted(outcome.injected.items())],
             epsilon_max=max((a.epsilon for a in self.ledger.clients.values()), default=0.0),
+            bytes_down=outcome.bytes_down,
         )
         self.run_dir.append_round(record)
         self.run_dir.write_model(_numpy_state(self.arrays))

@@ -48,7 +48,9 @@ CONFIG = "config.json"
 METRICS = "metrics.jsonl"
 PRIVACY = "privacy.json"
 MODEL = "model.safetensors"
-# Keys every line of metrics.jsonl has (the contract); later fields may be absent in old runs.
+# Keys every line of metrics.jsonl has (the contract); later fields (``refused``, ``faults``,
+# ``epsilon_max``, ``bytes_down``: downlink bytes sent to the round's clients) may be absent in
+# old runs and read as empty or 0.
 ROUND_KEYS = (
     "round",
     "accuracy",
@@ -93,6 +95,7 @@ class RoundRecord:
     refused: list[int] = field(default_factory=list)
     faults: list[dict[str, Any]] = field(default_factory=list)
     epsilon_max: float = 0.0
+    bytes_down: int = 0
 
     @classmethod
     def from_json(cls, doc: Any, what: str = "a round") -> RoundRecord:
@@ -126,6 +129,7 @@ def _round(f: Fields, value: Any, what: str) -> RoundRecord:
             f.obj(x, f"{what} fault") for x in f.array(doc.get("faults", []), f"{what} faults")
         ],
         epsilon_max=f.number(doc.get("epsilon_max", 0.0), f"{what} epsilon_max"),
+        bytes_down=f.integer(doc.get("bytes_down", 0), f"{what} bytes_down"),
     )
 
 

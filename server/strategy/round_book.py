@@ -1,7 +1,8 @@
 """``RoundBook``: the one record the strategy wrappers share of what happened to each node.
 
 Per round (``RoundOutcome``): who was sampled, who trained (with the DP facts to charge), who
-contributed, refused, was rejected (and why) or flagged, and the bytes received. Across rounds:
+contributed, refused, was rejected (and why) or flagged, the bytes received and the bytes sent
+(``bytes_down``: the downlink to the sampled nodes). Across rounds:
 which label each node declared, the plan entry each node trains under, which account each node
 is charged to (``account_of``) and which nodes have had an update opened. The round loop reads
 the outcome after ``aggregate_train`` to charge the ledger and write ``metrics.jsonl``; the
@@ -81,6 +82,7 @@ class RoundOutcome:
     scores: dict[int, AnomalyScore] = field(default_factory=dict)
     bytes_sealed: int = 0
     bytes_dense: int = 0
+    bytes_down: int = 0
 
     def reject(self, node: int, reason: str, detail: str) -> None:
         """Record that ``node``'s reply will not reach aggregation, and why."""

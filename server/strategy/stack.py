@@ -1,6 +1,7 @@
 """The server's strategy stack for a config: the aggregator and the wrappers around it.
 
-``build_stack`` composes ``BudgetAwareSampling(SealedUpdates(ScreenedUpdates(aggregator)))``
+``build_stack`` composes
+``BudgetAwareSampling(CompressedDownlink(SealedUpdates(ScreenedUpdates(aggregator))))``
 (ordering contract in ``server.strategy``); ``wrap`` may add one more wrapper outside, such as
 a simulation's fault injection, which shares the stack's ``RoundBook``.
 """
@@ -13,12 +14,14 @@ from dataclasses import dataclass
 from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping, Strategy
 
 from common.config import FedveilConfig
+from common.crypto.signing import SigningKey
 from server.aggregation import build_aggregator
 from server.anomaly import DirectionEvidence
 from server.audit import Auditor, build_auditor
 from server.audit_file import AuditEntry
 from server.opening import UpdateOpener
 from server.strategy.audit import AuditedUpdates
+from server.strategy.downlink import CompressedDownlink
 from server.strategy.round_book import RoundBook
 from server.strategy.sampling import BudgetAwareSampler, BudgetAwareSampling
 from server.strategy.screening import ReferenceFn, ScreenedUpdates, Screening
@@ -76,6 +79,7 @@ def build_stack(
     *,
     sampler: BudgetAwareSampler,
     opener: UpdateOpener,
+    signer: SigningKey,
     book: RoundBook,
     reference: ReferenceFn | None,
     evidence: DirectionEvidence,
@@ -108,7 +112,16 @@ def build_stack(
             audits={} if audits is None else audits,
         )
     sampling = BudgetAwareSampling(
-        SealedUpdates(opened, opener=opener, book=book), sampler=sampler, book=book
+        CompressedDownlink(
+            SealedUpdates(opened, opener=opener, book=book),
+            signer=signer,
+            run_id=opener.run_id,
+            bits=config.codec_downlink_bits,
+            shapes=opener.shapes,
+            book=book,
+        ),
+        sampler=sampler,
+        book=book,
     )
     outermost = sampling if wrap is None else wrap(sampling, book)
     return StrategyStack(outermost, sampling, screened, auditor)

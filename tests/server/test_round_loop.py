@@ -52,7 +52,7 @@ def test_no_request_carries_a_server_only_key(tmp_path: Path, task_identity: Non
     for message in grid.sent:
         train = message.metadata.message_type == MessageType.TRAIN
         allowed = (
-            {protocol.ARRAYS, protocol.CONFIG, protocol.SEAL, protocol.DP}
+            {protocol.DOWNLINK, protocol.CONFIG, protocol.SEAL, protocol.DP}
             if train
             else {protocol.CONFIG}
         )

@@ -19,6 +19,7 @@ from common import protocol
 from common.accounting import epsilon_from_history
 from common.codec import CodecParams
 from common.config import FedveilConfig
+from common.task import task_of
 from report.analysis import analyse
 from server.ledger import DP_FACTS, ERROR_AFTER_TRAINING, UNACCOUNTABLE
 from server.round_loop import RoundLoop
@@ -51,7 +52,7 @@ def _respond(config: FedveilConfig) -> ListGrid:
         sealing = Sealing(
             RUN_ID,
             CodecParams(topk=config.codec_topk, bits=config.codec_bits),
-            sum(a.numpy().size for a in content.array_records[protocol.ARRAYS].values()),
+            sum(v.numel() for v in task_of(config).build_model().state_dict().values()),
             content.config_records[protocol.SEAL][protocol.PUBLIC_KEY],  # type: ignore[arg-type]
         )
         server_round = int(content.config_records[protocol.CONFIG][protocol.SERVER_ROUND])  # type: ignore[arg-type]

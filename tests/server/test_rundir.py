@@ -60,7 +60,7 @@ def test_a_round_is_one_json_line_with_the_contract_keys_in_order(tmp_path: Path
     assert line.endswith("}\n") and line.count("\n") == 1
     doc = json.loads(line)
     assert tuple(doc)[: len(ROUND_KEYS)] == ROUND_KEYS
-    assert tuple(doc)[len(ROUND_KEYS) :] == ("refused", "faults", "epsilon_max")
+    assert tuple(doc)[len(ROUND_KEYS) :] == ("refused", "faults", "epsilon_max", "bytes_down")
     assert doc["rejected"] == [{"node": 13, "reason": "open-failed", "detail": "tampered"}]
 
 

@@ -1,4 +1,4 @@
-"""build_stack: sampling outside sealing outside screening outside the aggregator, one RoundBook."""
+"""build_stack: sampling, downlink, sealing, screening, then the aggregator; one RoundBook."""
 
 from __future__ import annotations
 
@@ -8,9 +8,11 @@ from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping, 
 
 from common.codec import CodecParams
 from common.config import FedveilConfig
+from common.crypto.signing import derive_signing_key
 from common.sealing import AggregatorKeyPair
 from server.anomaly import DirectionEvidence
 from server.opening import UpdateOpener
+from server.strategy.downlink import CompressedDownlink
 from server.strategy.round_book import RoundBook
 from server.strategy.sampling import BudgetAwareSampler, BudgetAwareSampling
 from server.strategy.screening import ScreenedUpdates
@@ -23,13 +25,13 @@ ARRAYS = ArrayRecord({"w": Array(np.ones(3, np.float32))})
 
 
 def _stack(config: FedveilConfig, book: RoundBook, **kwargs: object) -> StrategyStack:
+    keypair = AggregatorKeyPair.generate()
     return build_stack(
         config,
         4,
         sampler=BudgetAwareSampler(fraction=1.0, min_clients=1, seed=0, eligible=lambda n: True),
-        opener=UpdateOpener(
-            AggregatorKeyPair.generate(), run_id=1, params=CodecParams(1.0, 8), shapes=SHAPES
-        ),
+        opener=UpdateOpener(keypair, run_id=1, params=CodecParams(1.0, 8), shapes=SHAPES),
+        signer=derive_signing_key(keypair),
         book=book,
         reference=None,
         evidence=DirectionEvidence(),
@@ -43,10 +45,12 @@ def test_the_wrappers_nest_in_the_documented_order_and_share_one_book() -> None:
     stack = _stack(FedveilConfig.from_flat({}), book)
 
     assert isinstance(stack.outermost, BudgetAwareSampling) and stack.outermost is stack.sampling
-    sealed = stack.sampling.strategy
+    downlink = stack.sampling.strategy
+    assert isinstance(downlink, CompressedDownlink)
+    sealed = downlink.strategy
     assert isinstance(sealed, SealedUpdates) and sealed.strategy is stack.screened
     assert isinstance(stack.screened, ScreenedUpdates)
-    assert stack.sampling.book is sealed.book is stack.screened.book is book
+    assert stack.sampling.book is downlink.book is sealed.book is stack.screened.book is book
 
 
 def test_flowers_central_dp_wrapper_sees_the_global_arrays_itself() -> None:

@@ -1,0 +1,165 @@
+"""The node's side of the signed downlink: check it, rebuild the global model, keep references.
+
+:func:`receive_model` reads a train request's ``downlink`` record (``common.downlink``): the
+signing key must match ``aggregator-signing-fingerprint`` when the node config pins one; the
+blob's length, Ed25519 signature and context (run, round, this node, model size) are checked
+before the payload is decoded; the base it names must be the all-zeros vector or one of the
+references this node keeps (``client.state_store``, the last two); the rebuilt model must have
+the target digest. It then keeps ``{target, base}`` (the server names one of them next round,
+whether or not it got this round's reply) and returns the model. A request without a
+``downlink`` record (an older server, a tool) is read from its dense ``arrays`` record, unless
+the node pins a signing key. Every refusal is a ``DownlinkError`` (``cause`` ``downlink`` or
+``downlink-base``) raised before any privacy is spent. Caveat: without a pin, a relay that
+replaces the signing key is not detected.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Message,
+    MetricRecord,
+    RecordDict,
+)
+
+from client.local_data import client_id_of
+from client.state_store import NodeState
+from common import protocol
+from common.config import FedveilConfig
+from common.downlink import (
+    DownlinkError,
+    Expected,
+    apply_change,
+    digest,
+    open_blob,
+    zero_digest,
+)
+from common.sealing import fingerprint
+from common.task import task_of
+from common.weights import unflatten
+
+log = logging.getLogger(__name__)
+
+Shapes = dict[str, tuple[int, ...]]
+
+
+@dataclass(frozen=True)
+class ReceivedModel:
+    """The global model as the node rebuilt it; ``digest`` is ``None`` for a dense request."""
+
+    arrays: ArrayRecord
+    digest: bytes | None
+
+
+def signing_key(record: ConfigRecord, context: Context) -> bytes:
+    """Return the request's signing key, checked against a pinned fingerprint.
+
+    Raises:
+        DownlinkError: ``downlink``: no 32-byte key, or not the pinned one.
+
+    """
+    key = record.get(protocol.SIGNING_KEY)
+    if not isinstance(key, bytes) or len(key) != 32:
+        raise DownlinkError(protocol.CAUSE_DOWNLINK, "the request carries no 32-byte signing key")
+    pinned = str(context.node_config.get(protocol.PINNED_SIGNING_FINGERPRINT, "")).strip()
+    if pinned and fingerprint(key) != pinned:
+        raise DownlinkError(
+            protocol.CAUSE_DOWNLINK,
+            f"signing key {fingerprint(key)} does not match the pinned {pinned}",
+        )
+    return key
+
+
+def model_shapes(config: FedveilConfig) -> Shapes:
+    """Return the task model's ``state_dict`` names and shapes, in order (the flat layout)."""
+    return {k: tuple(v.shape) for k, v in task_of(config).build_model().state_dict().items()}
+
+
+def receive_model(
+    msg: Message,
+    context: Context,
+    *,
+    config: FedveilConfig,
+    server_round: int,
+    node_state: NodeState,
+) -> ReceivedModel:
+    """Return the global model a train request carries, checked (module docstring).
+
+    Args:
+        msg: The train request.
+        context: This node's context (node id, node config).
+        config: The run config (its task gives the model's names and shapes).
+        server_round: The request's round, already checked.
+        node_state: Where this node keeps its references.
+
+    Raises:
+        DownlinkError: The downlink must be refused; its ``cause`` says why.
+
+    """
+    record = msg.content.config_records.get(protocol.DOWNLINK)
+    if record is None:
+        if str(context.node_config.get(protocol.PINNED_SIGNING_FINGERPRINT, "")).strip():
+            raise DownlinkError(
+                protocol.CAUSE_DOWNLINK,
+                "the request's model is not signed and this node pins a signing key",
+            )
+        arrays = msg.content.array_records.get(protocol.ARRAYS)
+        if arrays is None:
+            raise DownlinkError(protocol.CAUSE_DOWNLINK, "the request carries no model")
+        return ReceivedModel(arrays, None)
+    key = signing_key(record, context)
+    blob = record.get(protocol.DOWNLINK_BLOB)
+    shapes = model_shapes(config)
+    size = sum(int(np.prod(s)) for s in shapes.values())
+    expected = Expected(int(msg.metadata.run_id), server_round, int(context.node_id), size)
+    header, payload = open_blob(blob if isinstance(blob, bytes) else b"", key, expected)
+    zeros = zero_digest(size)
+    if header.base == zeros:
+        base = np.zeros(size, dtype=np.float32)
+    else:
+        held = {digest(r): r for r in node_state.load_references(size)}
+        if header.base not in held:
+            raise DownlinkError(
+                protocol.CAUSE_DOWNLINK_BASE,
+                f"this node does not hold the reference {header.base.hex()[:16]} the model is "
+                f"based on; the next model comes from zeros",
+            )
+        base = held[header.base]
+    model = apply_change(base, payload, header.bits)
+    if digest(model) != header.target:
+        raise DownlinkError(protocol.CAUSE_DOWNLINK, "the rebuilt model does not match its digest")
+    node_state.save_references([model] if header.base == zeros else [model, base])
+    return ReceivedModel(
+        ArrayRecord(
+            {k: Array(np.ascontiguousarray(v)) for k, v in unflatten(model, shapes).items()}
+        ),
+        header.target,
+    )
+
+
+def refusal_reply(exc: DownlinkError, context: Context) -> RecordDict:
+    """Return the ``refused`` reply to a downlink the node cannot use; nothing is spent."""
+    reason = f"refused: {exc.detail}; nothing was spent"
+    log.warning("node %d %s", context.node_id, reason)
+    return RecordDict(
+        {
+            protocol.METRICS: MetricRecord({protocol.CLIENT_ID: float(client_id_of(context))}),
+            protocol.STATUS: ConfigRecord(
+                {"status": protocol.STATUS_REFUSED, "reason": reason, protocol.CAUSE: exc.cause}
+            ),
+        }
+    )
+
+
+def with_digest(digest_held: bytes | None, content: RecordDict) -> RecordDict:
+    """Name in a reply the downlink reference this node now holds (``None``: a dense request)."""
+    if digest_held is not None:
+        content[protocol.DOWNLINK] = ConfigRecord({protocol.DOWNLINK_DIGEST: digest_held})
+    return content

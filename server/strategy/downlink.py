@@ -1,0 +1,178 @@
+"""``CompressedDownlink``: train requests carry the global model as a signed, quantized change.
+
+Requests lose the dense ``arrays`` record and gain a ``downlink`` record (``common.downlink``):
+the change of the global model since the reference the server believes the node holds (its
+SHA-256 digest), quantized to ``codec.downlink-bits`` (0: raw float32 from zeros, every round),
+signed with the aggregator's Ed25519 key, plus that key. Nodes believed to hold the same
+reference share one payload (one encoding, one reconstruction); each node's blob is signed for
+its own run, round and node id. A node with no known reference (first contact, a server
+restart, a forgotten one) gets the change from the all-zeros vector, which every node holds.
+
+Replies, before anything inside sees them: a reply naming the round's target digest moves the
+node's reference there; one naming neither base nor target, or a ``downlink-base`` refusal,
+makes the server forget it (the next change comes from zeros); a ``downlink`` or
+``downlink-base`` refusal is rejected with that reason (nothing was spent, nothing is charged)
+and not passed on; no reply keeps the old belief (the node keeps both base and target). The
+round's ``bytes_down`` (``RoundOutcome``) adds up each request's blob and key. Uplink updates
+are opened inside, as before, against the global model itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import secrets
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+
+from common import protocol
+from common.codec import Float32Array
+from common.crypto.signing import SigningKey
+from common.downlink import (
+    DENSE_BITS,
+    DownlinkHeader,
+    digest,
+    encode_change,
+    signed_message,
+    zero_digest,
+)
+from common.weights import flatten
+from server.strategy.round_book import RoundBook, one_line
+from server.strategy.wrapper import StrategyWrapper
+
+log = logging.getLogger(__name__)
+
+_REFUSALS = (protocol.CAUSE_DOWNLINK, protocol.CAUSE_DOWNLINK_BASE)
+
+
+@dataclass(frozen=True)
+class _Change:
+    """One encoded change from a base: what every node holding that base is sent."""
+
+    payload: bytes
+    payload_hash: bytes
+    target: Float32Array
+    target_digest: bytes
+
+
+class CompressedDownlink(StrategyWrapper):
+    """Replaces each request's dense model with a signed change from the node's reference."""
+
+    def __init__(
+        self,
+        strategy: Strategy,
+        *,
+        signer: SigningKey,
+        run_id: int,
+        bits: int,
+        shapes: dict[str, tuple[int, ...]],
+        book: RoundBook,
+    ) -> None:
+        super().__init__(strategy)
+        if bits not in (0, *range(1, 9), 16):
+            raise ValueError(f"`bits` must be 0, 1-8 or 16, got {bits!r}")
+        self.signer = signer
+        self.run_id = run_id
+        self.bits = DENSE_BITS if bits == 0 else bits
+        self.shapes = shapes
+        self.size = sum(int(np.prod(s)) for s in shapes.values())
+        self.book = book
+        self.held: dict[int, bytes] = {}
+        """Per node, the digest of the reference the server believes it holds (zeros: absent)."""
+        self._references: dict[bytes, Float32Array] = {}
+        self._sent: dict[int, tuple[bytes, bytes]] = {}
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Build the wrapped strategy's requests, then swap each one's model for its change."""
+        requests = list(self.strategy.configure_train(server_round, arrays, config, grid))
+        model = flatten({k: arrays[k].numpy() for k in self.shapes})
+        # Quantization noise acts on a DP output (post-processing); OS entropy keeps it unguessable.
+        rng = np.random.default_rng(secrets.randbits(128))
+        changes: dict[bytes, _Change] = {}
+        self._sent = {}
+        for message in requests:
+            node = int(message.metadata.dst_node_id)
+            base = self._base_of(node)
+            change = changes.get(base)
+            if change is None:
+                change = changes[base] = self._encode(model, base, rng)
+                self._references[change.target_digest] = change.target
+            header = DownlinkHeader(
+                bits=self.bits,
+                size=self.size,
+                run_id=self.run_id,
+                server_round=server_round,
+                node_id=node,
+                base=base,
+                target=change.target_digest,
+                payload_len=len(change.payload),
+            ).pack()
+            signature = self.signer.sign(signed_message(header, change.payload_hash))
+            blob = header + change.payload + signature
+            record = ConfigRecord(
+                {protocol.DOWNLINK_BLOB: blob, protocol.SIGNING_KEY: self.signer.public_bytes}
+            )
+            content = {k: v for k, v in message.content.items() if k != protocol.ARRAYS}
+            message.content = RecordDict({**content, protocol.DOWNLINK: record})
+            self.book.outcome.bytes_down += len(blob) + len(self.signer.public_bytes)
+            self._sent[node] = (base, change.target_digest)
+        return requests
+
+    def _base_of(self, node: int) -> bytes:
+        """Return the digest of the base to encode ``node``'s change from."""
+        known = self.held.get(node)
+        if self.bits == DENSE_BITS or known is None or known not in self._references:
+            return zero_digest(self.size)
+        return known
+
+    def _encode(self, model: Float32Array, base: bytes, rng: np.random.Generator) -> _Change:
+        start = self._references.get(base)
+        if start is None:
+            start = np.zeros(self.size, dtype=np.float32)
+        payload, target = encode_change(model, start, self.bits, rng)
+        return _Change(payload, hashlib.sha256(payload).digest(), target, digest(target))
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Learn which reference each node holds; reject downlink refusals; pass the rest on."""
+        passed: list[Message] = []
+        for reply in replies:
+            node = self.book.sender_of(reply)
+            if reply.has_error():
+                passed.append(reply)
+                continue
+            status = reply.content.config_records.get(protocol.STATUS)
+            cause = None if status is None else status.get(protocol.CAUSE)
+            if status is not None and cause in _REFUSALS:
+                if cause == protocol.CAUSE_DOWNLINK_BASE:
+                    self.held.pop(node, None)
+                self.book.outcome.reject(node, str(cause), one_line(str(status.get("reason", ""))))
+                continue
+            self._note_held(node, reply)
+            passed.append(reply)
+        self._sent = {}
+        kept = set(self.held.values())
+        self._references = {d: v for d, v in self._references.items() if d in kept}
+        return self.strategy.aggregate_train(server_round, passed)
+
+    def _note_held(self, node: int, reply: Message) -> None:
+        """Move ``node``'s reference to the digest its reply names, or forget an unknown one."""
+        sent = self._sent.get(node)
+        record = reply.content.config_records.get(protocol.DOWNLINK)
+        held = None if record is None else record.get(protocol.DOWNLINK_DIGEST)
+        if sent is None or not isinstance(held, bytes) or self.bits == DENSE_BITS:
+            return
+        base, target = sent
+        if held == target:
+            self.held[node] = target
+        elif held != base:
+            log.info("node %d holds a reference the server does not know: next from zeros", node)
+            self.held.pop(node, None)
