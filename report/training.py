@@ -20,12 +20,15 @@ def training_table(a: Analysis) -> Table:
             str(len(r.refused)),
             f"{r.bytes_sealed:,}",
             f"{r.bytes_dense:,}",
+            f"{r.bytes_down:,}",
         )
         for r in a.rounds
     )
     return Table(
         "Per round: the global model on the server's test split, clients aggregated, "
-        "rejected, flagged and refused, and bytes received.",
+        "rejected, flagged and refused, bytes received (sealed updates, and what they weigh as "
+        "dense float32) and bytes sent (the signed model changes to the round's clients; 0 in "
+        "runs made before the downlink was counted).",
         (
             "round",
             "accuracy",
@@ -36,6 +39,7 @@ def training_table(a: Analysis) -> Table:
             "refused",
             "bytes sealed",
             "bytes dense",
+            "bytes down",
         ),
         rows,
     )
@@ -75,6 +79,9 @@ def figures(a: Analysis) -> dict[str, Plot]:
     ratio = (
         f" Over the run the sealed updates weigh {sealed / dense:.1%} of dense." if dense else ""
     )
+    down = sum(r.bytes_down for r in a.rounds)
+    if down:
+        ratio += f" The server sent {down:,} bytes of signed model changes to its clients."
     out["bytes"] = Plot(
         "bytes",
         plots.bytes_plot(

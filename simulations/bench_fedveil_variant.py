@@ -5,7 +5,8 @@ The ServerApp is ``server.app.build_server_app``'s, with the checks and the simu
 only: ``wrap_strategy`` puts ``TimingStrategy`` outermost (its first ``configure_train`` ends
 the planning time that starts when the stack is built), the ``on_round`` observer marks each
 round's end, and the ClientApp is ``simulations.bench_client``'s. Rounds are read back from
-the run directory (``server.rundir.read_rounds``).
+the run directory (``server.rundir.read_rounds``); each row carries the uplink (sealed) and
+downlink (``downlink_bytes``: signed model changes to the sampled clients) bytes.
 """
 
 from __future__ import annotations
@@ -77,6 +78,7 @@ def run(job: VariantJob) -> list[dict[str, Any]]:
             r.bytes_sealed,
             len(r.clients),
             dense_bytes=r.bytes_dense,
+            downlink_bytes=r.bytes_down,
         )
         for r in read_rounds(run_path)
     ]
