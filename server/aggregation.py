@@ -269,10 +269,11 @@ def build_aggregator(
     if sparse and senders <= 2 * assumed_malicious:
         raise AggregatorError(
             f"{name} with codec.topk = {codec_topk} and {expected_clients} clients per round: "
-            f"a coordinate is sent by {senders:.3g} clients on average, and a coordinate-wise "
-            f"rule robust to f = {assumed_malicious} needs more than 2f = {2 * assumed_malicious}"
-            f" senders; raise codec.topk above {2 * assumed_malicious / expected_clients:.3g}, "
-            f"sample more clients, or use krum, multikrum or fedavg"
+            f"each coordinate is sent {senders:.3g} times on average, and a coordinate-wise "
+            f"rule robust to f = {assumed_malicious} needs it sent more than 2f = "
+            f"{2 * assumed_malicious} times; raise codec.topk above "
+            f"{2 * assumed_malicious / expected_clients:.3g}, sample more clients, or use krum, "
+            f"multikrum or fedavg"
         )
     common_kwargs: dict[str, object] = {
         "fraction_train": 1.0,  # FedveilStrategy samples; the inner strategy only aggregates

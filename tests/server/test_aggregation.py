@@ -297,7 +297,7 @@ def test_coordinatewise_rules_need_more_than_2f_senders_per_coordinate(name: str
         build_aggregator(name, expected_clients=10, assumed_malicious=1, codec_topk=0.2)
     message = str(refused.value)
     assert "\n" not in message
-    assert "codec.topk = 0.2" in message and "more than 2f = 2 senders" in message
+    assert "codec.topk = 0.2" in message and "sent more than 2f = 2 times" in message
     assert "raise codec.topk above 0.2" in message
 
     assert isinstance(
