@@ -95,6 +95,10 @@ def test_liars_failures_and_absurd_facts_are_rejected_charged_and_the_rounds_go_
     # After round 1 only node 23 is asked again: 22's declared σ spent its budget, 24 and 25
     # declared facts no finite ε covers, so their accounts are closed.
     assert [r["node"] for r in rows[1]["rejected"]] == [23]
+    # Downlink: signed 8-bit changes to each sampled node, about a quarter of dense float32.
+    dense = rows[0]["bytes_dense"] // len(rows[0]["clients"])  # one update of the model
+    assert 0 < rows[0]["bytes_down"] < len(ACTS) * dense / 3
+    assert 0 < rows[1]["bytes_down"] < rows[0]["bytes_down"]  # fewer nodes asked
 
     clients = json.loads((run_dir.path / "privacy.json").read_text())["clients"]
     plan = (SIGMA, RATE, STEPS)

@@ -128,13 +128,22 @@ def test_truncate_drops_a_last_line_torn_by_a_crash(tmp_path: Path) -> None:
 
 def test_old_rounds_without_later_fields_read_with_defaults(tmp_path: Path) -> None:
     doc = record(1).to_json()
-    for key in ("refused", "faults", "epsilon_max"):
+    for key in ("refused", "faults", "epsilon_max", "bytes_down"):
         doc.pop(key)
     (tmp_path / METRICS).write_text(metrics_text(doc))
 
     (back,) = read_rounds(tmp_path)
 
-    assert (back.refused, back.faults, back.epsilon_max) == ([], [], 0.0)
+    assert (back.refused, back.faults, back.epsilon_max, back.bytes_down) == ([], [], 0.0, 0)
+
+
+def test_bytes_down_round_trips_and_must_be_a_count(tmp_path: Path) -> None:
+    (tmp_path / METRICS).write_text(metrics_text(_with(bytes_down=12_345)))
+    assert read_rounds(tmp_path)[0].bytes_down == 12_345
+
+    (tmp_path / METRICS).write_text(metrics_text(_with(bytes_down=-1)))
+    with pytest.raises(RunFileError, match="bytes_down"):
+        read_rounds(tmp_path)
 
 
 def _with(**changes: object) -> dict[str, object]:
