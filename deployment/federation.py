@@ -36,7 +36,7 @@ from deployment.errors import DeployError, FederationError
 from deployment.layout import Layout
 from deployment.local import LocalDeployment
 from deployment.logs import json_file, last_line, metric_rows, read_from, size
-from deployment.material import aggregator_key_path, prepare_material
+from deployment.material import aggregator_key_path, prepare_material, signing_fingerprint
 from deployment.nodes import node_data_paths
 from deployment.record import DeploymentRecord
 from server.planning import check_budget_allows_a_round
@@ -142,6 +142,7 @@ def federation_up(
     try:
         local.lock()
         record.aggregator_fingerprint = prepare_material(layout, nodes, tls=tls, auth=auth, key=key)
+        record.signing_fingerprint = signing_fingerprint(aggregator_key_path(layout, key))
     except ValueError:  # bad certificates or keys, a busy work directory: nothing ran
         local.teardown()
         if created:

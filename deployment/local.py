@@ -4,7 +4,8 @@ One ``flower-superlink`` (Fleet API on one free ``127.0.0.1`` port, Control and 
 API on another, its own ``FLWR_HOME`` and SQLite state file, so node registrations survive a
 restart) and N ``flower-supernode`` processes, each with its own Runtime API port,
 ``FLWR_HOME``, durable state directory and node config (``partition-id``, ``num-partitions``,
-``state-dir``, ``aggregator-fingerprint``, and ``data-path`` when the node has its own data).
+``state-dir``, ``aggregator-fingerprint``, ``aggregator-signing-fingerprint`` when the record has
+one, and ``data-path`` when the node has its own data).
 SuperNodes run from the record's ``node_env`` (else this environment), in their own folder,
 without this process's ``PYTHONPATH`` when ``node_env`` is set. A work directory is held by one
 orchestrator at a time (a lock file); taking it first stops what a killed orchestrator left
@@ -195,6 +196,8 @@ class LocalDeployment:
             "state-dir": str(state_dir(self.run_dir, index)),
             "aggregator-fingerprint": self.record.aggregator_fingerprint,
         }
+        if self.record.signing_fingerprint:
+            values["aggregator-signing-fingerprint"] = self.record.signing_fingerprint
         if self.record.node_data:
             values["data-path"] = self.record.node_data[index]
         return commands.node_config_arg(values)

@@ -3,8 +3,9 @@
 With TLS: a private CA and a server certificate for ``127.0.0.1``/``localhost`` in ``tls/``.
 With SuperNode authentication: one P-384 key pair per node in ``nodes/node-<i>/``. Always: the
 aggregator's HPKE key pair (``keys/``, or the key the config names), whose fingerprint every
-node pins. Files kept from an earlier run are reused only if they pass the same checks (a bad
-or expired certificate, or a damaged key, is a one-line error and nothing is overwritten).
+node pins, as it pins the downlink signing key derived from it (``signing_fingerprint``).
+Files kept from an earlier run are reused only if they pass the same checks (a bad or expired
+certificate, or a damaged key, is a one-line error and nothing is overwritten).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from common.crypto import certificates
+from common.crypto.signing import derive_signing_key
 from common.sealing import AggregatorKeyPair, load_private_key, write_keypair
 from deployment.errors import DeployError
 from deployment.layout import HOST, Layout
@@ -41,5 +43,13 @@ def prepare_material(layout: Layout, nodes: int, *, tls: bool, auth: bool, key: 
         write_keypair(layout.keys, AggregatorKeyPair.generate())
     try:
         return load_private_key(path).fingerprint()
+    except ValueError as exc:
+        raise DeployError(str(exc)) from None
+
+
+def signing_fingerprint(path: Path) -> str:
+    """Return the fingerprint of the downlink signing key derived from the key at ``path``."""
+    try:
+        return derive_signing_key(load_private_key(path)).fingerprint()
     except ValueError as exc:
         raise DeployError(str(exc)) from None

@@ -2,13 +2,15 @@
 
 Version 1, written atomically whenever it changes: ``kind`` (``"fedveil-deployment"``), the
 ``flwr`` version, ``work_dir``, ``nodes``, ``tls``, ``auth``, ``aggregator_fingerprint`` (the
-key every node pins), ``superlink`` (its ``control`` and ``fleet`` addresses), ``node_ids``
+key every node pins), ``signing_fingerprint`` (the downlink signing key derived from it, which
+every node pins too), ``superlink`` (its ``control`` and ``fleet`` addresses), ``node_ids``
 (SuperNode index to Flower node id), ``flower_runs`` (``run_id`` and final ``status`` of each
 ``flwr run``, oldest first), ``node_data`` (each SuperNode's ``data-path``; empty: partitions),
 ``node_env`` (the environment the SuperNodes run from; empty: the orchestrator's) and
 ``task_root`` (the folder the task's package is staged from, so a resume from elsewhere ships
-the same task); the last three are optional on read. A missing, corrupt or unknown-version file
-is one ``DeployError``.
+the same task); these last three and ``signing_fingerprint`` (absent in older records: nodes
+then pin no signing key) are optional on read. A missing, corrupt or unknown-version file is
+one ``DeployError``.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ class DeploymentRecord:
     node_data: list[str] = field(default_factory=list)
     node_env: str = ""
     task_root: str = ""
+    signing_fingerprint: str = ""
 
     def to_json(self) -> dict[str, Any]:
         """Return the JSON document."""
@@ -53,6 +56,7 @@ class DeploymentRecord:
             "tls": self.tls,
             "auth": self.auth,
             "aggregator_fingerprint": self.aggregator_fingerprint,
+            "signing_fingerprint": self.signing_fingerprint,
             "node_data": self.node_data,
             "node_env": self.node_env,
             "task_root": self.task_root,
@@ -78,6 +82,7 @@ class DeploymentRecord:
                 node_data=[str(p) for p in doc.get("node_data", [])],
                 node_env=str(doc.get("node_env", "")),
                 task_root=str(doc.get("task_root", "")),
+                signing_fingerprint=str(doc.get("signing_fingerprint", "")),
                 superlink=dict(doc.get("superlink", {})),
                 node_ids={str(k): int(v) for k, v in doc.get("node_ids", {}).items()},
                 flower_runs=list(doc.get("flower_runs", [])),

@@ -32,6 +32,16 @@ def test_without_node_data_a_node_gets_its_partition(tmp_path: Path) -> None:
     }
 
 
+def test_a_node_pins_the_signing_key_when_the_record_names_one(tmp_path: Path) -> None:
+    local = _local(tmp_path)
+    local.record.signing_fingerprint = "sha256:cd"
+
+    config = parse_config_args([local.node_config(0)])
+
+    assert config["aggregator-signing-fingerprint"] == "sha256:cd"
+    assert config["aggregator-fingerprint"] == "sha256:ab"
+
+
 def test_with_node_data_a_node_gets_its_own_data_path(tmp_path: Path) -> None:
     local = _local(tmp_path, node_data=("/site-0/a.csv", "/site-1/b.csv"))
 

@@ -19,6 +19,7 @@ def test_deployment_record_round_trips(tmp_path: Path) -> None:
     record.node_data = ["/data/node-0.csv", "/data/node-1.csv", "/data/node-2"]
     record.node_env = "/opt/edge-venv"
     record.task_root = "/home/me/project"
+    record.signing_fingerprint = "sha256:" + "11" * 32
     record.save(tmp_path)
 
     loaded = DeploymentRecord.load(tmp_path)
@@ -53,9 +54,11 @@ def test_a_record_without_node_data_or_node_env_reads_as_partitions_and_this_env
 ) -> None:
     DeploymentRecord("/work", 2, False, False, "sha256:" + "00" * 32).save(tmp_path)
     doc = json.loads((tmp_path / "deployment.json").read_text())
-    del doc["node_data"], doc["node_env"], doc["task_root"]  # as before these fields existed
+    # as before these fields existed
+    del doc["node_data"], doc["node_env"], doc["task_root"], doc["signing_fingerprint"]
     (tmp_path / "deployment.json").write_text(json.dumps(doc))
 
     loaded = DeploymentRecord.load(tmp_path)
 
     assert loaded.node_data == [] and loaded.node_env == "" and loaded.task_root == ""
+    assert loaded.signing_fingerprint == ""
