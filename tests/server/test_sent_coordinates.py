@@ -99,6 +99,31 @@ def test_chunks_give_the_same_result(monkeypatch: pytest.MonkeyPatch) -> None:
     np.testing.assert_array_equal(sent_trimmed_mean(deltas, assumed_malicious=1, beta=0.2), whole)
 
 
+@settings(max_examples=100, deadline=None)
+@given(
+    honest=st.integers(1, 10),
+    f=st.integers(0, 3),
+    keep=st.floats(0.05, 1.0),
+    attack=st.floats(-1e30, 1e30, allow_nan=False, allow_infinity=False),
+    seed=st.integers(0, 2**16),
+)
+def test_f_attackers_anywhere_leave_each_coordinate_between_zero_and_honest_values(
+    honest: int, f: int, keep: float, attack: float, seed: int
+) -> None:
+    rng = np.random.default_rng(seed)
+    good = _sparse(honest, 30, keep, rng)
+    bad = np.where(rng.random((f, 30)) < 0.5, np.float32(attack), np.float32(0))
+    deltas = np.vstack([good, bad]).astype(np.float32)
+    low = np.minimum(good.min(axis=0), 0)
+    high = np.maximum(good.max(axis=0), 0)
+
+    for got in (
+        sent_median(deltas, assumed_malicious=f),
+        sent_trimmed_mean(deltas, assumed_malicious=f, beta=0.2),
+    ):
+        assert np.all((low <= got) & (got <= high))
+
+
 HONEST, ATTACKERS, SIZE, TOPK = 18, 2, 4000, 0.25
 
 
