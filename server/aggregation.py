@@ -27,8 +27,8 @@ one-line reason is left in the strategy's ``skipped`` attribute for the round's 
 
 With sparse updates (``codec.topk < 1``) ``median`` and ``trimmed-mean`` run per coordinate over
 the clients that sent it (``server.sent_coordinates``), and need more than ``2f`` senders of a
-coordinate on average (``n * topk > 2f``): a coordinate sent by fewer cannot tell ``f``
-attackers from honest senders, and moves only where ``f + 1`` senders agree.
+coordinate on average (``n * topk > 2f``): a coordinate sent by ``2f`` or fewer cannot tell the
+``f`` attackers from honest senders, and moves only where ``f + 1`` of them agree on its sign.
 
 The norm bound (:func:`clip_update`) acts on deltas, ``local - global``, after anomaly scoring
 (``server.anomaly``) and before aggregation; :func:`bound_local_weights` applies it to the
