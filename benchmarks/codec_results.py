@@ -2,13 +2,13 @@
 
 A run is summarized from its ``metrics.jsonl`` rows: sealed uplink bytes per received update;
 downlink bytes per client and round (``bytes_down`` over the round's answering clients when
-every row has it, else the dense float32 model); final accuracy; the mean steady-state round
-time (round 1 also starts the simulation engine, so it is left out when there are later rounds).
-A setting aggregates its runs over seeds: mean bytes, the ratio of dense float32 up + down to
-its up + down, accuracy mean and sample sd, its difference to dense in points (mean minus dense
-mean; negative is a loss), and the codec share of round time: the seconds to encode, seal, open
-and decode one update x clients per round / mean round seconds (an upper bound: clients encode
-and seal in parallel). The verdict checks issue 18's targets against those aggregates.
+every row has a non-zero one, else the dense float32 model); final accuracy; the mean
+steady-state round time (round 1 also starts the simulation engine, so it is left out when
+there are later rounds). A setting aggregates its runs over seeds: mean bytes, the ratio of
+dense float32 up + down to its up + down, accuracy mean and sample sd, its difference to dense
+in points (mean minus dense mean; negative is a loss), and the codec share of round time: the
+seconds to encode, seal, open and decode one update x clients per round / mean round seconds
+(an upper bound: clients encode and seal in parallel). The verdict checks issue 18's targets.
 """
 
 from __future__ import annotations
@@ -81,7 +81,8 @@ def summarize_metrics(setting: str, seed: int, rows: Sequence[Mapping[str, Any]]
     if updates == 0 or sealed == 0:
         raise BenchmarkError(f"{setting} seed {seed}: the server received no update")
     parameters = dense // updates // 4
-    down_measured = all(r.get("bytes_down") is not None for r in rows)
+    # Readers give rows written before ``bytes_down`` existed a 0: not measured.
+    down_measured = all(r.get("bytes_down") for r in rows)
     if down_measured:
         # A rejected client downloaded the model too: count every client that answered.
         answering = sum(len(r["clients"]) + len(r["rejected"]) for r in rows)

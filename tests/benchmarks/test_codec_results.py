@@ -96,8 +96,9 @@ def test_bytes_down_is_per_answering_client_when_every_row_has_it() -> None:
 
     # 500 bytes sent to 5 clients (a rejected one downloaded the model too).
     assert summary.down_measured and summary.bytes_down == pytest.approx(100.0)
-    mixed = codec_results.summarize_metrics("x", 0, [rows[0], _row(2, 2, 100, 1.0, 0.6)])
-    assert not mixed.down_measured and mixed.bytes_down == 4 * PARAMETERS
+    for older in (_row(2, 2, 100, 1.0, 0.6), _row(2, 2, 100, 1.0, 0.6, down=0)):
+        mixed = codec_results.summarize_metrics("x", 0, [rows[0], older])
+        assert not mixed.down_measured and mixed.bytes_down == 4 * PARAMETERS
 
 
 def test_summary_of_one_round_keeps_its_time() -> None:
