@@ -90,7 +90,7 @@ class Setting:
         return keys
 
 
-DENSE = Setting("dense-f32", 1.0, 32)
+DENSE = Setting("dense-f32", 1.0, 32, downlink_bits=0)
 SETTINGS: tuple[Setting, ...] = (
     DENSE,
     Setting("top10-8bit", 0.1, 8),
@@ -99,13 +99,16 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("top10-sign", 0.1, 1, quantizer="sign"),
     Setting("top2-sign", 0.02, 1, quantizer="sign"),
     Setting("rand25-sign", 0.25, 1, mask="random", quantizer="sign"),
+    Setting("rand25-sign-down2", 0.25, 1, mask="random", quantizer="sign", downlink_bits=2),
 )
-"""Dense float32 first: it is the baseline of every ratio and accuracy difference.
+"""Dense float32 both ways first: the baseline of every ratio and accuracy difference.
 
+The others keep the run's downlink (``codec.downlink-bits``' default) unless they name one.
 ``top10-8bit`` was the default before issue 18. ``sign`` sends every coordinate as one bit
 (scaled sign, error feedback), ``dense-2bit`` every coordinate with unbiased 2-bit rounding.
 The sparse ones aim at the aggressive preset: ``top2-sign`` spends about a byte per kept
-index, ``rand25-sign`` none (a 16-byte seed), so it keeps many more coordinates per byte.
+index, ``rand25-sign`` none (a 16-byte seed), so it keeps many more coordinates per byte;
+``rand25-sign-down2`` also sends the model at 2 bits per value.
 """
 BY_NAME = {s.name: s for s in SETTINGS}
 

@@ -37,6 +37,7 @@ def test_cnn_size_constant_is_the_cnn() -> None:
 
 def test_every_setting_is_a_valid_config_and_dense_comes_first() -> None:
     assert SETTINGS[0] == DENSE and (DENSE.topk, DENSE.bits) == (1.0, 32)
+    assert FedveilConfig.from_flat(DENSE.overrides()).codec_downlink_bits == 0  # dense both ways
     assert len({s.name for s in SETTINGS}) == len(SETTINGS)
     assert {s.quantizer for s in SETTINGS} == {"stochastic", "sign"}
     for s in SETTINGS:
