@@ -1,8 +1,8 @@
 """Opacus's grad-sample modes on fedveil's built-in models: the same gradients, and how fast.
 
-For each built-in model (``mlp`` on 8x8 digits, ``cnn`` on 28x28 MNIST-shaped inputs) and each
-mode of ``simulations.bench_steps.MODES`` (``hooks``, ``functorch``, ``ew`` = expanded weights,
-``ghost`` = fast gradient clipping):
+For each built-in model (``MODELS``: ``mlp`` on 8x8 digits, ``cnn`` and the million-parameter
+``cnn-wide`` on 28x28 MNIST-shaped inputs) and each mode of ``simulations.bench_steps.MODES``
+(``hooks``, ``functorch``, ``ew`` = expanded weights, ``ghost`` = fast gradient clipping):
 
 1. agreement: one DP-SGD step (σ = 0, a clip bound small enough that every example is
    clipped, SGD with lr 1) on a fixed batch; the step taken is the clipped mean gradient, and
@@ -12,7 +12,8 @@ mode of ``simulations.bench_steps.MODES`` (``hooks``, ``functorch``, ``ew`` = ex
 3. speed: ``simulations.bench_steps.step_times`` (σ = 1, fixed batches, interleaved blocks,
    beside a plain non-private step in the same run), and each mode's ratio to the plain step.
 
-``fit`` names, per model, the fastest mode that takes the same step and takes empty batches.
+``fit`` names, per model, the fastest mode that takes the same step and takes empty batches;
+``client.trainer.grad_sample_mode`` is the rule the trainer follows from these measurements.
 
 Prints a table and writes the JSON (date, commit, machine) to ``--out``
 (default ``benchmarks/results/grad_sample_modes.json``). ``--device`` is a fedveil ``device``
@@ -38,6 +39,9 @@ from common.models import create_model
 from simulations.bench_steps import MODES, STEP_MODELS, step_times
 
 NAME: Final = "grad_sample_modes"
+MODELS: Final = (*STEP_MODELS, ("cnn-wide", (1, 28, 28)))
+"""``fedveil bench``'s step models and the large CNN, whose hooks-mode steps are too slow for
+the bench's many blocks."""
 AGREEMENT_CLIP: Final = 1e-3
 """Clip bound of the agreement step: far below any example's gradient norm, so all are clipped."""
 SAME: Final = 1e-3
@@ -125,7 +129,7 @@ def measure(
 ) -> dict[str, Any]:
     """Return agreement and step times of every mode on every built-in model."""
     models: dict[str, Any] = {}
-    for name, shape in STEP_MODELS:
+    for name, shape in MODELS:
         times = step_times(
             name,
             shape,

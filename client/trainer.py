@@ -9,6 +9,7 @@ from __future__ import annotations
 import secrets
 import warnings
 from dataclasses import dataclass
+from typing import Any, Final
 
 import torch
 from torch import nn
@@ -20,10 +21,25 @@ from common.audit_canaries import CanarySpec
 
 _CPU = torch.device("cpu")
 
-GRAD_SAMPLE_MODE = "hooks"
-"""Opacus's per-sample gradient mode: on both built-in models, the fastest of the modes that
-give the same clipped gradients and take an empty Poisson batch (``ew`` refuses one, as
-``functorch`` does on convolutions); docs/performance.md, benchmarks/grad_sample_modes.py."""
+HOOKS: Final = "hooks"
+GHOST: Final = "ghost"
+GHOST_FROM_VALUES: Final = 2**24
+"""Per-sample gradient values per step (batch size x trainable parameters) from which the
+trainer clips with ghost clipping instead of materialising per-sample gradients."""
+
+
+def grad_sample_mode(model: nn.Module, batch_size: int) -> str:
+    """Return the Opacus grad-sample mode the trainer uses for ``model`` at ``batch_size``.
+
+    Both modes give the same clipped gradients and take an empty Poisson batch (``ew`` refuses
+    one, as ``functorch`` does on convolutions). ``hooks`` materialises every example's gradient,
+    which is fastest while those are small; ghost clipping (fast gradient clipping: the norms
+    from activations and output gradients, then a second backward pass on the reweighted loss)
+    wins once they are large. Which wins where was measured on the built-in models
+    (benchmarks/grad_sample_modes.py, docs/performance.md).
+    """
+    values = batch_size * sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return GHOST if values >= GHOST_FROM_VALUES else HOOKS
 
 
 @dataclass(frozen=True)
@@ -140,16 +156,25 @@ def train_dp_sgd(
         # Opacus warns that secure_mode is off; the privacy report names that limitation.
         warnings.filterwarnings("ignore", message=".*[Ss]ecure.*")
         engine = PrivacyEngine(accountant="rdp")
-        private_model, private_optimizer, private_loader = engine.make_private(
-            module=model,
-            optimizer=optimizer,
-            data_loader=loader,
-            noise_multiplier=settings.noise_multiplier,
-            max_grad_norm=settings.max_grad_norm,
-            poisson_sampling=True,
-            noise_generator=_secret_generator(device),
-            grad_sample_mode=GRAD_SAMPLE_MODE,
-        )
+        mode = grad_sample_mode(model, settings.batch_size)
+        private: dict[str, Any] = {
+            "module": model,
+            "optimizer": optimizer,
+            "data_loader": loader,
+            "noise_multiplier": settings.noise_multiplier,
+            "max_grad_norm": settings.max_grad_norm,
+            "poisson_sampling": True,
+            "noise_generator": _secret_generator(device),
+            "grad_sample_mode": mode,
+        }
+        criterion: nn.Module = nn.CrossEntropyLoss()
+        if mode == GHOST:
+            # Ghost clipping clips inside the loss's backward: the criterion is wrapped too.
+            private_model, private_optimizer, criterion, private_loader = engine.make_private(
+                criterion=criterion, **private
+            )
+        else:
+            private_model, private_optimizer, private_loader = engine.make_private(**private)
     if canaries is not None:
         GradientCanaries(
             canaries,
@@ -158,7 +183,6 @@ def train_dp_sgd(
             max_grad_norm=settings.max_grad_norm,
             device=device,
         ).attach(private_optimizer)
-    criterion = nn.CrossEntropyLoss()
     private_model.train()
     with warnings.catch_warnings():
         # Inputs never require gradients here; PyTorch's note about backward hooks is noise.

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from benchmarks import grad_sample_modes as bench
-from client.trainer import GRAD_SAMPLE_MODE
+from client.trainer import GHOST, HOOKS
 from simulations.bench_steps import MODES
 
 
@@ -23,7 +23,7 @@ def test_a_short_run_writes_every_mode_of_both_models_and_fits_the_trainers(
 
     doc = json.loads(out.read_text())
     assert doc["device"] == "cpu" and doc["commit"] is not None
-    for name in ("mlp", "cnn"):
+    for name in ("mlp", "cnn", "cnn-wide"):
         row = doc["models"][name]
         assert set(row["ratio_to_plain"]) == set(MODES)
         assert all(t > 0 for t in row["step_seconds"].values())
@@ -31,7 +31,7 @@ def test_a_short_run_writes_every_mode_of_both_models_and_fits_the_trainers(
         # Only a mode that takes empty batches and the same step as hooks may fit.
         assert row["fit"] in MODES and row["takes_empty_batch"][row["fit"]]
         assert row["relative_difference_to_hooks"][row["fit"]] <= bench.SAME
-    assert GRAD_SAMPLE_MODE in MODES
+    assert {HOOKS, GHOST} <= set(MODES)
     assert "fit:" in capsys.readouterr().out
 
 

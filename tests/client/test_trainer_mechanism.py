@@ -34,6 +34,14 @@ def seeded(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(trainer, "_secret_generator", generator)
 
 
+@pytest.fixture(params=[trainer.HOOKS, trainer.GHOST])
+def mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run a test in each grad-sample mode the trainer picks from (by its size threshold)."""
+    chosen: str = request.param
+    monkeypatch.setattr(trainer, "GHOST_FROM_VALUES", 0 if chosen == trainer.GHOST else 2**62)
+    return chosen
+
+
 class _Recorder(nn.Module):
     """A bias-free linear model that records the batch size of every forward pass (one a step)."""
 
@@ -64,7 +72,7 @@ def _flat(model: nn.Module) -> torch.Tensor:
     return torch.cat([p.detach().reshape(-1) for p in model.parameters()]).clone()
 
 
-def test_noise_on_a_zero_gradient_has_std_sigma_c_over_b_per_step() -> None:
+def test_noise_on_a_zero_gradient_has_std_sigma_c_over_b_per_step(mode: str) -> None:
     # Zero inputs give every example a zero gradient through a bias-free linear layer, so each
     # step moves the weights by -lr * N(0, (σC)^2) / B alone; S steps add S such draws.
     n, features, classes = 64, 500, 20
@@ -85,7 +93,7 @@ def test_noise_on_a_zero_gradient_has_std_sigma_c_over_b_per_step() -> None:
     assert abs(float(moved.mean())) < 5 * expected / math.sqrt(moved.numel())
 
 
-def test_a_single_examples_contribution_is_clipped_to_c() -> None:
+def test_a_single_examples_contribution_is_clipped_to_c(mode: str) -> None:
     # One example, batch size 1: q = 1, so the example is in the one step's batch for sure.
     # σ = 0 leaves the clipped gradient alone: the step is -lr * clip(g) / 1.
     features, classes = 50, 10
@@ -99,6 +107,7 @@ def test_a_single_examples_contribution_is_clipped_to_c() -> None:
 
     train_dp_sgd(model, image, label, settings)
 
+    assert trainer.grad_sample_mode(model, settings.batch_size) == mode
     step = (before - _flat(model)) / settings.lr
     assert float(gradient.norm()) > 100 * settings.max_grad_norm  # clipping has work to do
     assert float(step.norm()) == pytest.approx(settings.max_grad_norm, rel=1e-4)
