@@ -17,7 +17,7 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
-from common.models import MODELS, create_model
+from common.models import IMAGE_SIDES, MODELS, create_model
 from common.weights import NamedArrays, WeightsError, load_safetensors
 from server.json_checks import RunFileError
 from server.rundir import read_model_shapes
@@ -28,7 +28,9 @@ from server.watermark_trigger import TriggerSet
 MAX_CLASSES: Final = 10_000
 """Largest class count a model file may claim (bounds what verification builds)."""
 
-INPUT_SHAPES: Final[Mapping[str, tuple[int, int, int]]] = {"mlp": (1, 8, 8), "cnn": (1, 28, 28)}
+INPUT_SHAPES: Final[Mapping[str, tuple[int, int, int]]] = {
+    name: (1, side, side) for name, side in IMAGE_SIDES.items()
+}
 """Input shape of each registered model, to rebuild the trigger set from a model file alone."""
 
 

@@ -45,9 +45,10 @@ def test_verify_model_file_detects_the_watermark(
     assert not strict.detected and strict.p_value == found.p_value
 
 
-def test_verify_model_file_knows_the_cnn(tmp_path: Path) -> None:
+@pytest.mark.parametrize("name", ["cnn", "cnn-wide"])
+def test_verify_model_file_knows_every_built_in_cnn(tmp_path: Path, name: str) -> None:
     write_key(tmp_path / "k", KEY)
-    save_safetensors(tmp_path / "m.safetensors", state_of(create_model("cnn", 62, seed=0)))
+    save_safetensors(tmp_path / "m.safetensors", state_of(create_model(name, 62, seed=0)))
     verdict = verify_model_file(tmp_path / "m.safetensors", tmp_path / "k")
     assert verdict.total == 100 and not verdict.detected
 
