@@ -9,8 +9,9 @@ the target digest. It then keeps ``{target, base}`` (the server names one of the
 whether or not it got this round's reply) and returns the model. A request without a
 ``downlink`` record (an older server, a tool) is read from its dense ``arrays`` record, unless
 the node pins a signing key. Every refusal is a ``DownlinkError`` (``cause`` ``downlink`` or
-``downlink-base``) raised before any privacy is spent. Caveat: without a pin, a relay that
-replaces the signing key is not detected.
+``downlink-base``) raised before any privacy is spent; ``read_model`` turns it into the
+one-line ``refused`` reply. Caveat: without a pin, a relay that replaces the signing key is not
+detected.
 """
 
 from __future__ import annotations
@@ -52,10 +53,30 @@ Shapes = dict[str, tuple[int, ...]]
 
 @dataclass(frozen=True)
 class ReceivedModel:
-    """The global model as the node rebuilt it; ``digest`` is ``None`` for a dense request."""
+    """The global model as the node rebuilt it, or the reply that refuses it.
+
+    ``digest`` names the reference now held (``None`` for a dense request or a refusal);
+    ``refusal`` is the ``refused`` reply (``cause`` ``downlink`` or ``downlink-base``), with
+    empty ``arrays``.
+    """
 
     arrays: ArrayRecord
     digest: bytes | None
+    refusal: RecordDict | None = None
+
+
+def read_model(
+    msg: Message, context: Context, *, config: FedveilConfig, server_round: int
+) -> ReceivedModel:
+    """Return :func:`receive_model`'s model, or its refusal as a reply; this node's state."""
+    client_id = client_id_of(context)
+    node_state = NodeState.for_node(context, config.client_state_dir, client_id)
+    try:
+        return receive_model(
+            msg, context, config=config, server_round=server_round, node_state=node_state
+        )
+    except DownlinkError as exc:
+        return ReceivedModel(ArrayRecord(), None, refusal_reply(exc, context))
 
 
 def signing_key(record: ConfigRecord, context: Context) -> bytes:

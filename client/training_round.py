@@ -33,7 +33,7 @@ import numpy.typing as npt
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
 from client.canaries import requested_canaries
-from client.downlink import receive_model, refusal_reply, with_digest
+from client.downlink import read_model, with_digest
 from client.input_canaries import with_input_canaries
 from client.local_data import LocalData, client_id_of, load_local_data
 from client.node_limits import NodeConfigError, NodeLimits
@@ -54,7 +54,6 @@ from common.audit_inputs import InputCanarySpec
 from common.codec import CodecParams
 from common.config import FedveilConfig
 from common.device import node_device, resolve_device
-from common.downlink import DownlinkError
 from common.envelope import DPFacts
 from common.sealing import SealContext
 from common.task import TaskError, task_of
@@ -168,30 +167,18 @@ def read_request(msg: Message, context: Context) -> TrainRequest:
     run_id = int(msg.metadata.run_id)
     public_key = aggregator_key(msg.content.config_records[protocol.SEAL], context)
     config = _config_of(msg)
-    refusal = None
-    try:
-        received = receive_model(
-            msg,
-            context,
-            config=config,
-            server_round=server_round,
-            node_state=NodeState.for_node(context, config.client_state_dir, client_id_of(context)),
-        )
-        global_arrays, digest = received.arrays, received.digest
-    except DownlinkError as exc:
-        global_arrays, digest = ArrayRecord(), None
-        refusal = refusal_reply(exc, context)
+    received = read_model(msg, context, config=config, server_round=server_round)
     return TrainRequest(
         config=config.replace(device=node_device(config.device, context.node_config)),
         server_round=server_round,
         run_id=run_id,
         run_tag=str(request.get(protocol.RUN_TAG, run_id)),
         public_key=public_key,
-        global_arrays=global_arrays,
+        global_arrays=received.arrays,
         assigned_noise=_assigned_noise(msg),
         canaries=requested_canaries(msg.content.config_records.get(protocol.AUDIT)),
-        downlink_digest=digest,
-        refusal=refusal,
+        downlink_digest=received.digest,
+        refusal=received.refusal,
     )
 
 
