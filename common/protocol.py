@@ -42,7 +42,8 @@ Reply ``RecordDict``:
                 bytes), in every reply to a request whose downlink it applied.
 
 Nothing else leaves a client: no training loss, no example count (aggregation is uniform);
-the node's own limits travel in the clear, so the server can plan around them.
+the node's own limits travel in the clear, so the server can plan around them. The downlink
+digest is in the clear too: it names a reference the server itself built from the global model.
 The metrics repeat the DP facts in the clear for refusals and logs; the ledger charges the
 copy inside the seal, which the relay can neither read nor alter.
 The sample rate reveals ``ceil(n / batch_size)``; the privacy report names that channel.
