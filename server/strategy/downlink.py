@@ -1,20 +1,17 @@
 """``CompressedDownlink``: train requests carry the global model as a signed, quantized change.
 
-Requests lose the dense ``arrays`` record and gain a ``downlink`` record (``common.downlink``):
-the change of the global model since the reference the server believes the node holds (its
-SHA-256 digest), quantized to ``codec.downlink-bits`` (0: raw float32 from zeros, every round),
-signed with the aggregator's Ed25519 key, plus that key. Nodes believed to hold the same
-reference share one payload (one encoding, one reconstruction); each node's blob is signed for
-its own run, round and node id. A node with no known reference (first contact, a server
-restart, a forgotten one) gets the change from the all-zeros vector, which every node holds.
-
-Replies, before anything inside sees them: a reply naming the round's target digest moves the
-node's reference there; one naming neither base nor target, or a ``downlink-base`` refusal,
-makes the server forget it (the next change comes from zeros); a ``downlink`` or
-``downlink-base`` refusal is rejected with that reason (nothing was spent, nothing is charged)
-and not passed on; no reply keeps the old belief (the node keeps both base and target). The
-round's ``bytes_down`` (``RoundOutcome``) adds up each request's blob and key. Uplink updates
-are opened inside, as before, against the global model itself.
+Each request's dense ``arrays`` record becomes a ``downlink`` record (``common.downlink``): the
+change of the global model since the reference the server believes the node holds, quantized
+to ``codec.downlink-bits`` (0: raw float32 from zeros), signed with the aggregator's Ed25519
+key for the node's run, round and id, plus that key. Nodes holding the same reference share one
+encoding; a node with no known reference (first contact, a server restart) gets the change
+from zeros, which every node holds. Replies, before anything inside sees them: naming the
+round's target moves the node's reference there; naming neither base nor target, or a
+``downlink-base`` refusal, forgets it (next change from zeros); no reply keeps the old belief
+(the node keeps base and target). ``downlink`` and ``downlink-base`` refusals are rejected
+with that reason, charged nothing, and not passed on. ``bytes_down`` (``RoundOutcome``) adds
+up each request's blob and key. Uplink updates are opened inside, as before, against the
+global model itself. Format and threat model: docs/downlink.md.
 """
 
 from __future__ import annotations
