@@ -223,6 +223,7 @@ def test_tls_auth_three_nodes_two_sealed_rounds_and_an_unregistered_node_is_refu
     assert len(node_ids) == 3
     for row in rows:
         assert row["bytes_sealed"] > 0
+        assert row["bytes_down"] > 0  # signed model changes, checked by nodes that pin the key
         assert set(row["clients"]) == node_ids
         assert row["rejected"] == []
     ledger = json.loads((run / "privacy.json").read_text())
@@ -235,6 +236,7 @@ def test_tls_auth_three_nodes_two_sealed_rounds_and_an_unregistered_node_is_refu
         assert own["rounds"] == [1, 2] and own["history"] == client["history"]
     deployment = federation.deployment()
     assert deployment["tls"] is True and deployment["auth"] is True
+    assert deployment["signing_fingerprint"].startswith("sha256:")
     assert deployment["flower_runs"][-1]["status"] == "finished:completed"
     staged = sorted(p.name for p in (federation.keep / "app").iterdir())
     assert staged == ["client", "common", "pyproject.toml", "report", "server"]
