@@ -4,8 +4,9 @@ Both act on train messages only and pass every other message straight to ``call_
 
 * ``fault_mod`` takes the ``FAULT_RECORD`` out of the request, so the honest handler never sees
   it, and then: ``drop`` raises ``SimulatedDrop`` before the handler runs (nothing trained,
-  nothing spent; the reply becomes an error); ``misroute`` runs the handler with a Context whose
-  node id is the target's, so the update is sealed for that node's context; ``tamper`` flips
+  nothing spent; the reply becomes an error); ``misroute`` reads the request and trains as this
+  node (the signed downlink names it) but seals the update for the target node's context (an
+  attacker that is misrouted trains honestly: the misroute is the fault); ``tamper`` flips
   the last byte of the reply's sealed update; ``replay`` swaps in the sealed update this node
   sent in an earlier round, kept under ``REPLAY_KEY`` in ``context.state``.
 * ``attack_mod(kind, attackers)``: a node whose partition id is in ``attackers`` runs the public
@@ -70,14 +71,7 @@ def fault_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> M
     if fault is not None and fault.kind == "misroute":
         # The update is sealed for the target's context and is never this node's own send,
         # so it is not kept for a later replay.
-        elsewhere = Context(
-            run_id=context.run_id,
-            node_id=fault.target,
-            node_config=context.node_config,
-            state=context.state,
-            run_config=context.run_config,
-        )
-        return call_next(msg, elsewhere)
+        return Message(content=_misrouted_round(msg, context, fault.target), reply_to=msg)
     reply = call_next(msg, context)
     sealed = _sealed_of(reply)
     if sealed is None:
@@ -90,6 +84,27 @@ def fault_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> M
     if earlier is None:
         raise ValueError("a replay fault needs an update this node sent in an earlier round")
     return _swap_sealed(reply, earlier)
+
+
+def _misrouted_round(msg: Message, context: Context, target: int) -> RecordDict:
+    """Run the honest steps as this node, then seal the update for node ``target``'s context."""
+    request = steps.read_request(msg, context)
+    data = steps.load_data(request, context)
+    if not isinstance(data, LocalData):
+        return data
+    budget = steps.check_budget(request, data, context)
+    if not isinstance(budget, steps.RoundBudget):
+        return budget
+    local = steps.train_locally(request, data, budget)
+    steps.record_round(request, budget)
+    elsewhere = Context(
+        run_id=context.run_id,
+        node_id=target,
+        node_config=context.node_config,
+        state=context.state,
+        run_config=context.run_config,
+    )
+    return steps.seal_reply(request, budget, local, elsewhere)
 
 
 def attack_mod(kind: str, attackers: Collection[int]) -> Mod:

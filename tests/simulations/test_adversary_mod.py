@@ -142,21 +142,27 @@ def test_replay_without_an_earlier_update_is_refused(
         fault_mod(msg, client_context(0, 4), _fixed_reply(b"one"))
 
 
-def test_misroute_runs_the_handler_as_the_target_node(
-    train_request: Callable[..., Message],
+def test_misroute_trains_as_this_node_and_seals_for_the_target(
+    train_request: Callable[..., Message], aggregator: AggregatorKeyPair
 ) -> None:
     ctx = client_context(0, 4)
-    seen: list[Context] = []
-
-    def handler(msg: Message, context: Context) -> Message:
-        seen.append(context)
-        return _fixed_reply(b"elsewhere")(msg, context)
-
     msg = _with_fault(train_request(CONFIG, _global(), 1), "misroute", target=NODE_ID + 5)
-    fault_mod(msg, ctx, handler)
 
-    assert seen[0].node_id == NODE_ID + 5
-    assert seen[0].state is ctx.state and seen[0].node_config == ctx.node_config
+    reply = fault_mod(msg, ctx, _fixed_reply(b"never called"))
+
+    sealed = reply.content.config_records[protocol.UPDATE][protocol.SEALED]
+    assert isinstance(sealed, bytes)
+    params = CodecParams(topk=CONFIG.codec_topk, bits=CONFIG.codec_bits)
+    facts, _ = open_client_update(
+        sealed,
+        keypair=aggregator,
+        expected=SealContext(RUN_ID, 1, NODE_ID + 5),
+        params=params,
+        size=SIZE,
+    )
+    assert facts.steps > 0
+    state = ClientPrivacyState.from_record(ctx.state.config_records[STATE_KEY])
+    assert state.rounds == [1]  # trained and charged as this node
     assert REPLAY_KEY not in ctx.state.config_records  # not this node's own send
 
 
