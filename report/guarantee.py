@@ -272,6 +272,13 @@ def channels(a: Analysis) -> tuple[Block, ...]:
             "around them and the node enforces them itself.",
         ),
         (
+            "Downlink digest: which global model the node holds",
+            "every reply, in the clear",
+            "Not protected, and about nothing private: a SHA-256 digest of the model the server "
+            "itself sent the node (signed by the aggregator, checked by the node), so the "
+            "server knows what the next change is relative to.",
+        ),
+        (
             "Example count",
             "never",
             "Not sent: every client's update is aggregated with the same weight.",

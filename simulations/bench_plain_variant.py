@@ -42,6 +42,14 @@ def run(job: VariantJob) -> list[dict[str, Any]]:
         wrap_strategy=lambda strategy: TimingStrategy(strategy, clock),
     )
     return [
-        round_row(r.round, r.accuracy, r.seconds, r.bytes_dense, len(r.clients))
+        round_row(
+            r.round,
+            r.accuracy,
+            r.seconds,
+            r.bytes_dense,
+            len(r.clients),
+            # Every sampled client downloads the dense model it uploads: the same bytes.
+            downlink_bytes=r.bytes_dense,
+        )
         for r in result.rounds
     ]

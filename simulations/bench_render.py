@@ -9,6 +9,7 @@ ROWS = (
     ("plan + first round (s)", "first_round_seconds", None, "{:.2f}"),
     ("whole run wall (s)", "wall_seconds", "wall_time", "{:.1f}"),
     ("uplink bytes / round", "uplink_bytes_per_round", "uplink_bytes_per_round", "bytes"),
+    ("downlink bytes / round", "downlink_bytes_per_round", "downlink_bytes_per_round", "bytes"),
     ("peak tree RSS", "peak_tree_rss", "peak_tree_rss", "bytes"),
     ("peak tree PSS", "peak_tree_pss", "peak_tree_pss", "bytes"),
     ("final accuracy", "final_accuracy", None, "{:.4f}"),

@@ -27,6 +27,7 @@ RATIO_FIELDS = (
     ("steady_round_time", "steady_round_seconds"),
     ("wall_time", "wall_seconds"),
     ("uplink_bytes_per_round", "uplink_bytes_per_round"),
+    ("downlink_bytes_per_round", "downlink_bytes_per_round"),
     ("peak_tree_rss", "peak_tree_rss"),
     ("peak_tree_pss", "peak_tree_pss"),
 )
@@ -90,6 +91,7 @@ def summarize(run: VariantRun, actors: int) -> dict[str, Any]:
         "simulation_seconds": run.child["simulation_seconds"],
         "plan_seconds": run.child["plan_seconds"],
         "uplink_bytes_per_round": mean([float(r["uplink_bytes"]) for r in rounds]),
+        "downlink_bytes_per_round": mean([float(r.get("downlink_bytes", 0)) for r in rounds]),
         "clients_per_round": mean([float(r["clients"]) for r in rounds]),
         "final_accuracy": rounds[-1]["accuracy"],
         "peak_tree_rss": run.peak_rss,

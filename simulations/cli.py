@@ -355,9 +355,12 @@ def cmd_keys_generate(args: argparse.Namespace, console: Console) -> int:
             console.print(f"wrote node.key (0600) and node.pub in {escape(str(args.directory))}")
             print(line)
         else:
-            fingerprint = keys_cmd.generate_aggregator(args.directory)
+            fingerprint, signing = keys_cmd.generate_aggregator(args.directory)
             console.print(
                 f"wrote aggregator.key (0600) and aggregator.pub in {escape(str(args.directory))}"
+                f"; SuperNodes pin the fingerprint below as aggregator-fingerprint, and the "
+                f"downlink signing key derived from it as aggregator-signing-fingerprint={signing}",
+                soft_wrap=True,  # never fold a fingerprint someone copies
             )
             print(fingerprint)
     except (CertificateError, ValueError) as exc:

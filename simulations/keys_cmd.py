@@ -2,7 +2,8 @@
 
 - ``fedveil keys generate DIR``: the aggregator's HPKE key pair (``aggregator.key``, mode 0600;
   ``aggregator.pub``); prints the public key's fingerprint, which SuperNodes pin with
-  ``--node-config "aggregator-fingerprint=..."``.
+  ``--node-config "aggregator-fingerprint=..."``, and tells on stderr the fingerprint of the
+  downlink signing key derived from it (``aggregator-signing-fingerprint``).
 - ``fedveil keys generate --tls [--host H ...] DIR``: a private CA and a SuperLink server
   certificate naming each ``--host`` (default ``127.0.0.1`` and ``localhost``); prints the CA
   certificate's path, the file SuperNodes trust.
@@ -19,12 +20,17 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from common.crypto import certificates
+from common.crypto.signing import derive_signing_key
 from common.files import show_path
 from common.sealing import PUBLIC_KEY_FILE, AggregatorKeyPair, KeyFileExistsError, write_keypair
 
 
-def generate_aggregator(directory: Path) -> str:
-    """Write the aggregator's key pair into ``directory``; return the public fingerprint.
+def generate_aggregator(directory: Path) -> tuple[str, str]:
+    """Write the aggregator's key pair into ``directory``; return the two fingerprints to pin.
+
+    Returns:
+        The sealing key's fingerprint (``aggregator-fingerprint``) and that of the downlink
+        signing key derived from it (``aggregator-signing-fingerprint``).
 
     Raises:
         CertificateError: ``aggregator.key`` or ``aggregator.pub`` exists already (a public key
@@ -46,7 +52,7 @@ def generate_aggregator(directory: Path) -> str:
         raise certificates.CertificateError(
             f"{directory}: cannot write keys ({exc.strerror or exc})"
         ) from None
-    return keypair.fingerprint()
+    return keypair.fingerprint(), derive_signing_key(keypair).fingerprint()
 
 
 def generate_tls(directory: Path, hosts: Sequence[str], days: int) -> Path:

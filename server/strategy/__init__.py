@@ -2,13 +2,17 @@
 
 The server's stack, outermost first (``server.strategy.stack.build_stack``)::
 
-    BudgetAwareSampling(SealedUpdates(ScreenedUpdates(aggregator)))
-    BudgetAwareSampling(SealedUpdates(AuditedUpdates(ScreenedUpdates(aggregator))))  # privacy.audit
+    BudgetAwareSampling(CompressedDownlink(SealedUpdates(ScreenedUpdates(aggregator))))
+    BudgetAwareSampling(CompressedDownlink(SealedUpdates(AuditedUpdates(ScreenedUpdates(
+        aggregator)))))  # privacy.audit
 
 Ordering contract. Requests flow inwards and come back out decorated; replies flow inwards.
 
 * ``BudgetAwareSampling`` is outermost: it decides who is sampled, opens the round in the shared
   ``RoundBook`` and gives the inner wrappers a Grid holding only the sampled nodes.
+* ``CompressedDownlink`` comes next: it replaces each request's dense model by the signed,
+  quantized change since the reference that node holds, and learns from each reply which
+  reference the node holds now; a node refusing its downlink is rejected here, uncharged.
 * ``SealedUpdates`` comes next: nothing inside it sees a sealed byte, a refusal, an error or a
   reply whose DP facts do not hold; it hands on ``global + delta`` plaintext replies.
 * ``AuditedUpdates`` (only with ``privacy.audit``) sends each planned account its canary seeds

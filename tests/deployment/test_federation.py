@@ -60,14 +60,17 @@ def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str,
 def test_keys_generate_writes_the_aggregator_pair_and_prints_its_fingerprint(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    from common.crypto.signing import derive_signing_key
     from common.sealing import load_private_key
 
-    code, out, _ = _run(["keys", "generate", str(tmp_path / "k")], capsys)
+    code, out, err = _run(["keys", "generate", str(tmp_path / "k")], capsys)
 
     assert code == 0
     key = tmp_path / "k" / "aggregator.key"
     assert os.stat(key).st_mode & 0o777 == 0o600
     assert out.strip() == load_private_key(key).fingerprint()
+    signing = derive_signing_key(load_private_key(key)).fingerprint()
+    assert f"aggregator-signing-fingerprint={signing}" in err
     before = key.read_bytes()
 
     code, out, err = _run(["keys", "generate", str(tmp_path / "k")], capsys)

@@ -13,8 +13,17 @@ from simulations.bench_summary import check_ratios, ratios, summarize
 
 
 def _child(variant: str, seconds: list[float], uplink: int, seal: float) -> dict[str, Any]:
+    # The baseline downloads what it uploads (the dense model); fedveil a quarter of dense.
+    down = uplink if variant == "plain" else 10_000
     rounds = [
-        {"round": i, "accuracy": 0.5 + i / 10, "seconds": s, "uplink_bytes": uplink, "clients": 2}
+        {
+            "round": i,
+            "accuracy": 0.5 + i / 10,
+            "seconds": s,
+            "uplink_bytes": uplink,
+            "downlink_bytes": down,
+            "clients": 2,
+        }
         for i, s in enumerate(seconds, start=1)
     ]
     phases = {"configure": 0.01, "send_and_receive": 0.1, "aggregate": 0.02, "after": 0.03}
@@ -55,6 +64,7 @@ def test_summary_uses_steady_rounds_and_means_per_round_and_call() -> None:
     assert summary["steady_round_seconds"] == 2.0  # round 1 starts the engine: left out
     assert summary["first_round_seconds"] == 7.0 + 2.0  # with the planning query
     assert summary["uplink_bytes_per_round"] == 2_000
+    assert summary["downlink_bytes_per_round"] == 10_000
     assert summary["breakdown"]["server_aggregate"] == pytest.approx(0.02)
     assert summary["breakdown"]["client_seal"] == pytest.approx(0.4)
     assert summary["breakdown"]["client_cpu"] == pytest.approx(0.1)
@@ -83,6 +93,7 @@ def test_ratios_are_fedveil_over_plain_and_dp_steps_over_nonprivate() -> None:
 
     assert r["steady_round_time"] == pytest.approx(2.0)
     assert r["uplink_bytes_per_round"] == pytest.approx(0.05)
+    assert r["downlink_bytes_per_round"] == pytest.approx(0.25)
     assert r["peak_tree_rss"] == pytest.approx(1.5)
     assert r["client_cpu_per_call"] == pytest.approx(1.0)
     assert r["dp_step"] == {
