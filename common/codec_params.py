@@ -24,8 +24,11 @@ MAX_SIZE: Final = 2**31 - 1
 VALID_BITS: Final = frozenset((*range(1, 9), 16, 32))
 MASKS: Final = ("topk", "random")
 """How the encoder chooses the kept coordinates: largest magnitudes, or a seeded random mask."""
-QUANTIZERS: Final = ("stochastic", "sign")
-"""How the encoder maps kept values to codes: unbiased stochastic rounding, or 1-bit scaled sign."""
+QUANTIZERS: Final = ("auto", "stochastic", "sign")
+"""How the encoder maps kept values to codes: unbiased stochastic rounding, or 1-bit scaled sign.
+
+``auto`` is the scaled sign at 1 bit (where stochastic rounding against the chunk's maximum
+adds many times the input's variance) and stochastic rounding at more bits."""
 
 
 class CodecError(ValueError):
@@ -44,15 +47,16 @@ class CodecParams:
             reads the choice from the payload, so only the encoder uses this field.
         quantizer: How the sender quantizes kept values, one of :data:`QUANTIZERS`:
             ``"stochastic"`` (unbiased) or ``"sign"`` (needs ``bits == 1``; each chunk's mean
-            magnitude times the value's sign: biased, so use it with error feedback). Like
-            ``mask``, self-described in the payload and used only by the encoder.
+            magnitude times the value's sign: biased, so use it with error feedback);
+            ``"auto"`` is stored as ``"sign"`` when ``bits == 1``, else ``"stochastic"``.
+            Like ``mask``, self-described in the payload and used only by the encoder.
 
     """
 
     topk: float
     bits: int
     mask: str = "topk"
-    quantizer: str = "stochastic"
+    quantizer: str = "auto"
 
     def __post_init__(self) -> None:
         """Reject out-of-domain values, naming the parameter."""
@@ -73,6 +77,8 @@ class CodecParams:
             )
         object.__setattr__(self, "topk", float(self.topk))
         object.__setattr__(self, "bits", int(self.bits))
+        if self.quantizer == "auto":
+            object.__setattr__(self, "quantizer", "sign" if self.bits == 1 else "stochastic")
 
 
 def dense_nbytes(size: int) -> int:

@@ -28,7 +28,7 @@ PARTITIONINGS = ("iid", "dirichlet", "by-writer")
 ACCOUNTANTS = ("rdp", "prv")
 MODELS = ("auto", "mlp", "cnn", "cnn-wide")
 CODEC_MASKS = ("topk", "random")
-CODEC_QUANTIZERS = ("stochastic", "sign")
+CODEC_QUANTIZERS = ("auto", "stochastic", "sign")
 AGGREGATIONS = ("fedavg", "median", "trimmed-mean", "krum", "multikrum")
 ATTACK_KINDS = ("sign-flip", "scale", "gaussian", "label-flip")
 AUDIT_MODES = ("white-box", "black-box")
@@ -199,9 +199,10 @@ KEYS: dict[str, _Key] = {
     "codec.quantizer": _Key(
         "codec_quantizer",
         str,
-        "stochastic",
+        "auto",
         _one_of(CODEC_QUANTIZERS),
-        f"one of {CODEC_QUANTIZERS}: unbiased stochastic rounding, or 1-bit scaled sign",
+        f"one of {CODEC_QUANTIZERS}: sign at 1 bit else stochastic, unbiased stochastic "
+        "rounding, or 1-bit scaled sign",
     ),
     "seal.private-key": _Key(
         "seal_private_key", str, "", _ANY, "a path to the aggregator's private key, or empty"

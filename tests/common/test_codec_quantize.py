@@ -15,7 +15,7 @@ from tests.common.codec_support import gaussian, step
 @pytest.mark.parametrize("topk", [1.0, 0.25])
 def test_stochastic_rounding_is_unbiased(bits: int, topk: float) -> None:
     vector = gaussian(64, seed=3)
-    params = CodecParams(topk, bits)
+    params = CodecParams(topk, bits, quantizer="stochastic")
     rng = np.random.default_rng(bits)
     rounds = 2000
     total = np.zeros(64)
@@ -49,6 +49,7 @@ def test_quantization_error_is_below_one_step_of_the_chunk_scale(bits: int) -> N
 
 def test_one_bit_decodes_to_plus_or_minus_scale() -> None:
     vector = gaussian(1000)
-    encoded = encode_update(vector, CodecParams(1.0, 1), np.random.default_rng(0))
+    params = CodecParams(1.0, 1, quantizer="stochastic")
+    encoded = encode_update(vector, params, np.random.default_rng(0))
     scale = np.abs(vector).max()
     assert set(np.abs(encoded.decoded).tolist()) == {float(scale)}

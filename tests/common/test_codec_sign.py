@@ -70,8 +70,15 @@ def test_sign_is_deterministic_and_does_not_draw_from_the_rng() -> None:
     assert first.payload == second.payload and rng.bit_generator.state == state
 
 
+def test_auto_is_sign_at_one_bit_and_stochastic_above() -> None:
+    assert RECEIVER.quantizer == "sign"
+    assert CodecParams(topk=0.1, bits=2).quantizer == "stochastic"
+    assert CodecParams(topk=1.0, bits=32, quantizer="auto").quantizer == "stochastic"
+
+
 def test_stochastic_one_bit_payloads_have_no_sign_flag() -> None:
-    encoded = encode_update(gaussian(1000), RECEIVER, np.random.default_rng(0))
+    params = CodecParams(topk=1.0, bits=1, quantizer="stochastic")
+    encoded = encode_update(gaussian(1000), params, np.random.default_rng(0))
 
     fields, _ = unpack(encoded.payload)
     assert not fields[2] & FLAG_SIGN
