@@ -99,7 +99,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("top10-sign", 0.1, 1, quantizer="sign"),
     Setting("top2-sign", 0.02, 1, quantizer="sign"),
     Setting("rand25-sign", 0.25, 1, mask="random", quantizer="sign"),
-    Setting("rand25-sign-down2", 0.25, 1, mask="random", quantizer="sign", downlink_bits=2),
+    Setting("rand25-sign-down1", 0.25, 1, mask="random", quantizer="sign", downlink_bits=1),
 )
 """Dense float32 both ways first: the baseline of every ratio and accuracy difference.
 
@@ -108,7 +108,7 @@ The others keep the run's downlink (``codec.downlink-bits``' default) unless the
 (scaled sign, error feedback), ``dense-2bit`` every coordinate with unbiased 2-bit rounding.
 The sparse ones aim at the aggressive preset: ``top2-sign`` spends about a byte per kept
 index, ``rand25-sign`` none (a 16-byte seed), so it keeps many more coordinates per byte;
-``rand25-sign-down2`` also sends the model at 2 bits per value.
+``rand25-sign-down1`` also sends the model at 1 bit per value (a scaled sign of its change).
 """
 BY_NAME = {s.name: s for s in SETTINGS}
 
