@@ -64,5 +64,6 @@ def test_smallest_real_run_finishes_its_round_and_pairs_its_nodes(tmp_path: Path
     assert len(rows) == 1
     assert sorted(node_partitions(run).values()) == [0, 1]
     assert set(node_partitions(run)) == set(rows[0]["clients"])
-    summary = summarize_metrics("dense", rows)
-    assert summary.bytes_per_update > 0 and 0.0 <= summary.final_accuracy <= 1.0
+    summary = summarize_metrics("dense", 0, rows)
+    assert summary.bytes_up > 0 and 0.0 <= summary.final_accuracy <= 1.0
+    assert summary.down_measured and summary.bytes_down > 0  # the signed downlink is counted
