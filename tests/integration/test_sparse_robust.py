@@ -22,7 +22,9 @@ def test_median_of_sparse_updates_learns_with_scaled_attackers(tmp_path: Path) -
             "sim.clients=10",
             f"num-server-rounds={ROUNDS}",
             "aggregation=median",
-            "robust.assumed-malicious=0",  # f = 0: the default codec.topk = 0.1 may run
+            "codec.topk=0.1",  # top-10 % sparse updates (the default codec is dense)
+            "codec.bits=8",
+            "robust.assumed-malicious=0",  # f = 0: codec.topk = 0.1 over 10 clients may run
             "attack.fraction=0.2",
             "attack.kind=scale",
         ),
