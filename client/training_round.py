@@ -408,7 +408,10 @@ def seal_reply(
         request.global_arrays,
         facts=DPFacts(*budget.entry, budget.epsilon_after),
         config_params=CodecParams(
-            topk=config.codec_topk, bits=config.codec_bits, mask=config.codec_mask
+            topk=config.codec_topk,
+            bits=config.codec_bits,
+            mask=config.codec_mask,
+            quantizer=config.codec_quantizer,
         ),
         error_feedback=config.codec_error_feedback,
         public_key=request.public_key,

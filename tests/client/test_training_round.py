@@ -394,3 +394,23 @@ def test_a_round_trained_before_a_restart_is_reported_even_if_the_data_is_gone(
     assert _status(again) == protocol.STATUS_ALREADY_TRAINED
     facts = again.content.metric_records[protocol.METRICS]
     assert facts[protocol.STEPS] >= 1 and facts[protocol.EPSILON] > 0
+
+
+@pytest.mark.parametrize("quantizer", ["stochastic", "sign"])
+def test_the_update_is_quantized_as_the_config_names(
+    quantizer: str, train_request: Callable[..., Message], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # At 1 bit `auto` means the scaled sign; a run that names `stochastic` must get it.
+    seen: list[CodecParams] = []
+    real = steps.seal_trained_model
+
+    def spy(*args: object, config_params: CodecParams, **kwargs: object) -> bytes:
+        seen.append(config_params)
+        return real(*args, config_params=config_params, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(steps, "seal_trained_model", spy)
+    config = CONFIG.replace(codec_bits=1, codec_quantizer=quantizer)
+    reply = app(train_request(config, _global(), 1), client_context(1, 4))
+
+    assert _status(reply) == protocol.STATUS_TRAINED
+    assert [p.quantizer for p in seen] == [quantizer]
