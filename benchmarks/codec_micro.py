@@ -85,19 +85,21 @@ def seal_open_seconds(
     payload: bytes, params: CodecParams, size: int, keypair: AggregatorKeyPair, repeats: int
 ) -> float:
     """Median seconds to seal one encoded update with its DP facts, then open and decode it."""
+    return median_seconds(lambda: _seal_and_open(payload, params, size, keypair), repeats)
 
-    def round_trip() -> None:
-        sealed = seal_client_update(
-            payload,
-            facts=_FACTS,
-            params=params,
-            size=size,
-            public_key=keypair.public_bytes,
-            context=_CONTEXT,
-        )
-        open_client_update(sealed, keypair=keypair, expected=_CONTEXT, params=params, size=size)
 
-    return median_seconds(round_trip, repeats)
+def _seal_and_open(
+    payload: bytes, params: CodecParams, size: int, keypair: AggregatorKeyPair
+) -> None:
+    sealed = seal_client_update(
+        payload,
+        facts=_FACTS,
+        params=params,
+        size=size,
+        public_key=keypair.public_bytes,
+        context=_CONTEXT,
+    )
+    open_client_update(sealed, keypair=keypair, expected=_CONTEXT, params=params, size=size)
 
 
 def hpke_seconds(
@@ -191,16 +193,7 @@ def update_codec_seconds(
     vector = update_vector(size, rng)
 
     def round_trip() -> None:
-        payload = encode_update(vector, params, rng).payload
-        sealed = seal_client_update(
-            payload,
-            facts=_FACTS,
-            params=params,
-            size=size,
-            public_key=keypair.public_bytes,
-            context=_CONTEXT,
-        )
-        open_client_update(sealed, keypair=keypair, expected=_CONTEXT, params=params, size=size)
+        _seal_and_open(encode_update(vector, params, rng).payload, params, size, keypair)
 
     return median_seconds(round_trip, repeats)
 
