@@ -16,6 +16,7 @@ Byte layout and threat model: docs/downlink.md.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import struct
 from dataclasses import dataclass
@@ -85,6 +86,7 @@ def digest(vector: Float32Array) -> bytes:
 
 
 @lru_cache(maxsize=8)
+@functools.cache  # the server asks once per node a round, the node once a round: hash once
 def zero_digest(size: int) -> bytes:
     """Return the digest of the all-zeros reference of ``size`` coordinates."""
     return digest(np.zeros(size, dtype=np.float32))
