@@ -3,9 +3,10 @@
 :func:`receive_model` reads a train request's ``downlink`` record (``common.downlink``): the
 signing key must match ``aggregator-signing-fingerprint`` when the node config pins one; the
 blob's length, Ed25519 signature and context (run, round, this node, model size) are checked
-before the payload is decoded; the base it names must be the all-zeros vector or one of the
-references this node keeps (``client.state_store``, the last two); the rebuilt model must have
-the target digest. It then keeps ``{target, base}`` (the server names one of them next round,
+before the payload is decoded; the base it names must be the all-zeros vector, the task's
+seeded initial model (which the node builds) or one of the references this node keeps
+(``client.state_store``, the last two); the rebuilt model must have the target digest. It
+then keeps ``{target, base}`` (the server names one of them next round,
 whether or not it got this round's reply) and returns the model. A request without a
 ``downlink`` record (an older server, a tool) is read from its dense ``arrays`` record, unless
 the node pins a signing key. Every refusal is a ``DownlinkError`` (``cause`` ``downlink`` or
@@ -32,7 +33,8 @@ from flwr.app import (
 
 from client.local_data import client_id_of
 from client.state_store import NodeState
-from common import protocol
+from common import protocol, subspace
+from common.codec import Float32Array
 from common.config import FedveilConfig
 from common.downlink import (
     DownlinkError,
@@ -44,7 +46,7 @@ from common.downlink import (
 )
 from common.sealing import fingerprint
 from common.task import task_of
-from common.weights import unflatten
+from common.weights import flatten, unflatten
 
 log = logging.getLogger(__name__)
 
@@ -98,9 +100,15 @@ def signing_key(record: ConfigRecord, context: Context) -> bytes:
     return key
 
 
-def model_shapes(config: FedveilConfig) -> Shapes:
-    """Return the task model's ``state_dict`` names and shapes, in order (the flat layout)."""
-    return {k: tuple(v.shape) for k, v in task_of(config).build_model().state_dict().items()}
+def initial_model(config: FedveilConfig) -> tuple[Shapes, Float32Array]:
+    """Return the task model's flat layout and its seeded initial weights, flat.
+
+    The layout is the ``state_dict`` names and shapes, in order; the initial weights are a base
+    the server may name without sending it.
+    """
+    state = task_of(config).build_model().state_dict()
+    shapes = {k: tuple(v.shape) for k, v in state.items()}
+    return shapes, flatten({k: v.detach().cpu().numpy() for k, v in state.items()})
 
 
 def receive_model(
@@ -137,13 +145,13 @@ def receive_model(
         return ReceivedModel(arrays, None)
     key = signing_key(record, context)
     blob = record.get(protocol.DOWNLINK_BLOB)
-    shapes = model_shapes(config)
-    size = sum(int(np.prod(s)) for s in shapes.values())
+    shapes, initial = initial_model(config)
+    size = int(initial.size)
     expected = Expected(int(msg.metadata.run_id), server_round, int(context.node_id), size)
     header, payload = open_blob(blob if isinstance(blob, bytes) else b"", key, expected)
-    zeros = zero_digest(size)
-    if header.base == zeros:
-        base = np.zeros(size, dtype=np.float32)
+    fresh = {zero_digest(size): np.zeros(size, dtype=np.float32), digest(initial): initial}
+    if header.base in fresh:
+        base = fresh[header.base]
     else:
         held = {digest(r): r for r in node_state.load_references(size)}
         if header.base not in held:
@@ -153,10 +161,11 @@ def receive_model(
                 f"based on; the next model comes from zeros",
             )
         base = held[header.base]
-    model = apply_change(base, payload, header.bits)
+    fraction = config.codec_topk if config.codec_mask == subspace.MODE else 1.0
+    model = apply_change(base, payload, header.bits, fraction)
     if digest(model) != header.target:
         raise DownlinkError(protocol.CAUSE_DOWNLINK, "the rebuilt model does not match its digest")
-    node_state.save_references([model] if header.base == zeros else [model, base])
+    node_state.save_references([model] if header.base in fresh else [model, base])
     return ReceivedModel(
         ArrayRecord(
             {k: Array(np.ascontiguousarray(v)) for k, v in unflatten(model, shapes).items()}

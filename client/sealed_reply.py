@@ -50,8 +50,12 @@ def seal_trained_model(
     public_key: bytes,
     seal_context: SealContext,
     node_state: NodeState,
+    mask_seed: bytes | None = None,
 ) -> bytes:
-    """Encode ``local - global`` (with error feedback) and seal it for ``seal_context``."""
+    """Encode ``local - global`` (with error feedback) and seal it for ``seal_context``.
+
+    ``mask_seed`` is the round's subspace seed when ``config_params.mask`` is ``subspace``.
+    """
     names = list(global_arrays.keys())
     delta = flatten({n: local[n] for n in names}) - flatten(
         {n: global_arrays[n].numpy() for n in names}
@@ -61,7 +65,10 @@ def seal_trained_model(
     compensated = feedback.compensate(delta.astype(np.float32))
     # Quantization noise is post-processing of a DP output; OS entropy keeps it unguessable.
     encoded = encode_update(
-        compensated, config_params, np.random.default_rng(secrets.randbits(128))
+        compensated,
+        config_params,
+        np.random.default_rng(secrets.randbits(128)),
+        mask_seed=mask_seed,
     )
     if error_feedback:
         feedback.update(compensated, encoded.decoded)

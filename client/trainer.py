@@ -11,11 +11,14 @@ import warnings
 from dataclasses import dataclass
 from typing import Any, Final
 
+import numpy as np
+import numpy.typing as npt
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from client.canaries import GradientCanaries
+from client.subspace import SubspaceDPSGD, parameter_masks
 from common.accounting import HistoryEntry, sample_rate, steps_per_round
 from common.audit_canaries import CanarySpec
 
@@ -130,6 +133,7 @@ def train_dp_sgd(
     canaries: CanarySpec | None = None,
     *,
     device: torch.device = _CPU,
+    subspace: npt.NDArray[np.bool_] | None = None,
 ) -> RoundOutcome:
     """Train ``model`` in place on ``images (n, ...)`` / ``labels (n,)`` with DP-SGD.
 
@@ -138,7 +142,10 @@ def train_dp_sgd(
     ``device`` (``common.device.resolve_device``) is where the steps run: the model and the
     examples move there once, before the first step, and the noise is drawn there; the
     model is left there (its caller moves the weights back once). Poisson sampling stays on
-    the CPU, so only each batch's indices cross to the device.
+    the CPU, so only each batch's indices cross to the device. ``subspace``, when given, is
+    the round's flat ``state_dict``-order mask (``common.subspace``): only its coordinates are
+    clipped, noised and moved (``client.subspace``); canaries outside it are erased with the
+    noise there.
     """
     from opacus import PrivacyEngine
 
@@ -156,7 +163,8 @@ def train_dp_sgd(
         # Opacus warns that secure_mode is off; the privacy report names that limitation.
         warnings.filterwarnings("ignore", message=".*[Ss]ecure.*")
         engine = PrivacyEngine(accountant="rdp")
-        mode = grad_sample_mode(model, settings.batch_size)
+        # A subspace needs each example's gradient to restrict it before clipping.
+        mode = HOOKS if subspace is not None else grad_sample_mode(model, settings.batch_size)
         private: dict[str, Any] = {
             "module": model,
             "optimizer": optimizer,
@@ -183,6 +191,8 @@ def train_dp_sgd(
             max_grad_norm=settings.max_grad_norm,
             device=device,
         ).attach(private_optimizer)
+    if subspace is not None:
+        SubspaceDPSGD(parameter_masks(model, subspace, device)).attach(private_optimizer)
     private_model.train()
     with warnings.catch_warnings():
         # Inputs never require gradients here; PyTorch's note about backward hooks is noise.

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from torch import nn
 
 from client.canaries import requested_canaries
 from client.downlink import read_model, with_digest
@@ -41,7 +42,7 @@ from client.privacy_state import ClientPrivacyState
 from client.sealed_reply import aggregator_key, seal_trained_model
 from client.state_store import NodeState
 from client.trainer import DPSGDSettings, train_dp_sgd
-from common import protocol
+from common import protocol, subspace
 from common.accounting import (
     HistoryEntry,
     calibrate_noise_multiplier,
@@ -382,6 +383,7 @@ def train_locally(request: TrainRequest, data: LocalData, budget: RoundBudget) -
         ),
         canaries=request.canaries if isinstance(request.canaries, CanarySpec) else None,
         device=resolve_device(config.device),
+        subspace=_round_subspace(request, model),
     )
     if outcome.entry != budget.entry:
         # What trained must be what is charged (e.g. data resized after the budget check).
@@ -390,6 +392,15 @@ def train_locally(request: TrainRequest, data: LocalData, budget: RoundBudget) -
         k: v.detach().cpu().numpy().astype(np.float32, copy=False)
         for k, v in model.state_dict().items()
     }
+
+
+def _round_subspace(request: TrainRequest, model: nn.Module) -> npt.NDArray[np.bool_] | None:
+    """Return the round's shared subspace mask, or ``None`` unless ``codec.mask`` asks for it."""
+    config = request.config
+    if config.codec_mask != subspace.MODE:
+        return None
+    size = sum(int(t.numel()) for t in model.state_dict().values())
+    return subspace.round_mask(request.run_id, request.server_round, size, config.codec_topk)
 
 
 def record_round(request: TrainRequest, budget: RoundBudget) -> None:
@@ -417,6 +428,11 @@ def seal_reply(
         public_key=request.public_key,
         seal_context=SealContext(request.run_id, request.server_round, int(context.node_id)),
         node_state=budget.node_state,
+        mask_seed=(
+            subspace.round_seed(request.run_id, request.server_round)
+            if config.codec_mask == subspace.MODE
+            else None
+        ),
     )
     facts = {
         **_facts(budget.client_id, budget.entry, budget.epsilon_after),

@@ -65,6 +65,7 @@ __all__ = [
     "EncodedUpdate",
     "ErrorFeedback",
     "Float32Array",
+    "claimed_kept",
     "decode_update",
     "dense_nbytes",
     "encode_update",
@@ -110,7 +111,11 @@ class EncodedUpdate:
 
 
 def encode_update(
-    vector: Float32Array, params: CodecParams, rng: np.random.Generator
+    vector: Float32Array,
+    params: CodecParams,
+    rng: np.random.Generator,
+    *,
+    mask_seed: bytes | None = None,
 ) -> EncodedUpdate:
     """Compress a dense update.
 
@@ -119,15 +124,22 @@ def encode_update(
         params: Sparsity, precision, mask and quantizer.
         rng: Drives the stochastic rounding (unused for 32 bits and by the sign quantizer) and
             draws the seed of a random mask; it must be seeded from OS entropy outside tests.
+        mask_seed: The 16-byte seed of the ``subspace`` mask (``common.subspace.round_seed``),
+            required by that mask and refused by the others.
 
     Returns:
         The payload and the dense ``float32`` vector it decodes to.
 
     Raises:
-        ValueError: ``vector`` has the wrong type, dtype, shape or non-finite values.
+        ValueError: ``vector`` has the wrong type, dtype, shape or non-finite values, or
+            ``mask_seed`` does not go with ``params.mask``.
 
     """
     check_vector(vector, "vector")
+    if (mask_seed is not None) != (params.mask == "subspace"):
+        raise ValueError("`mask_seed` is required by the 'subspace' mask and only by it")
+    if mask_seed is not None and len(mask_seed) != SEED_BYTES:
+        raise ValueError(f"`mask_seed` must be {SEED_BYTES} bytes, got {len(mask_seed)}")
     size = vector.size
     k = kept_count(size, params.topk)
 
@@ -136,9 +148,9 @@ def encode_update(
         kept = vector
         index_section = b""
         mask: npt.NDArray[np.bool_] | None = None
-    elif params.mask == "random":
+    elif params.mask != "topk":
         mode = _Mode.SEEDED
-        index_section = rng.bytes(SEED_BYTES)
+        index_section = mask_seed if mask_seed is not None else rng.bytes(SEED_BYTES)
         mask = seeded_mask(index_section, size, k)
         kept = vector[mask]
     else:
@@ -285,6 +297,21 @@ def decode_update(
     else:
         out[varint_indices(index_section, size, k)] = values
     return out
+
+
+def claimed_kept(payload: bytes | bytearray | memoryview) -> int:
+    """Return how many values a payload's header says it keeps (checked by the decoder only).
+
+    Raises:
+        CodecError: the payload is shorter than the header or not a codec payload.
+
+    """
+    if len(payload) < _HEADER.size:
+        raise CodecError(f"payload of {len(payload)} bytes is shorter than the header")
+    fields = _HEADER.unpack_from(bytes(payload[: _HEADER.size]))
+    if fields[0] != _MAGIC:
+        raise CodecError("bad magic")
+    return int(fields[5])
 
 
 def _decompress(compressed: bytes, expected: int) -> bytes:

@@ -22,8 +22,9 @@ MAX_SIZE: Final = 2**31 - 1
 """Largest vector length the codec accepts (keeps ``k`` in a u32 and index sums in an int64)."""
 
 VALID_BITS: Final = frozenset((*range(1, 9), 16, 32))
-MASKS: Final = ("topk", "random")
-"""How the encoder chooses the kept coordinates: largest magnitudes, or a seeded random mask."""
+MASKS: Final = ("topk", "random", "subspace")
+"""How the encoder chooses the kept coordinates: largest magnitudes, a seeded random mask of its
+own, or the round's shared subspace (a seeded mask whose seed the caller passes in)."""
 QUANTIZERS: Final = ("auto", "stochastic", "sign")
 """How the encoder maps kept values to codes: unbiased stochastic rounding, or 1-bit scaled sign.
 

@@ -36,12 +36,15 @@ def quantize(
     scales = np.maximum.reduceat(np.abs(kept), np.arange(0, k, CHUNK))
     per_value = np.repeat(scales, CHUNK)[:k].astype(np.float64)
     # An all-zero chunk has scale 0; any code then decodes to 0, so divide by 1 instead.
-    per_value[per_value == 0] = 1.0
+    zero = per_value == 0
+    per_value[zero] = 1.0
     # |kept| <= scale, so the position lies in [0, levels]; float64 keeps the rounding
     # probability accurate far below one float32 ulp.
     position = (kept / per_value + 1.0) * (levels / 2)
     floor = np.floor(position)
     codes = floor + (rng.random(k) < position - floor)
+    # No coin flips where nothing is sent: a constant run of codes compresses to nothing.
+    codes[zero] = floor[zero]
     np.clip(codes, 0, levels, out=codes)
     if bits <= 8:
         return scales.astype(np.float32), codes.astype(np.uint8)

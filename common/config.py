@@ -27,7 +27,7 @@ DATASETS = ("digits", "mnist", "fashion-mnist", "femnist")
 PARTITIONINGS = ("iid", "dirichlet", "by-writer")
 ACCOUNTANTS = ("rdp", "prv")
 MODELS = ("auto", "mlp", "cnn", "cnn-wide")
-CODEC_MASKS = ("topk", "random")
+CODEC_MASKS = ("topk", "random", "subspace")
 CODEC_QUANTIZERS = ("auto", "stochastic", "sign")
 AGGREGATIONS = ("fedavg", "median", "trimmed-mean", "krum", "multikrum")
 ATTACK_KINDS = ("sign-flip", "scale", "gaussian", "label-flip")
@@ -194,7 +194,8 @@ KEYS: dict[str, _Key] = {
         str,
         "topk",
         _one_of(CODEC_MASKS),
-        f"one of {CODEC_MASKS}: keep the largest magnitudes, or a seeded random mask",
+        f"one of {CODEC_MASKS}: keep the largest magnitudes, a seeded random mask, or "
+        "train and send only the round's shared random subspace",
     ),
     "codec.quantizer": _Key(
         "codec_quantizer",

@@ -2,8 +2,9 @@
 
 A reference is a flat ``float32`` model vector (``state_dict`` order) named by its
 :func:`digest` (SHA-256 of its little-endian bytes); the all-zeros vector is the base every
-node holds. :func:`encode_change` quantizes ``global - base`` with :mod:`common.codec` (dense
-mask, ``topk`` = 1, stochastic rounding); the new reference is ``base + decoded``, which
+node holds. :func:`encode_change` quantizes ``global - base`` with :mod:`common.codec` (dense,
+or only inside a round's shared subspace when the model moved only there; stochastic
+rounding); the new reference is ``base + decoded``, which
 :func:`apply_change` recomputes bit for bit on the node (decoding is deterministic). A blob is
 ``header | payload | signature``; the aggregator signs :func:`signed_message` (a domain tag,
 the whole header: run, round, node, base and target digests, and SHA-256 of the payload) with
@@ -26,7 +27,14 @@ from typing import Final
 import numpy as np
 
 from common import protocol
-from common.codec import CodecError, CodecParams, Float32Array, decode_update, encode_update
+from common.codec import (
+    CodecError,
+    CodecParams,
+    Float32Array,
+    claimed_kept,
+    decode_update,
+    encode_update,
+)
 from common.crypto.signing import SIGNATURE_LEN, BadSignature, verify
 
 MAGIC: Final = b"FVDL"
@@ -92,13 +100,28 @@ def zero_digest(size: int) -> bytes:
     return digest(np.zeros(size, dtype=np.float32))
 
 
-def codec_params(bits: int) -> CodecParams:
-    """Return the codec of a downlink with ``bits`` per value (``DENSE_BITS``: raw float32)."""
-    return CodecParams(topk=1.0, bits=bits)
+@dataclass(frozen=True)
+class Subspace:
+    """The coordinates a sparse change is confined to: a seeded mask (``common.subspace``)."""
+
+    seed: bytes
+    fraction: float
+
+
+def codec_params(bits: int, fraction: float = 1.0) -> CodecParams:
+    """Return the codec of a downlink with ``bits`` per value (``DENSE_BITS``: raw float32).
+
+    ``fraction`` < 1 is a change confined to a subspace of that fraction of the coordinates.
+    """
+    return CodecParams(topk=fraction, bits=bits, mask="subspace" if fraction < 1 else "topk")
 
 
 def encode_change(
-    target: Float32Array, base: Float32Array, bits: int, rng: np.random.Generator
+    target: Float32Array,
+    base: Float32Array,
+    bits: int,
+    rng: np.random.Generator,
+    subspace: Subspace | None = None,
 ) -> tuple[bytes, Float32Array]:
     """Encode ``target - base``; return the payload and the reference the node will rebuild.
 
@@ -107,22 +130,41 @@ def encode_change(
         base: The reference the node holds, same shape.
         bits: Bits per value (1-8, 16, or ``DENSE_BITS``).
         rng: Drives the stochastic rounding; seeded from OS entropy outside tests.
+        subspace: Send only the change inside this subspace (no index bytes: the payload
+            carries its seed). The change outside is not sent, so the caller must know it is
+            zero there (or accept that the node's reference keeps the old values).
 
     """
     change = np.subtract(target, base, dtype=np.float32)
-    encoded = encode_update(change, codec_params(bits), rng)
+    if subspace is None:
+        encoded = encode_update(change, codec_params(bits), rng)
+    else:
+        params = codec_params(bits, subspace.fraction)
+        encoded = encode_update(change, params, rng, mask_seed=subspace.seed)
     return encoded.payload, np.add(base, encoded.decoded, dtype=np.float32)
 
 
-def apply_change(base: Float32Array, payload: bytes, bits: int) -> Float32Array:
+def apply_change(
+    base: Float32Array, payload: bytes, bits: int, fraction: float = 1.0
+) -> Float32Array:
     """Return ``base + decode(payload)``, bit-identical to what :func:`encode_change` returned.
+
+    Args:
+        base: The reference the payload's change starts from.
+        payload: The signed blob's codec payload.
+        bits: Bits per value, from the signed header.
+        fraction: The run's subspace fraction (``codec.topk`` under ``codec.mask =
+            "subspace"``); a payload keeping fewer than every value must keep exactly that.
 
     Raises:
         DownlinkError: ``downlink``: the payload does not decode to ``base.size`` finite values.
 
     """
+    size = int(base.size)
     try:
-        change = decode_update(payload, size=int(base.size), params=codec_params(bits))
+        sparse = claimed_kept(payload) != size
+        params = codec_params(bits, fraction if sparse else 1.0)
+        change = decode_update(payload, size=size, params=params)
     except CodecError as exc:
         raise DownlinkError(protocol.CAUSE_DOWNLINK, f"model payload is corrupt ({exc})") from None
     new = np.add(base, change, dtype=np.float32)

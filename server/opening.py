@@ -1,4 +1,9 @@
-"""The aggregator's side of a sealed update: open, decode, validate, rebuild the weights."""
+"""The aggregator's side of a sealed update: open, decode, validate, rebuild the weights.
+
+Under ``codec.mask = "subspace"`` an update must move only the round's shared subspace
+(``common.subspace``): one that moves any other coordinate is rejected, so the global model's
+change stays there and the downlink can send only it.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +11,9 @@ import numpy as np
 import numpy.typing as npt
 from flwr.app import ArrayRecord
 
+from common import subspace
 from common.codec import CodecParams, dense_nbytes
-from common.envelope import DPFacts, open_client_update
+from common.envelope import DPFacts, UpdateRejected, open_client_update
 from common.sealing import AggregatorKeyPair, SealContext
 from common.weights import flatten, unflatten
 
@@ -32,6 +38,7 @@ class UpdateOpener:
         self.params = params
         self.shapes = shapes
         self.size = sum(int(np.prod(s)) for s in shapes.values())
+        self._outside: tuple[int, npt.NDArray[np.bool_]] | None = None
 
     @property
     def public_key(self) -> bytes:
@@ -54,5 +61,16 @@ class UpdateOpener:
             params=self.params,
             size=self.size,
         )
+        if self.params.mask == subspace.MODE and delta[self._outside_of(server_round)].any():
+            raise UpdateRejected(
+                "malformed", f"the update moves coordinates outside round {server_round}'s subspace"
+            )
         base = flatten({k: global_arrays[k].numpy() for k in self.shapes})
         return facts, unflatten(base + delta, self.shapes)
+
+    def _outside_of(self, server_round: int) -> npt.NDArray[np.bool_]:
+        """Return the coordinates outside the round's subspace (drawn once a round)."""
+        if self._outside is None or self._outside[0] != server_round:
+            mask = subspace.round_mask(self.run_id, server_round, self.size, self.params.topk)
+            self._outside = (server_round, ~mask)
+        return self._outside[1]

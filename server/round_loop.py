@@ -32,6 +32,7 @@ from common.crypto.signing import derive_signing_key
 from common.device import resolve_device
 from common.sealing import AggregatorKeyPair, load_private_key
 from common.task import task_of
+from common.weights import flatten
 from server.anomaly import AnomalyError, DirectionEvidence
 from server.audit_black_box import BlackBoxAuditor
 from server.charging import charge_round
@@ -129,6 +130,8 @@ class RoundLoop:
         )
         self.evaluator = CentralEvaluator(evaluation)
         self.arrays = ArrayRecord(self.model.state_dict())
+        # The task's seeded start, which every node builds too: the downlink's first base.
+        self.initial = flatten({k: v.numpy() for k, v in self.arrays.items()})
         shapes = {k: tuple(v.shape) for k, v in self.model.state_dict().items()}
         self.shapes = shapes
         self.ledger = PrivacyLedger(
@@ -145,7 +148,9 @@ class RoundLoop:
         self.opener = UpdateOpener(
             keypair,
             run_id=run_id,
-            params=CodecParams(topk=config.codec_topk, bits=config.codec_bits),
+            params=CodecParams(
+                topk=config.codec_topk, bits=config.codec_bits, mask=config.codec_mask
+            ),
             shapes=shapes,
         )
         self.input_shape = task.input_shape
@@ -330,6 +335,7 @@ class RoundLoop:
             evidence=evidence,
             wrap=self.hooks.wrap_strategy,
             audits=self.ledger.audits,
+            initial=self.initial,
         )
         accuracy = float("nan")
         try:

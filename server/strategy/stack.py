@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping, Strategy
 
+from common import subspace
+from common.codec import Float32Array
 from common.config import FedveilConfig
 from common.crypto.signing import SigningKey
 from server.aggregation import build_aggregator
@@ -48,7 +50,8 @@ def build_inner_strategy(config: FedveilConfig, num_clients: int) -> Strategy:
         expected_clients=sample_size(config, num_clients),
         assumed_malicious=config.robust_assumed_malicious,
         trim_beta=config.robust_trim_beta,
-        codec_topk=config.codec_topk,
+        # A shared subspace is sent by every client: coordinate-wise rules see all of them.
+        codec_topk=1.0 if config.codec_mask == subspace.MODE else config.codec_topk,
     )
     if config.central_dp_noise_multiplier <= 0:
         return aggregator
@@ -85,11 +88,13 @@ def build_stack(
     evidence: DirectionEvidence,
     wrap: StrategyWrap | None = None,
     audits: dict[str, AuditEntry] | None = None,
+    initial: Float32Array | None = None,
 ) -> StrategyStack:
     """Compose the stack for ``config`` with ``num_clients`` connected.
 
     With ``privacy.audit``, ``AuditedUpdates`` sits just inside ``SealedUpdates`` and records
-    each client's audit in ``audits`` (the ledger's map).
+    each client's audit in ``audits`` (the ledger's map). ``initial`` is the task's seeded
+    initial model, flat, which nodes build themselves (``CompressedDownlink``'s first base).
     """
     screening = Screening(
         norm_bound=config.robust_norm_bound,
@@ -119,6 +124,8 @@ def build_stack(
             bits=config.codec_downlink_bits,
             shapes=opener.shapes,
             book=book,
+            initial=initial,
+            subspace_fraction=(config.codec_topk if config.codec_mask == subspace.MODE else None),
         ),
         sampler=sampler,
         book=book,
