@@ -100,8 +100,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("top2-sign", 0.02, 1, quantizer="sign"),
     Setting("rand25-sign", 0.25, 1, mask="random", quantizer="sign"),
     Setting("rand25-sign-down1", 0.25, 1, mask="random", quantizer="sign", downlink_bits=1),
-    Setting("sub25-8bit", 0.25, 8, mask="subspace"),
+    Setting("sub25-4bit", 0.25, 4, mask="subspace"),
     Setting("sub10-8bit", 0.1, 8, mask="subspace"),
+    Setting("sub10-4bit", 0.1, 4, mask="subspace"),
+    Setting("sub5-4bit", 0.05, 4, mask="subspace"),
     Setting("sub4-8bit", 0.04, 8, mask="subspace"),
 )
 """Dense float32 both ways first: the baseline of every ratio and accuracy difference.

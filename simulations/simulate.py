@@ -31,7 +31,7 @@ from server.root_set import server_examples
 from server.round_loop import RoundLoopResult, RunHooks
 from server.rundir import RunDirectory, RunDirError, new_run_id, read_rounds
 from server.strategy.round_book import RoundBook
-from server.strategy.stack import StrategyWrap, sample_size
+from server.strategy.stack import StrategyWrap, sample_size, sent_fraction
 from simulations.adversary.strategy import FaultInjection, FaultRates
 from simulations.engine_noise import quiet_engine
 
@@ -111,7 +111,7 @@ def check_aggregation(config: FedveilConfig) -> None:
         expected_clients=sample_size(config, config.sim_clients),
         assumed_malicious=config.robust_assumed_malicious,
         trim_beta=config.robust_trim_beta,
-        codec_topk=config.codec_topk,
+        codec_topk=sent_fraction(config),
     )
 
 

@@ -38,6 +38,15 @@ def sample_size(config: FedveilConfig, num_clients: int) -> int:
     return min(num_clients, max(config.min_train_clients, int(config.fraction_train * num_clients)))
 
 
+def sent_fraction(config: FedveilConfig) -> float:
+    """Return the fraction of coordinates each client sends (what coordinate-wise rules see).
+
+    ``codec.topk``, except under a shared subspace: every client sends the same coordinates,
+    and all others are zero for all of them, so a coordinate-wise rule sees every client.
+    """
+    return 1.0 if config.codec_mask == subspace.MODE else config.codec_topk
+
+
 def build_inner_strategy(config: FedveilConfig, num_clients: int) -> Strategy:
     """Return the Flower strategy that aggregates clean replies (uniform weights).
 
@@ -50,8 +59,7 @@ def build_inner_strategy(config: FedveilConfig, num_clients: int) -> Strategy:
         expected_clients=sample_size(config, num_clients),
         assumed_malicious=config.robust_assumed_malicious,
         trim_beta=config.robust_trim_beta,
-        # A shared subspace is sent by every client: coordinate-wise rules see all of them.
-        codec_topk=1.0 if config.codec_mask == subspace.MODE else config.codec_topk,
+        codec_topk=sent_fraction(config),
     )
     if config.central_dp_noise_multiplier <= 0:
         return aggregator

@@ -3,7 +3,8 @@
 ``Federation.round`` drives one round as ``BudgetAwareSampling`` would (open the round in the
 book, build requests, record them, send, aggregate); each node answers with the client's own
 ``read_request`` (the downlink checks and references of ``client.downlink``) and ``with_digest``,
-without training. ``relay`` may alter requests on their way; ``lose`` drops replies.
+without training. ``relay`` may alter requests on their way; ``lose`` drops replies; ``models``
+gives each round's global model (``model_at`` by default).
 """
 
 from __future__ import annotations
@@ -79,6 +80,10 @@ class Federation:
     inner: RecordingStrategy = field(default_factory=RecordingStrategy)
     relay: Relay | None = None
     lose: set[int] = field(default_factory=set)
+    config: FedveilConfig = CONFIG
+    models: Callable[[int], ArrayRecord] = model_at
+    initial: np.ndarray | None = None
+    subspace_fraction: float | None = None
     rebuilt: dict[int, np.ndarray] = field(default_factory=dict)
     replies: dict[int, RecordDict] = field(default_factory=dict)
     server: CompressedDownlink = field(init=False)
@@ -100,16 +105,18 @@ class Federation:
             bits=self.bits,
             shapes=SHAPES,
             book=self.book,
+            initial=self.initial,
+            subspace_fraction=self.subspace_fraction,
         )
 
     def round(self, server_round: int, nodes: list[int]) -> list[Message]:
         """Run ``server_round`` with ``nodes`` sampled; return the requests as sent."""
         self.book.start(server_round, nodes)
-        config = protocol.config_record(CONFIG.to_client_flat(), server_round)
+        config = protocol.config_record(self.config.to_client_flat(), server_round)
         config[protocol.RUN_TAG] = "run"
         requests = list(
             self.server.configure_train(
-                server_round, model_at(server_round), config, ListGrid(nodes)
+                server_round, self.models(server_round), config, ListGrid(nodes)
             )
         )
         self.book.sent(requests)
