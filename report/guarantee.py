@@ -37,14 +37,26 @@ def _codec_words(config: Mapping[str, Any]) -> str:
     topk, bits, feedback = (
         config.get(k) for k in ("codec.topk", "codec.bits", "codec.error-feedback")
     )
+    mask = config.get("codec.mask", "topk")
+    quantizer = config.get("codec.quantizer", "auto")
     if topk is None or bits is None:
         return "compressed (codec settings not in config.json)"
     if topk >= 1 and bits == 32:
         return "not compressed (raw float32)"
-    parts = [
-        f"top-k sparsification keeping {topk:.0%} of coordinates" if topk < 1 else "no pruning"
-    ]
-    parts.append(f"{bits}-bit stochastic quantization" if bits < 32 else "raw float32 values")
+    if topk >= 1:
+        parts = ["every coordinate"]
+    elif mask == "subspace":
+        parts = [f"only the round's shared random subspace ({topk:.0%} of coordinates)"]
+    elif mask == "random":
+        parts = [f"a random {topk:.0%} of coordinates"]
+    else:
+        parts = [f"top-k sparsification keeping {topk:.0%} of coordinates"]
+    if bits == 32:
+        parts.append("raw float32 values")
+    elif bits == 1 and quantizer in ("auto", "sign"):
+        parts.append("1-bit scaled signs")
+    else:
+        parts.append(f"{bits}-bit stochastic quantization")
     if feedback:
         parts.append("error feedback")
     return "compressed (" + ", ".join(parts) + ")"
@@ -193,6 +205,15 @@ def _flagged(a: Analysis) -> list[Block]:
     return blocks
 
 
+def _inside(a: Analysis) -> str:
+    if a.config.get("codec.mask") != "subspace" or a.config.get("codec.topk", 1.0) >= 1:
+        return ""
+    return (
+        " restricted to the round's shared random subspace (`codec.mask = subspace`: the noise is "
+        "drawn there too, the mask is a public hash of run and round) and"
+    )
+
+
 def _mechanism(a: Analysis, trained: Sequence[ClientEntry]) -> str:
     entries = [e for c in trained for e in c.history]
     budgets = {c.budget for c in a.ledger.clients if c.budget is not None}
@@ -203,7 +224,8 @@ def _mechanism(a: Analysis, trained: Sequence[ClientEntry]) -> str:
     max_rounds = max(len(c.rounds) for c in trained)
     text = (
         f"**Mechanism:** DP-SGD with Poisson sampling at rate q = "
-        f"{span((q for _, q, _ in entries), fmt_rate)}, per-example gradients clipped to L2 norm "
+        f"{span((q for _, q, _ in entries), fmt_rate)}, per-example gradients{_inside(a)} "
+        f"clipped to L2 norm "
         f"{fmt_num(a.config['dp.max-grad-norm'])} (`dp.max-grad-norm`) and Gaussian noise of "
         f"multiplier σ = {span((s for s, _, _ in entries), fmt_num)} (noise std σ × clip norm), "
         f"{span((float(n) for _, _, n in entries), lambda x: f'{x:.0f}')} steps per round. "

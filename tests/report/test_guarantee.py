@@ -104,3 +104,26 @@ def test_run_stopped_before_its_first_round(docs: RunDocs, tmp_path: Path) -> No
     html = files.html.read_text(encoding="utf-8")
     assert "No client trained in this run, so no privacy was spent" in html
     assert files.plots == ()
+
+
+@pytest.mark.parametrize(
+    ("codec", "words"),
+    [
+        ({"codec.topk": 1.0, "codec.bits": 1, "codec.quantizer": "auto"}, "1-bit scaled signs"),
+        ({"codec.topk": 0.1, "codec.bits": 8, "codec.mask": "topk"}, "keeping 10% of coord"),
+        ({"codec.topk": 0.25, "codec.bits": 4, "codec.mask": "random"}, "a random 25% of"),
+        (
+            {"codec.topk": 0.1, "codec.bits": 8, "codec.mask": "subspace"},
+            "shared random subspace (10% of coordinates), 8-bit stochastic",
+        ),
+    ],
+)
+def test_the_update_channel_names_the_codec_that_ran(
+    docs: RunDocs, tmp_path: Path, codec: dict[str, object], words: str
+) -> None:
+    docs.config.update(codec)
+    html = write_report(docs.write(tmp_path / "run")).html.read_text(encoding="utf-8")
+
+    assert words in html
+    subspace = "restricted to the round&#x27;s shared random subspace"
+    assert (subspace in html) == (codec.get("codec.mask") == "subspace")
