@@ -31,7 +31,6 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
-from torch import nn
 
 from client.canaries import requested_canaries
 from client.downlink import read_model, with_digest
@@ -383,7 +382,12 @@ def train_locally(request: TrainRequest, data: LocalData, budget: RoundBudget) -
         ),
         canaries=request.canaries if isinstance(request.canaries, CanarySpec) else None,
         device=resolve_device(config.device),
-        subspace=_round_subspace(request, model),
+        subspace=subspace.run_mask(
+            config,
+            request.run_id,
+            request.server_round,
+            sum(int(t.numel()) for t in model.state_dict().values()),
+        ),
     )
     if outcome.entry != budget.entry:
         # What trained must be what is charged (e.g. data resized after the budget check).
@@ -392,15 +396,6 @@ def train_locally(request: TrainRequest, data: LocalData, budget: RoundBudget) -
         k: v.detach().cpu().numpy().astype(np.float32, copy=False)
         for k, v in model.state_dict().items()
     }
-
-
-def _round_subspace(request: TrainRequest, model: nn.Module) -> npt.NDArray[np.bool_] | None:
-    """Return the round's shared subspace mask, or ``None`` unless ``codec.mask`` asks for it."""
-    config = request.config
-    if config.codec_mask != subspace.MODE:
-        return None
-    size = sum(int(t.numel()) for t in model.state_dict().values())
-    return subspace.round_mask(request.run_id, request.server_round, size, config.codec_topk)
 
 
 def record_round(request: TrainRequest, budget: RoundBudget) -> None:
@@ -428,11 +423,7 @@ def seal_reply(
         public_key=request.public_key,
         seal_context=SealContext(request.run_id, request.server_round, int(context.node_id)),
         node_state=budget.node_state,
-        mask_seed=(
-            subspace.round_seed(request.run_id, request.server_round)
-            if config.codec_mask == subspace.MODE
-            else None
-        ),
+        mask_seed=subspace.run_seed(config, request.run_id, request.server_round),
     )
     facts = {
         **_facts(budget.client_id, budget.entry, budget.epsilon_after),

@@ -24,6 +24,7 @@ import numpy.typing as npt
 
 from common.codec_index import SEED_BYTES, seeded_mask
 from common.codec_params import kept_count
+from common.config import FedveilConfig
 
 MODE: Final = "subspace"
 """The ``codec.mask`` value that turns the shared subspace on."""
@@ -41,3 +42,17 @@ def round_seed(run_id: int, server_round: int) -> bytes:
 def round_mask(run_id: int, server_round: int, size: int, fraction: float) -> npt.NDArray[np.bool_]:
     """Return the ``(size,)`` mask of round ``server_round``'s subspace (``fraction`` kept)."""
     return seeded_mask(round_seed(run_id, server_round), size, kept_count(size, fraction))
+
+
+def run_seed(config: FedveilConfig, run_id: int, server_round: int) -> bytes | None:
+    """Return the round's seed if ``config`` trains in a subspace, else ``None``."""
+    return round_seed(run_id, server_round) if config.codec_mask == MODE else None
+
+
+def run_mask(
+    config: FedveilConfig, run_id: int, server_round: int, size: int
+) -> npt.NDArray[np.bool_] | None:
+    """Return the round's mask if ``config`` trains in a subspace, else ``None``."""
+    if config.codec_mask != MODE:
+        return None
+    return round_mask(run_id, server_round, size, config.codec_topk)
