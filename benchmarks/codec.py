@@ -103,7 +103,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("sub25-4bit", 0.25, 4, mask="subspace"),
     Setting("sub10-8bit", 0.1, 8, mask="subspace"),
     Setting("sub10-4bit", 0.1, 4, mask="subspace"),
+    Setting("sub10-4bit-down4", 0.1, 4, mask="subspace", downlink_bits=4),
     Setting("sub5-4bit", 0.05, 4, mask="subspace"),
+    Setting("sub5-4bit-down4", 0.05, 4, mask="subspace", downlink_bits=4),
     Setting("sub4-8bit", 0.04, 8, mask="subspace"),
 )
 """Dense float32 both ways first: the baseline of every ratio and accuracy difference.
@@ -114,6 +116,9 @@ The others keep the run's downlink (``codec.downlink-bits``' default) unless the
 The sparse ones aim at the aggressive preset: ``top2-sign`` spends about a byte per kept
 index, ``rand25-sign`` none (a 16-byte seed), so it keeps many more coordinates per byte;
 ``rand25-sign-down1`` also sends the model at 1 bit per value (a scaled sign of its change).
+``subK-Bbit`` trains each round in the shared random subspace of ``K`` % of the coordinates
+(``codec.mask = "subspace"``, docs/subspace.md) and sends its values at ``B`` bits; the
+downlink then carries only the last round's subspace (``-down4``: at 4 bits a value).
 """
 BY_NAME = {s.name: s for s in SETTINGS}
 
