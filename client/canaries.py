@@ -17,6 +17,8 @@ from __future__ import annotations
 import secrets
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 import torch
 from flwr.app import ConfigRecord
 
@@ -35,6 +37,9 @@ class GradientCanaries:
         params: the trainable parameters, in the model's ``named_parameters`` order.
         sample_rate: ``q``, each canary's chance to be in a step's batch (a real example's).
         max_grad_norm: ``C``, each canary gradient's L2 norm.
+        subspace: the round's subspace over ``params`` (flat, in their order), when the round
+            trains one: each canary is cut to it and rescaled to norm ``C`` there, like the
+            examples it stands for (``CanaryLayout.restricted``; the auditor does the same).
 
     """
 
@@ -46,6 +51,7 @@ class GradientCanaries:
         sample_rate: float,
         max_grad_norm: float,
         device: torch.device | None = None,
+        subspace: npt.NDArray[np.bool_] | None = None,
     ) -> None:
         if not 0 < sample_rate <= 1:
             raise ValueError(f"`sample_rate` must be in (0, 1], got {sample_rate}")
@@ -54,6 +60,8 @@ class GradientCanaries:
         self._size = sum(p.numel() for p in params)
         device = device if device is not None else torch.device("cpu")
         layout = spec.layout(self._size, max_grad_norm)
+        if subspace is not None:
+            layout = layout.restricted(subspace, max_grad_norm)
         included = spec.included()
         # Only the included canaries, on the training device once: a step then samples, builds
         # and adds its canary sum without a host-device copy or a synchronizing read.

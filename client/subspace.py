@@ -53,6 +53,11 @@ def parameter_masks(
     return [by_name[name] for name, p in model.named_parameters() if p.requires_grad]
 
 
+def flat_mask(masks: Sequence[torch.Tensor]) -> npt.NDArray[np.bool_]:
+    """Return per-parameter masks as one flat boolean mask over the trainable parameters."""
+    return np.concatenate([m.detach().cpu().numpy().reshape(-1) != 0 for m in masks])
+
+
 class SubspaceDPSGD:
     """Restricts an Opacus ``DPOptimizer``'s steps to a subspace (one mask per parameter)."""
 

@@ -18,7 +18,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from client.canaries import GradientCanaries
-from client.subspace import SubspaceDPSGD, parameter_masks
+from client.subspace import SubspaceDPSGD, flat_mask, parameter_masks
 from common.accounting import HistoryEntry, sample_rate, steps_per_round
 from common.audit_canaries import CanarySpec
 
@@ -144,8 +144,7 @@ def train_dp_sgd(
     model is left there (its caller moves the weights back once). Poisson sampling stays on
     the CPU, so only each batch's indices cross to the device. ``subspace``, when given, is
     the round's flat ``state_dict``-order mask (``common.subspace``): only its coordinates are
-    clipped, noised and moved (``client.subspace``); canaries outside it are erased with the
-    noise there.
+    clipped, noised and moved (``client.subspace``), and the canaries are cut to it.
     """
     from opacus import PrivacyEngine
 
@@ -183,6 +182,7 @@ def train_dp_sgd(
             )
         else:
             private_model, private_optimizer, private_loader = engine.make_private(**private)
+    masks = None if subspace is None else parameter_masks(model, subspace, device)
     if canaries is not None:
         GradientCanaries(
             canaries,
@@ -190,9 +190,10 @@ def train_dp_sgd(
             sample_rate=sample_rate(n, settings.batch_size),
             max_grad_norm=settings.max_grad_norm,
             device=device,
+            subspace=None if masks is None else flat_mask(masks),
         ).attach(private_optimizer)
-    if subspace is not None:
-        SubspaceDPSGD(parameter_masks(model, subspace, device)).attach(private_optimizer)
+    if masks is not None:
+        SubspaceDPSGD(masks).attach(private_optimizer)
     private_model.train()
     with warnings.catch_warnings():
         # Inputs never require gradients here; PyTorch's note about backward hooks is noise.

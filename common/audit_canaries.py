@@ -91,6 +91,20 @@ class CanaryLayout:
         flat[self.coords.ravel()] = (self.values * weights[:, None]).ravel()
         return flat
 
+    def restricted(self, inside: npt.NDArray[np.bool_], norm: float) -> CanaryLayout:
+        """Return the canaries cut to the coordinates ``inside`` and rescaled to L2 ``norm`` there.
+
+        A round that trains only a subspace (``common.subspace``) clips each example's gradient
+        inside it, so a worst-case example has norm ``norm`` there; so does each cut canary. A
+        canary with no coordinate inside becomes zero: it adds nothing that round.
+        """
+        if inside.shape != (self.size,):
+            raise ValueError(f"a mask of {inside.shape} for canaries over {self.size} coordinates")
+        values = np.where(inside[self.coords], self.values, 0).astype(np.float64)
+        lengths = np.linalg.norm(values, axis=1, keepdims=True)
+        scaled = np.divide(values * norm, lengths, out=np.zeros_like(values), where=lengths > 0)
+        return CanaryLayout(self.size, self.coords, scaled.astype(np.float32))
+
     def scores(self, update: npt.NDArray[np.floating]) -> npt.NDArray[np.float64]:
         """Return each canary's score: how far ``update`` (flat, ``size``) moved against it.
 

@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 from torch import nn
 
+from common import subspace
 from common.audit import AuditResult, audit_scores
 from common.audit_canaries import MAX_CANARIES, SEED_LIMIT, CanaryLayout, CanarySpec
 from common.audit_canaries import MODE as WHITE_BOX
@@ -59,6 +61,38 @@ def canary_count(configured: int, parameters: int) -> int:
     return configured
 
 
+@dataclass(frozen=True)
+class AuditedSubspace:
+    """Where a run's rounds train (``codec.mask = "subspace"``), over the trainable coordinates.
+
+    ``trainable`` holds, in ``named_parameters`` order, the positions in the flat ``state_dict``
+    vector (the subspace's layout) of the coordinates the canaries span.
+    """
+
+    run_id: int
+    fraction: float
+    state_size: int
+    trainable: npt.NDArray[np.int64]
+
+    @classmethod
+    def of(cls, model: nn.Module, run_id: int, fraction: float) -> AuditedSubspace:
+        """Return the subspace layout of ``model``'s trainable parameters in run ``run_id``."""
+        offsets: dict[int, tuple[int, int]] = {}
+        offset = 0
+        for tensor in model.state_dict(keep_vars=True).values():
+            offsets[id(tensor)] = (offset, offset + tensor.numel())
+            offset += tensor.numel()
+        ranges = [offsets[id(p)] for p in model.parameters() if p.requires_grad]
+        trainable = np.concatenate([np.arange(a, b, dtype=np.int64) for a, b in ranges])
+        return cls(run_id, fraction, offset, trainable)
+
+    def inside(self, server_round: int) -> npt.NDArray[np.bool_]:
+        """Return round ``server_round``'s subspace over the trainable coordinates."""
+        mask = subspace.round_mask(self.run_id, server_round, self.state_size, self.fraction)
+        inside: npt.NDArray[np.bool_] = mask[self.trainable]
+        return inside
+
+
 class WhiteBoxAuditor:
     """Canaries for each client, the sum of its opened updates, and the bound they give.
 
@@ -81,6 +115,7 @@ class WhiteBoxAuditor:
         max_grad_norm: float,
         delta: float,
         beta: float = 0.05,
+        subspace: AuditedSubspace | None = None,
     ) -> None:
         self.sizes = dict(sizes)
         self.size = sum(self.sizes.values())
@@ -88,9 +123,11 @@ class WhiteBoxAuditor:
         self.delta = delta
         self.beta = beta
         self.max_grad_norm = max_grad_norm
+        self.subspace = subspace
         self._layouts: dict[str, CanaryLayout] = {}
         self._specs: dict[str, CanarySpec] = {}
-        self._sums: dict[str, npt.NDArray[np.float64]] = {}
+        self._scores: dict[str, npt.NDArray[np.float64]] = {}
+        self._inside: tuple[int, npt.NDArray[np.bool_]] | None = None
 
     def canaries_for(self, client_id: str) -> CanarySpec:
         """Return the client's canaries, drawing its two secret seeds on first sight."""
@@ -109,11 +146,20 @@ class WhiteBoxAuditor:
         """Return whether ``client_id`` has been sent canaries."""
         return client_id in self._specs
 
-    def observe(self, client_id: str, update: Mapping[str, npt.NDArray[np.floating]]) -> None:
+    def observe(
+        self,
+        client_id: str,
+        update: Mapping[str, npt.NDArray[np.floating]],
+        server_round: int | None = None,
+    ) -> None:
         """Add one opened update (``local - global`` by parameter name) of a client we audit.
+
+        Scores add up over rounds (``<update, canary>`` is linear). Under a subspace each round
+        scores the canaries as the client added them, cut to ``server_round``'s subspace.
 
         Raises:
             KeyError: the client was never sent canaries, or the update lacks a parameter.
+            ValueError: the run trains in a subspace and ``server_round`` is not given.
 
         """
         if client_id not in self._specs:
@@ -121,19 +167,32 @@ class WhiteBoxAuditor:
         flat = np.concatenate(
             [np.asarray(update[name], dtype=np.float64).ravel() for name in self.sizes]
         )
-        if client_id in self._sums:
-            self._sums[client_id] += flat
+        layout = self._layouts[client_id]
+        if self.subspace is not None:
+            if server_round is None:
+                raise ValueError("a subspace run's update must name its round")
+            inside = self._inside_of(self.subspace, server_round)
+            layout = layout.restricted(inside, self.max_grad_norm)
+        scores = layout.scores(flat)
+        if client_id in self._scores:
+            self._scores[client_id] += scores
         else:
-            self._sums[client_id] = flat
+            self._scores[client_id] = scores
+
+    def _inside_of(self, subspace: AuditedSubspace, server_round: int) -> npt.NDArray[np.bool_]:
+        """Return the round's subspace over the trainable coordinates (drawn once a round)."""
+        if self._inside is None or self._inside[0] != server_round:
+            self._inside = (server_round, subspace.inside(server_round))
+        return self._inside[1]
 
     def result(self, client_id: str) -> AuditResult:
         """Return the bound the client's updates so far prove (0 before any update)."""
         spec = self._specs[client_id]
-        total = self._sums.get(client_id)
-        if total is None:
+        scores = self._scores.get(client_id)
+        if scores is None:
             return AuditResult(0.0, spec.canaries, 0, 0)
         return audit_scores(
-            self._layouts[client_id].scores(total),
+            scores,
             spec.included(),
             delta=self.delta,
             beta=self.beta,
@@ -148,11 +207,12 @@ class WhiteBoxAuditor:
 Auditor = WhiteBoxAuditor | BlackBoxAuditor
 
 
-def build_auditor(config: FedveilConfig) -> Auditor:
+def build_auditor(config: FedveilConfig, run_id: int) -> Auditor:
     """Return the auditor ``privacy.audit`` and ``privacy.audit-mode`` ask for.
 
-    White-box canaries span the task's trainable parameters; black-box canary inputs are drawn
-    in the range of the task's test examples (the server's own data, never a client's).
+    White-box canaries span the task's trainable parameters (under ``codec.mask = "subspace"``,
+    each round's subspace of run ``run_id``); black-box canary inputs are drawn in the range of
+    the task's test examples (the server's own data, never a client's).
 
     Raises:
         ConfigError: in white-box mode, ``privacy.audit-canaries`` exceeds the model's
@@ -172,10 +232,16 @@ def build_auditor(config: FedveilConfig) -> Auditor:
             batch_size=config.batch_size,
             delta=config.dp_delta,
         )
-    sizes = trainable_sizes(task.build_model())
+    model = task.build_model()
+    sizes = trainable_sizes(model)
     return WhiteBoxAuditor(
         sizes,
         canaries=canary_count(config.privacy_audit_canaries, sum(sizes.values())),
         max_grad_norm=config.dp_max_grad_norm,
         delta=config.dp_delta,
+        subspace=(
+            AuditedSubspace.of(model, run_id, config.codec_topk)
+            if config.codec_mask == subspace.MODE
+            else None
+        ),
     )

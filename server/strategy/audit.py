@@ -82,6 +82,6 @@ class AuditedUpdates(StrategyWrapper):
                     continue
                 arrays = reply.content.array_records[protocol.ARRAYS]
                 update = {name: arrays[name].numpy() - base[name] for name in base}
-                self.auditor.observe(client, update)
+                self.auditor.observe(client, update, server_round)
                 self.audits[client] = self.auditor.entry(client)
         return self.strategy.aggregate_train(server_round, replies)

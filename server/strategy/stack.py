@@ -116,7 +116,7 @@ def build_stack(
         evidence=evidence,
     )
     opened: Strategy = screened
-    auditor = build_auditor(config) if config.privacy_audit else None
+    auditor = build_auditor(config, opener.run_id) if config.privacy_audit else None
     if auditor is not None:
         opened = AuditedUpdates(
             screened,

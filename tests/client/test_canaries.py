@@ -118,3 +118,17 @@ def test_canaries_live_on_the_training_device() -> None:
     assert flat.device.type == "cuda"
     scores = SPEC.layout(flat.shape[0], 1.0).scores(-flat.cpu().numpy())
     assert np.allclose(scores, SPEC.included().astype(float), atol=1e-5)
+
+
+def test_in_a_subspace_a_step_adds_the_cut_canaries_with_norm_c_inside_only() -> None:
+    params = [p for p in nn.Linear(30, 10).parameters()]
+    size = sum(p.numel() for p in params)
+    inside = np.random.default_rng(1).random(size) < 0.3
+    canaries = GradientCanaries(SPEC, params, sample_rate=1.0, max_grad_norm=1.0, subspace=inside)
+
+    flat = canaries.step_sum().numpy()
+
+    assert not flat[~inside].any()
+    cut = SPEC.layout(size, 1.0).restricted(inside, 1.0)
+    expected = cut.dense(SPEC.included().astype(np.float64))
+    np.testing.assert_allclose(flat, expected, atol=1e-6)

@@ -61,3 +61,25 @@ def test_more_canaries_than_coordinates_are_refused() -> None:
 def test_scores_refuse_an_update_of_another_size() -> None:
     with pytest.raises(ValueError, match="canaries span 100"):
         canary_layout(1, 10, 100, 1.0).scores(np.zeros(99))
+
+
+def test_canaries_cut_to_a_subspace_have_norm_c_there_and_nothing_outside() -> None:
+    layout = canary_layout(seed=3, m=50, size=2_000, norm=0.7)
+    inside = np.random.default_rng(0).random(2_000) < 0.1
+    inside[layout.coords[0]] = False  # one canary entirely outside this round
+
+    cut = layout.restricted(inside, 0.7)
+
+    dense = cut.dense(np.ones(50))
+    assert not dense[~inside].any()
+    norms = np.linalg.norm(cut.values.astype(np.float64), axis=1)
+    touched = inside[layout.coords].any(axis=1)
+    assert not touched[0] and touched.sum() > 40
+    assert not norms[~touched].any()
+    np.testing.assert_allclose(norms[touched], 0.7, rtol=1e-5)
+    # Inside, each canary keeps its direction: only its length changes.
+    kept = inside[layout.coords[1]]
+    ratio = cut.values[1][kept] / layout.values[1][kept]
+    np.testing.assert_allclose(ratio, ratio[0], rtol=1e-5)
+    with pytest.raises(ValueError, match="mask"):
+        layout.restricted(inside[:-1], 0.7)

@@ -21,18 +21,29 @@ from common.accounting import (
 from common.audit import AuditResult
 from common.config import ConfigError, FedveilConfig
 from common.partition import PartitionSpec, task_partitions, task_pool
+from common.subspace import round_mask
 from common.task import task_of
-from server.audit import WhiteBoxAuditor, build_auditor, canary_count, trainable_sizes
+from server.audit import (
+    AuditedSubspace,
+    WhiteBoxAuditor,
+    build_auditor,
+    canary_count,
+    trainable_sizes,
+)
 from server.audit_file import AuditEntry
 from server.json_checks import Fields, RunFileError
+from tests.conftest import RUN_ID
 
 ROUNDS = 5
 TARGET_EPSILON = 2.0
 DELTA = 1e-5
 
 
-def _audited_run(seed: int) -> tuple[AuditResult, float]:
-    """Train client 0 of 10 for ``ROUNDS`` rounds at the target ε; return the audit and ε."""
+def _audited_run(seed: int, fraction: float | None = None) -> tuple[AuditResult, float]:
+    """Train client 0 of 10 for ``ROUNDS`` rounds at the target ε; return the audit and ε.
+
+    With ``fraction``, each round trains its shared subspace of that fraction (run ``RUN_ID``).
+    """
     from client.trainer import DPSGDSettings, train_dp_sgd
 
     config = FedveilConfig.from_flat({"seed": seed})
@@ -50,22 +61,34 @@ def _audited_run(seed: int) -> tuple[AuditResult, float]:
     )
     model = task.build_model()
     sizes = trainable_sizes(model)
-    auditor = WhiteBoxAuditor(sizes, canaries=sum(sizes.values()), max_grad_norm=1.0, delta=DELTA)
+    audited = None if fraction is None else AuditedSubspace.of(model, RUN_ID, fraction)
+    auditor = WhiteBoxAuditor(
+        sizes,
+        canaries=sum(sizes.values()),
+        max_grad_norm=1.0,
+        delta=DELTA,
+        subspace=audited,
+    )
     spec = auditor.canaries_for("0")
     settings = DPSGDSettings(config.local_epochs, config.batch_size, config.lr, 0.0, sigma, 1.0)
-    for _ in range(ROUNDS):
+    size = sum(v.numel() for v in model.state_dict().values())
+    for server_round in range(1, ROUNDS + 1):
         start = {k: v.clone() for k, v in model.state_dict().items()}
         model = task.build_model()
         model.load_state_dict(start)
-        train_dp_sgd(model, data.inputs, data.labels, settings, canaries=spec)
-        auditor.observe("0", {k: (v - start[k]).numpy() for k, v in model.state_dict().items()})
+        mask = None if fraction is None else round_mask(RUN_ID, server_round, size, fraction)
+        train_dp_sgd(model, data.inputs, data.labels, settings, canaries=spec, subspace=mask)
+        update = {k: (v - start[k]).numpy() for k, v in model.state_dict().items()}
+        auditor.observe("0", update, server_round)
     accountant = epsilon_from_history([(sigma, q, ROUNDS * steps)], delta=DELTA, accountant="rdp")
     return auditor.result("0"), accountant
 
 
-@pytest.mark.parametrize("seed", [0, 1])
-def test_an_honest_run_stays_below_the_accountants_epsilon(seed: int) -> None:
-    result, accountant = _audited_run(seed)
+@pytest.mark.parametrize(("seed", "fraction"), [(0, None), (1, None), (0, 0.25)])
+def test_an_honest_run_stays_below_the_accountants_epsilon(
+    seed: int, fraction: float | None
+) -> None:
+    result, accountant = _audited_run(seed, fraction)
     assert accountant == pytest.approx(TARGET_EPSILON, rel=0.02)
     assert result.guesses > 0
     assert result.epsilon_lower_bound <= accountant
@@ -96,7 +119,7 @@ def test_canary_count_auto_and_its_limit() -> None:
 
 def test_build_auditor_spans_the_tasks_trainable_parameters() -> None:
     config = FedveilConfig.from_flat({"privacy.audit": True, "privacy.audit-canaries": 64})
-    auditor = build_auditor(config)
+    auditor = build_auditor(config, RUN_ID)
     assert auditor.size == sum(p.numel() for p in task_of(config).build_model().parameters())
     assert auditor.canaries == 64
 

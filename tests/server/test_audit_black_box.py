@@ -90,7 +90,7 @@ def test_an_untrained_model_proves_nothing() -> None:
 
 def test_build_auditor_draws_inputs_in_the_range_of_the_servers_test_examples() -> None:
     config = FedveilConfig.from_flat({"privacy.audit": True, "privacy.audit-mode": "black-box"})
-    auditor = build_auditor(config)
+    auditor = build_auditor(config, RUN_ID)
     assert isinstance(auditor, BlackBoxAuditor)
     task = task_of(config)
     test = task.test_examples().inputs
