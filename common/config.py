@@ -176,10 +176,10 @@ KEYS: dict[str, _Key] = {
         "a folder where simulated clients keep their state (empty = memory only)",
     ),
     "codec.topk": _Key(
-        "codec_topk", float, 1.0, lambda v: 0 < v <= 1, "a fraction in (0, 1] of coordinates kept"
+        "codec_topk", float, 0.25, lambda v: 0 < v <= 1, "a fraction in (0, 1] of coordinates kept"
     ),
     "codec.bits": _Key(
-        "codec_bits", int, 1, lambda v: v in (*range(1, 9), 16, 32), "1-8, 16 or 32 (raw float32)"
+        "codec_bits", int, 4, lambda v: v in (*range(1, 9), 16, 32), "1-8, 16 or 32 (raw float32)"
     ),
     "codec.error-feedback": _Key("codec_error_feedback", bool, True, _ANY, "true or false"),
     "codec.downlink-bits": _Key(
@@ -192,7 +192,7 @@ KEYS: dict[str, _Key] = {
     "codec.mask": _Key(
         "codec_mask",
         str,
-        "topk",
+        "subspace",
         _one_of(CODEC_MASKS),
         f"one of {CODEC_MASKS}: keep the largest magnitudes, a seeded random mask, or "
         "train and send only the round's shared random subspace",

@@ -22,7 +22,8 @@ def test_median_of_sparse_updates_learns_with_scaled_attackers(tmp_path: Path) -
             "sim.clients=10",
             f"num-server-rounds={ROUNDS}",
             "aggregation=median",
-            "codec.topk=0.1",  # top-10 % sparse updates (the default codec is dense)
+            "codec.mask=topk",  # top-10 % sparse updates (the default is a shared subspace)
+            "codec.topk=0.1",
             "codec.bits=8",
             "robust.assumed-malicious=0",  # f = 0: codec.topk = 0.1 over 10 clients may run
             "attack.fraction=0.2",
@@ -45,7 +46,9 @@ def test_median_of_sparse_updates_learns_with_scaled_attackers(tmp_path: Path) -
 def test_too_few_senders_per_coordinate_are_refused_in_one_line(tmp_path: Path) -> None:
     out = tmp_path / "refused"
     done = fedveil(
-        *simulate_args(out, "sim.clients=10", "aggregation=median", "codec.topk=0.1"),
+        *simulate_args(
+            out, "sim.clients=10", "aggregation=median", "codec.mask=topk", "codec.topk=0.1"
+        ),
         timeout=600,
     )
 
