@@ -2,16 +2,18 @@
 
 :func:`encode_update` takes one finite 1-D ``float32`` vector of ``size`` coordinates (the
 flattened ``local - global`` delta plus the error-feedback residual), keeps ``k =
-kept_count(size, topk)`` coordinates (largest magnitudes, or a seeded random mask), quantizes
-each kept value to ``bits`` bits (unbiased stochastic rounding, or a biased 1-bit scaled sign
-that needs error feedback: :mod:`common.codec_quantize`) and packs a self-describing payload:
+kept_count(size, topk)`` coordinates (largest magnitudes, a seeded random mask, or the
+round's shared subspace, whose seed the caller passes), quantizes each kept value to ``bits``
+bits (unbiased stochastic rounding, or a biased 1-bit scaled sign that needs error feedback:
+:mod:`common.codec_quantize`) and packs a self-describing payload:
 a 17-byte header, then the index section (:mod:`common.codec_index`), the scales and the
 codes, zstd-compressed when that is smaller. :func:`decode_update` is deterministic, so the
 encoder hands the client exactly the vector the server will see (``EncodedUpdate.decoded``),
 for its residual (:class:`ErrorFeedback`). The payload is hostile input to the receiver: every
 count and length is checked against ``size`` and ``params`` before anything is allocated, and
 every failure is a :class:`CodecError`. Caveat: a random mask's seed must come from OS
-entropy, never from the public run seed. Byte layout and measurements: docs/codec.md.
+entropy, never from the public run seed (a subspace's seed is public on purpose: the client
+trained only there, docs/subspace.md). Byte layout and measurements: docs/codec.md.
 """
 
 from __future__ import annotations
