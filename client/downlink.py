@@ -21,6 +21,7 @@ import logging
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from flwr.app import (
     Array,
     ArrayRecord,
@@ -100,15 +101,14 @@ def signing_key(record: ConfigRecord, context: Context) -> bytes:
     return key
 
 
-def initial_model(config: FedveilConfig) -> tuple[Shapes, Float32Array]:
-    """Return the task model's flat layout and its seeded initial weights, flat.
+def model_layout(config: FedveilConfig) -> tuple[Shapes, dict[str, torch.Tensor]]:
+    """Return the task model's flat layout and its seeded initial weights.
 
     The layout is the ``state_dict`` names and shapes, in order; the initial weights are a base
     the server may name without sending it.
     """
     state = task_of(config).build_model().state_dict()
-    shapes = {k: tuple(v.shape) for k, v in state.items()}
-    return shapes, flatten({k: v.detach().cpu().numpy() for k, v in state.items()})
+    return {k: tuple(v.shape) for k, v in state.items()}, state
 
 
 def receive_model(
@@ -145,32 +145,47 @@ def receive_model(
         return ReceivedModel(arrays, None)
     key = signing_key(record, context)
     blob = record.get(protocol.DOWNLINK_BLOB)
-    shapes, initial = initial_model(config)
-    size = int(initial.size)
+    shapes, state = model_layout(config)
+    size = sum(int(np.prod(s)) for s in shapes.values())
     expected = Expected(int(msg.metadata.run_id), server_round, int(context.node_id), size)
     header, payload = open_blob(blob if isinstance(blob, bytes) else b"", key, expected)
-    fresh = {zero_digest(size): np.zeros(size, dtype=np.float32), digest(initial): initial}
-    if header.base in fresh:
-        base = fresh[header.base]
-    else:
-        held = {digest(r): r for r in node_state.load_references(size)}
-        if header.base not in held:
-            raise DownlinkError(
-                protocol.CAUSE_DOWNLINK_BASE,
-                f"this node does not hold the reference {header.base.hex()[:16]} the model is "
-                f"based on; the next model comes from zeros",
-            )
-        base = held[header.base]
-    fraction = config.codec_topk if config.codec_mask == subspace.MODE else 1.0
-    model = apply_change(base, payload, header.bits, fraction)
+    base, fresh = _base_of(header.base, size, state, node_state)
+    model = apply_change(base, payload, header.bits, subspace.fraction_of(config) or 1.0)
     if digest(model) != header.target:
         raise DownlinkError(protocol.CAUSE_DOWNLINK, "the rebuilt model does not match its digest")
-    node_state.save_references([model] if header.base in fresh else [model, base])
+    node_state.save_references([model] if fresh else [model, base])
     return ReceivedModel(
         ArrayRecord(
             {k: Array(np.ascontiguousarray(v)) for k, v in unflatten(model, shapes).items()}
         ),
         header.target,
+    )
+
+
+def _base_of(
+    named: bytes, size: int, state: dict[str, torch.Tensor], node_state: NodeState
+) -> tuple[Float32Array, bool]:
+    """Return the base a blob names, and whether every node has it (zeros, the initial model).
+
+    Held references are tried before the initial model, which is flattened and hashed only
+    when a blob names a base the node keeps no copy of (its first request, or after a reset).
+
+    Raises:
+        DownlinkError: ``downlink-base``: the node has no such base.
+
+    """
+    if named == zero_digest(size):
+        return np.zeros(size, dtype=np.float32), True
+    for reference in node_state.load_references(size):
+        if digest(reference) == named:
+            return reference, False
+    initial = flatten({k: v.detach().cpu().numpy() for k, v in state.items()})
+    if digest(initial) == named:
+        return initial, True
+    raise DownlinkError(
+        protocol.CAUSE_DOWNLINK_BASE,
+        f"this node does not hold the reference {named.hex()[:16]} the model is based on; "
+        f"the next model comes from the initial model",
     )
 
 

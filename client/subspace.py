@@ -45,8 +45,9 @@ def parameter_masks(
         part = flat_mask[offset : offset + n]
         offset += n
         if id(tensor) in trainable:
-            by_name[name] = torch.from_numpy(part.reshape(tuple(tensor.shape))).to(
-                device=device, dtype=tensor.dtype
+            # A copy: the round's mask is shared and read-only (``common.subspace``).
+            by_name[name] = torch.tensor(
+                part.reshape(tuple(tensor.shape)), dtype=tensor.dtype, device=device
             )
         elif part.any():
             raise ValueError(f"the subspace keeps coordinates of {name}, which is not trained")

@@ -16,6 +16,7 @@ privacy; being shared is what lets the server average, and send, only ``k`` numb
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from typing import Final
 
@@ -39,20 +40,31 @@ def round_seed(run_id: int, server_round: int) -> bytes:
     return hashlib.sha256(material).digest()[:SEED_BYTES]
 
 
+@functools.lru_cache(maxsize=4)
 def round_mask(run_id: int, server_round: int, size: int, fraction: float) -> npt.NDArray[np.bool_]:
-    """Return the ``(size,)`` mask of round ``server_round``'s subspace (``fraction`` kept)."""
-    return seeded_mask(round_seed(run_id, server_round), size, kept_count(size, fraction))
+    """Return the ``(size,)`` mask of round ``server_round``'s subspace (``fraction`` kept).
+
+    Drawn once and shared by everyone in the process who asks for it that round (the trainer,
+    the opener, the downlink, the auditor), so it is read-only.
+    """
+    mask = seeded_mask(round_seed(run_id, server_round), size, kept_count(size, fraction))
+    mask.flags.writeable = False
+    return mask
+
+
+def fraction_of(config: FedveilConfig) -> float | None:
+    """Return the share of coordinates a round trains under a subspace, else ``None``."""
+    return config.codec_topk if config.codec_mask == MODE else None
 
 
 def run_seed(config: FedveilConfig, run_id: int, server_round: int) -> bytes | None:
     """Return the round's seed if ``config`` trains in a subspace, else ``None``."""
-    return round_seed(run_id, server_round) if config.codec_mask == MODE else None
+    return None if fraction_of(config) is None else round_seed(run_id, server_round)
 
 
 def run_mask(
     config: FedveilConfig, run_id: int, server_round: int, size: int
 ) -> npt.NDArray[np.bool_] | None:
     """Return the round's mask if ``config`` trains in a subspace, else ``None``."""
-    if config.codec_mask != MODE:
-        return None
-    return round_mask(run_id, server_round, size, config.codec_topk)
+    fraction = fraction_of(config)
+    return None if fraction is None else round_mask(run_id, server_round, size, fraction)

@@ -234,14 +234,11 @@ def build_auditor(config: FedveilConfig, run_id: int) -> Auditor:
         )
     model = task.build_model()
     sizes = trainable_sizes(model)
+    fraction = subspace.fraction_of(config)
     return WhiteBoxAuditor(
         sizes,
         canaries=canary_count(config.privacy_audit_canaries, sum(sizes.values())),
         max_grad_norm=config.dp_max_grad_norm,
         delta=config.dp_delta,
-        subspace=(
-            AuditedSubspace.of(model, run_id, config.codec_topk)
-            if config.codec_mask == subspace.MODE
-            else None
-        ),
+        subspace=None if fraction is None else AuditedSubspace.of(model, run_id, fraction),
     )

@@ -38,7 +38,6 @@ class UpdateOpener:
         self.params = params
         self.shapes = shapes
         self.size = sum(int(np.prod(s)) for s in shapes.values())
-        self._outside: tuple[int, npt.NDArray[np.bool_]] | None = None
 
     @property
     def public_key(self) -> bytes:
@@ -61,16 +60,12 @@ class UpdateOpener:
             params=self.params,
             size=self.size,
         )
-        if self.params.mask == subspace.MODE and delta[self._outside_of(server_round)].any():
-            raise UpdateRejected(
-                "malformed", f"the update moves coordinates outside round {server_round}'s subspace"
-            )
+        if self.params.mask == subspace.MODE:
+            inside = subspace.round_mask(self.run_id, server_round, self.size, self.params.topk)
+            if delta[~inside].any():
+                raise UpdateRejected(
+                    "malformed",
+                    f"the update moves coordinates outside round {server_round}'s subspace",
+                )
         base = flatten({k: global_arrays[k].numpy() for k in self.shapes})
         return facts, unflatten(base + delta, self.shapes)
-
-    def _outside_of(self, server_round: int) -> npt.NDArray[np.bool_]:
-        """Return the coordinates outside the round's subspace (drawn once a round)."""
-        if self._outside is None or self._outside[0] != server_round:
-            mask = subspace.round_mask(self.run_id, server_round, self.size, self.params.topk)
-            self._outside = (server_round, ~mask)
-        return self._outside[1]

@@ -44,7 +44,7 @@ def sent_fraction(config: FedveilConfig) -> float:
     ``codec.topk``, except under a shared subspace: every client sends the same coordinates,
     and all others are zero for all of them, so a coordinate-wise rule sees every client.
     """
-    return 1.0 if config.codec_mask == subspace.MODE else config.codec_topk
+    return config.codec_topk if subspace.fraction_of(config) is None else 1.0
 
 
 def build_inner_strategy(config: FedveilConfig, num_clients: int) -> Strategy:
@@ -133,7 +133,7 @@ def build_stack(
             shapes=opener.shapes,
             book=book,
             initial=initial,
-            subspace_fraction=(config.codec_topk if config.codec_mask == subspace.MODE else None),
+            subspace_fraction=subspace.fraction_of(config),
         ),
         sampler=sampler,
         book=book,
