@@ -24,14 +24,14 @@ from dataclasses import dataclass
 from typing import Final
 
 import numpy as np
-import numpy.typing as npt
 import zstandard
 
 from common.codec_index import (
     MAX_VARINT_BYTES,
     SEED_BYTES,
+    IntArray,
     bitmap_decode,
-    seeded_mask,
+    seeded_indices,
     varint_encode,
     varint_indices,
     varint_lengths,
@@ -149,21 +149,21 @@ def encode_update(
         mode = _Mode.DENSE
         kept = vector
         index_section = b""
-        mask: npt.NDArray[np.bool_] | None = None
+        kept_at: IntArray | None = None
     elif params.mask != "topk":
         mode = _Mode.SEEDED
         index_section = mask_seed if mask_seed is not None else rng.bytes(SEED_BYTES)
-        mask = seeded_mask(index_section, size, k)
-        kept = vector[mask]
+        kept_at = seeded_indices(index_section, size, k)
+        kept = vector[kept_at]
     else:
         # argpartition is O(size); marking a mask then reading it back sorts the indices in
         # O(size) too, and the mask is the bitmap.
         top = np.argpartition(np.abs(vector), size - k)[size - k :]
         mask = np.zeros(size, dtype=np.bool_)
         mask[top] = True
-        indices = np.flatnonzero(mask)
-        kept = vector[indices]
-        gaps = np.diff(indices, prepend=-1) - 1
+        kept_at = np.flatnonzero(mask)
+        kept = vector[kept_at]
+        gaps = np.diff(kept_at, prepend=-1) - 1
         gap_lengths = varint_lengths(gaps)
         bitmap_nbytes = -(-size // 8)
         if int(gap_lengths.sum()) < bitmap_nbytes:
@@ -193,11 +193,11 @@ def encode_update(
         flags |= _FLAG_ZSTD
     header = _HEADER.pack(_MAGIC, _VERSION, flags, params.bits, size, k, len(index_section))
 
-    if mask is None:
+    if kept_at is None:
         decoded = values
     else:
         decoded = np.zeros(size, dtype=np.float32)
-        decoded[mask] = values
+        decoded[kept_at] = values
     return EncodedUpdate(payload=header + body, decoded=decoded)
 
 
@@ -295,7 +295,7 @@ def decode_update(
     if mode == _Mode.BITMAP:
         out[bitmap_decode(index_section, size, k)] = values
     elif mode == _Mode.SEEDED:
-        out[seeded_mask(bytes(index_section), size, k)] = values
+        out[seeded_indices(bytes(index_section), size, k)] = values
     else:
         out[varint_indices(index_section, size, k)] = values
     return out

@@ -9,6 +9,7 @@ Byte layout: docs/codec.md.
 
 from __future__ import annotations
 
+import functools
 from typing import Final
 
 import numpy as np
@@ -23,12 +24,15 @@ SEED_BYTES: Final = 16
 MAX_VARINT_BYTES: Final = 5
 
 
+@functools.lru_cache(maxsize=4)
 def seeded_mask(seed: bytes, size: int, k: int) -> npt.NDArray[np.bool_]:
-    """Return the ``(size,)`` mask of the ``k`` coordinates a 16-byte seed selects.
+    """Return the ``(size,)`` mask of the ``k`` coordinates a 16-byte seed selects, read-only.
 
     Built only from PCG64's raw output stream and SeedSequence, which numpy keeps stable across
     releases (NEP 19), unlike ``Generator`` methods such as ``choice``; the selection itself is
-    a deterministic partition, so sender and receiver agree bit for bit.
+    a deterministic partition, so sender and receiver agree bit for bit. The last few masks are
+    kept: a round's shared subspace is drawn once per process and then found by the trainer,
+    the encoder, the opener, the decoder and the downlink alike; callers must not write to it.
     """
     keys: npt.NDArray[np.uint64] = np.asarray(
         np.random.PCG64(int.from_bytes(seed, "little")).random_raw(size), dtype=np.uint64
@@ -38,7 +42,20 @@ def seeded_mask(seed: bytes, size: int, k: int) -> npt.NDArray[np.bool_]:
     # 64-bit keys almost never tie; when they do, the lower indices win.
     ties = np.flatnonzero(keys == kth)[: k - int(np.count_nonzero(mask))]
     mask[ties] = True
+    mask.flags.writeable = False
     return mask
+
+
+@functools.lru_cache(maxsize=4)
+def seeded_indices(seed: bytes, size: int, k: int) -> IntArray:
+    """Return the ``k`` increasing coordinates of :func:`seeded_mask`, read-only and kept alike.
+
+    Gathering and scattering ``k`` values by index costs ``O(k)``; by the ``(size,)`` mask it
+    costs ``O(size)``, which dominates the codec on large models with small subspaces.
+    """
+    indices = np.flatnonzero(seeded_mask(seed, size, k))
+    indices.flags.writeable = False
+    return indices
 
 
 def varint_lengths(values: IntArray) -> IntArray:

@@ -21,7 +21,6 @@ import functools
 import hashlib
 import struct
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Final
 
 import numpy as np
@@ -93,8 +92,7 @@ def digest(vector: Float32Array) -> bytes:
     return hashlib.sha256(np.ascontiguousarray(vector, dtype="<f4").tobytes()).digest()
 
 
-@lru_cache(maxsize=8)
-@functools.cache  # the server asks once per node a round, the node once a round: hash once
+@functools.lru_cache(maxsize=8)  # asked once per node a round on the server: hash once per size
 def zero_digest(size: int) -> bytes:
     """Return the digest of the all-zeros reference of ``size`` coordinates."""
     return digest(np.zeros(size, dtype=np.float32))

@@ -16,14 +16,13 @@ privacy; being shared is what lets the server average, and send, only ``k`` numb
 
 from __future__ import annotations
 
-import functools
 import hashlib
 from typing import Final
 
 import numpy as np
 import numpy.typing as npt
 
-from common.codec_index import SEED_BYTES, seeded_mask
+from common.codec_index import SEED_BYTES, IntArray, seeded_indices, seeded_mask
 from common.codec_params import kept_count
 from common.config import FedveilConfig
 
@@ -40,16 +39,18 @@ def round_seed(run_id: int, server_round: int) -> bytes:
     return hashlib.sha256(material).digest()[:SEED_BYTES]
 
 
-@functools.lru_cache(maxsize=4)
 def round_mask(run_id: int, server_round: int, size: int, fraction: float) -> npt.NDArray[np.bool_]:
     """Return the ``(size,)`` mask of round ``server_round``'s subspace (``fraction`` kept).
 
     Drawn once and shared by everyone in the process who asks for it that round (the trainer,
-    the opener, the downlink, the auditor), so it is read-only.
+    the encoder, the opener, the decoder, the downlink, the auditor), so it is read-only.
     """
-    mask = seeded_mask(round_seed(run_id, server_round), size, kept_count(size, fraction))
-    mask.flags.writeable = False
-    return mask
+    return seeded_mask(round_seed(run_id, server_round), size, kept_count(size, fraction))
+
+
+def round_indices(run_id: int, server_round: int, size: int, fraction: float) -> IntArray:
+    """Return the increasing coordinates of :func:`round_mask`, read-only and shared alike."""
+    return seeded_indices(round_seed(run_id, server_round), size, kept_count(size, fraction))
 
 
 def fraction_of(config: FedveilConfig) -> float | None:

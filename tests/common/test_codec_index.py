@@ -188,6 +188,20 @@ def test_seeded_mask_breaks_ties_towards_lower_indices() -> None:
     assert np.unique(keys).size == 50
 
 
+def test_seeded_indices_are_the_masks_and_neither_can_be_written() -> None:
+    # Both are shared by everyone in the process who asks for the same seed (cached): a caller
+    # that wrote to one would change every later round trip's coordinates.
+    from common.codec_index import seeded_indices, seeded_mask
+
+    seed = bytes(range(16))
+    indices = seeded_indices(seed, 1000, 37)
+    assert np.array_equal(indices, reference_seeded_mask(seed, 1000, 37))
+    assert np.array_equal(indices, np.flatnonzero(seeded_mask(seed, 1000, 37)))
+    for shared in (indices, seeded_mask(seed, 1000, 37)):
+        with pytest.raises(ValueError):
+            shared[0] = shared[1]
+
+
 @pytest.mark.parametrize("bits", [2, 4, 32])
 def test_random_mask_is_unbiased_up_to_the_kept_fraction(bits: int) -> None:
     # Over fresh seeds each coordinate is kept with probability k / size and its kept value is
