@@ -20,6 +20,7 @@ import argparse
 import dataclasses
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -31,7 +32,12 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from benchmarks.codec_micro import micro_table, microbench, update_codec_seconds
+from benchmarks.codec_micro import (
+    downlink_seconds,
+    micro_table,
+    microbench,
+    update_codec_seconds,
+)
 from benchmarks.codec_results import (
     RunSummary,
     SettingSummary,
@@ -43,6 +49,7 @@ from benchmarks.codec_results import (
 from benchmarks.command_line import add_assignments, benchmark_parser, config_keys, refuse
 from benchmarks.provenance import RESULTS_DIR, write_json
 from benchmarks.runs import BenchmarkError, run_simulation
+from common import subspace
 from common.codec import CodecParams
 from common.config import DATASETS, MODELS, ConfigValue, FedveilConfig
 from common.sealing import AggregatorKeyPair
@@ -265,6 +272,13 @@ def run_all(plan: Plan, runs_dir: Path, *, verbose: bool, log: Console) -> list[
     return summaries
 
 
+def downlink_bits(plan: Plan, setting: Setting) -> int:
+    """Return the ``codec.downlink-bits`` a setting's runs used (its own, ``--set``, default)."""
+    if setting.downlink_bits is not None:
+        return setting.downlink_bits
+    return FedveilConfig.from_flat(plan.flat).codec_downlink_bits
+
+
 def aggregate(
     plan: Plan, runs: Sequence[RunSummary], keypair: AggregatorKeyPair
 ) -> list[SettingSummary]:
@@ -273,10 +287,17 @@ def aggregate(
     out = []
     for setting in plan.settings:
         mine = [r for r in runs if r.setting == setting.name]
-        seconds = update_codec_seconds(
-            setting.params, mine[0].parameters, keypair, plan.repeats, plan.seeds[0]
+        size = mine[0].parameters
+        seconds = update_codec_seconds(setting.params, size, keypair, plan.repeats, plan.seeds[0])
+        down = downlink_seconds(
+            size,
+            downlink_bits(plan, setting),
+            setting.topk if setting.mask == subspace.MODE else None,
+            statistics.fmean(r.clients_per_round for r in mine),
+            plan.repeats,
+            plan.seeds[0],
         )
-        out.append(summarize_setting(mine, dense, seconds))
+        out.append(summarize_setting(mine, dense, seconds, down))
     return out
 
 
@@ -299,6 +320,7 @@ def settings_table(plan: Plan, settings: Sequence[SettingSummary]) -> Table:
         "vs dense (pts)",
         "round s",
         "codec+seal share",
+        "downlink share",
     ):
         table.add_column(name, justify="left" if name == "setting" else "right")
     for s in settings:
@@ -313,6 +335,7 @@ def settings_table(plan: Plan, settings: Sequence[SettingSummary]) -> Table:
             f"{s.diff_points:+.2f}",
             f"{s.round_seconds:.2f}",
             f"{100 * s.codec_share:.3f} %",
+            f"{100 * s.downlink_share:.3f} %",
         )
     return table
 

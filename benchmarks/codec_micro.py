@@ -11,6 +11,7 @@ outside ``common.sealing``: it measures the floor sealing is compared with and p
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import math
 import os
@@ -24,9 +25,21 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from rich.table import Table
 
 from common.codec import CodecParams, EncodedUpdate, Float32Array, decode_update, encode_update
+from common.crypto.signing import SigningKey
+from common.downlink import (
+    DENSE_BITS,
+    DownlinkHeader,
+    Expected,
+    Subspace,
+    apply_change,
+    digest,
+    encode_change,
+    open_blob,
+    signed_message,
+)
 from common.envelope import DPFacts, open_client_update, seal_client_update
 from common.sealing import AggregatorKeyPair, CodecHeader, SealContext, open_update, seal_update
-from common.subspace import MODE, round_seed
+from common.subspace import MODE, round_mask, round_seed
 
 MB = 1e6
 DENSE_F32 = CodecParams(topk=1.0, bits=32)
@@ -203,6 +216,66 @@ def update_codec_seconds(
         _seal_and_open(_encode(vector, params, rng).payload, params, size, keypair)
 
     return median_seconds(round_trip, repeats)
+
+
+def downlink_seconds(
+    size: int, bits: int, fraction: float | None, clients: float, repeats: int, seed: int
+) -> float:
+    """Median seconds the signed downlink costs per node and round, at both ends.
+
+    A node one round behind (the steady state when every client trains every round) gets the
+    model's change since its reference: the server encodes it once a round and hashes the new
+    reference, a cost shared by the round's ``clients``; per node it signs a blob, which the
+    node verifies, finds its reference by digest, decodes onto it and checks the rebuilt
+    model's digest. Not counted: the node's reading and writing of its references on disk.
+
+    Args:
+        size: Model coordinates.
+        bits: ``codec.downlink-bits`` (0: raw float32, sent whole rather than as a change).
+        fraction: The subspace the change lies in (``codec.topk`` under ``codec.mask =
+            "subspace"``), or ``None`` for a change on every coordinate.
+        clients: Nodes per round that share the server's per-round work.
+        repeats: Timing samples.
+        seed: Seeds the model and its change.
+
+    """
+    rng = np.random.default_rng(seed)
+    bits = DENSE_BITS if bits == 0 else bits
+    base = update_vector(size, rng) * np.float32(100)
+    change = update_vector(size, rng)
+    subspace = None
+    if fraction is not None:
+        subspace = Subspace(round_seed(0, 1), fraction)
+        change[~round_mask(0, 1, size, fraction)] = 0
+    if bits == DENSE_BITS:
+        base = np.zeros(size, dtype=np.float32)
+    target = base + change
+    signer = SigningKey.from_seed(bytes(32))
+    expected = Expected(run_id=1, server_round=2, node_id=1, size=size)
+
+    def per_round() -> tuple[bytes, bytes]:
+        payload, reference = encode_change(target, base, bits, rng, subspace)
+        return payload, digest(reference)
+
+    base_digest = digest(base)  # the server keeps each reference's digest
+
+    def per_node(payload: bytes, target_digest: bytes) -> None:
+        header = DownlinkHeader(bits, size, 1, 2, 1, base_digest, target_digest, len(payload))
+        packed = header.pack()
+        payload_hash = hashlib.sha256(payload).digest()
+        blob = packed + payload + signer.sign(signed_message(packed, payload_hash))
+        got, body = open_blob(blob, signer.public_bytes, expected)
+        # The node names its held reference by hashing it (client.downlink), then rebuilds.
+        if digest(base) != got.base:
+            raise AssertionError("the node's reference does not match the blob's base")
+        model = apply_change(base, body, got.bits, fraction or 1.0)
+        if digest(model) != got.target:
+            raise AssertionError("the rebuilt model does not match its digest")
+
+    payload, target_digest = per_round()
+    return median_seconds(per_round, repeats) / clients + median_seconds(
+        lambda: per_node(payload, target_digest), repeats
+    )
 
 
 def _mb_s(value: float | None) -> str:

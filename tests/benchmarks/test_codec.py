@@ -160,3 +160,12 @@ def test_json_and_table_from_fabricated_runs(tmp_path: Path) -> None:
     assert len(doc["runs"]) == 2 and doc["load_average_before"][0] == 0.5
     assert doc["verdict"]["default"] is None  # 2 points below dense
     assert settings_table(plan, settings).row_count == 2
+
+
+def test_downlink_bits_are_the_settings_own_else_the_runs_default() -> None:
+    plan = build_plan(build_parser().parse_args(["--dataset", "digits"]))
+    default = FedveilConfig.from_flat({}).codec_downlink_bits
+
+    assert codec.downlink_bits(plan, DENSE) == 0
+    assert codec.downlink_bits(plan, codec.BY_NAME["sub5-4bit-down4"]) == 4
+    assert codec.downlink_bits(plan, codec.BY_NAME["sub5-4bit"]) == default

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
+from benchmarks import codec_micro
 from benchmarks.codec_micro import (
     DENSE_F32,
+    downlink_seconds,
     incompressible_vector,
     median_seconds,
     micro_table,
@@ -55,3 +58,18 @@ def test_microbench_gives_codec_rows_per_size_then_raw_rows(aggregator: Aggregat
 
 def test_micro_table_of_nothing_is_empty() -> None:
     assert micro_table([]).row_count == 0
+
+
+@pytest.mark.parametrize(("bits", "fraction"), [(0, None), (8, None), (4, 0.1)])
+def test_downlink_seconds_times_a_checked_round_trip(bits: int, fraction: float | None) -> None:
+    assert downlink_seconds(2000, bits, fraction, clients=4, repeats=1, seed=0) > 0
+
+
+def test_downlink_seconds_refuses_a_round_trip_that_rebuilds_another_model(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # What is timed is what a node does, digest check included: a decoder that dropped the
+    # change would be caught, not timed.
+    monkeypatch.setattr(codec_micro, "apply_change", lambda base, *_: base)
+    with pytest.raises(AssertionError, match="digest"):
+        downlink_seconds(2000, 8, 0.1, clients=4, repeats=1, seed=0)

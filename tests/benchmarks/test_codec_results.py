@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 from typing import Any
 
@@ -133,6 +134,10 @@ def test_setting_aggregates_seeds_against_the_dense_mean() -> None:
     assert s.total_ratio == pytest.approx(800 / 52)
     # 0.002 s per update x 10 clients per round / 2 s per round.
     assert s.codec_share == pytest.approx(0.01)
+    assert s.downlink_share == 0.0
+    with_downlink = codec_results.summarize_setting(runs, dense, 0.002, downlink_seconds=0.001)
+    assert with_downlink.downlink_share == pytest.approx(0.005)
+    assert with_downlink.codec_share == pytest.approx(0.01)
 
 
 def test_one_seed_has_zero_sd_and_no_runs_is_an_error() -> None:
@@ -187,3 +192,18 @@ def test_verdict_never_picks_the_dense_baseline() -> None:
 
     assert v["default"] is None and v["aggressive"] is None
     assert "none qualifies" in codec_results.verdict_lines("m", v)[0]
+
+
+def test_codec_share_target_is_the_compressed_settings_with_dense_and_downlink_beside() -> None:
+    settings = [
+        _setting("dense", 1.0, 1.0, 0.0, share=0.03),
+        dataclasses.replace(_setting("a", 30.0, 20.0, 0.0, share=0.004), downlink_share=0.007),
+        _setting("b", 30.0, 20.0, 0.0, share=0.006),
+    ]
+
+    v = codec_results.verdict(settings)
+
+    assert v["max_codec_share"] == 0.006 and v["codec_share_met"]
+    assert v["max_share_with_downlink"] == pytest.approx(0.011)
+    assert v["dense_codec_share"] == 0.03
+    assert "1.100 %" in codec_results.verdict_lines("m", v)[2]
