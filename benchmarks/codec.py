@@ -114,6 +114,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("sub5-4bit", 0.05, 4, mask="subspace"),
     Setting("sub5-4bit-down4", 0.05, 4, mask="subspace", downlink_bits=4),
     Setting("sub4-8bit", 0.04, 8, mask="subspace"),
+    Setting("sub5-4bit-down6", 0.05, 4, mask="subspace", downlink_bits=6),
+    Setting("sub6-3bit-down6", 0.06, 3, mask="subspace", downlink_bits=6),
+    Setting("sub7-2bit-down6", 0.07, 2, mask="subspace", downlink_bits=6),
 )
 """Dense float32 both ways first: the baseline of every ratio and accuracy difference.
 
@@ -125,7 +128,8 @@ index, ``rand25-sign`` none (a 16-byte seed), so it keeps many more coordinates 
 ``rand25-sign-down1`` also sends the model at 1 bit per value (a scaled sign of its change).
 ``subK-Bbit`` trains each round in the shared random subspace of ``K`` % of the coordinates
 (``codec.mask = "subspace"``, docs/subspace.md) and sends its values at ``B`` bits; the
-downlink then carries only the last round's subspace (``-down4``: at 4 bits a value).
+downlink then carries only the last round's subspace (``-downB``: at ``B`` bits a value); the
+last three spend the aggressive preset's byte budget (100x) on a larger subspace at fewer bits.
 """
 BY_NAME = {s.name: s for s in SETTINGS}
 
