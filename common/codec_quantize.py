@@ -68,8 +68,18 @@ def pack_codes(codes: npt.NDArray[np.uint8] | npt.NDArray[np.uint16], bits: int)
         return codes.astype("<u2", copy=False).tobytes()
     if bits == 8:
         return codes.tobytes()
-    # Expand each code to its low `bits` bits, then repack the bit stream densely.
     narrow = codes.astype(np.uint8, copy=False)
+    if 8 % bits == 0:
+        # Whole codes per byte: code j of a byte sits at bit offset bits * j, the same stream.
+        per_byte = 8 // bits
+        padded = np.zeros(-(-narrow.size // per_byte) * per_byte, dtype=np.uint8)
+        padded[: narrow.size] = narrow
+        lanes = padded.reshape(-1, per_byte)
+        packed = lanes[:, 0].copy()
+        for j in range(1, per_byte):
+            packed |= lanes[:, j] << np.uint8(bits * j)
+        return packed.tobytes()
+    # Expand each code to its low `bits` bits, then repack the bit stream densely.
     bit_matrix = np.unpackbits(narrow[:, None], axis=1, count=bits, bitorder="little")
     return np.packbits(bit_matrix.ravel(), bitorder="little").tobytes()
 
@@ -82,8 +92,13 @@ def dequantize(
     # A lookup table of grid points in [-1, 1] (endpoints exact): multiplying by a finite scale
     # can then never overflow to inf, whatever a hostile payload holds.
     grid = (np.arange(levels + 1, dtype=np.float64) * (2.0 / levels) - 1.0).astype(np.float32)
-    per_value = np.repeat(scales, CHUNK)[: codes.size]
-    return grid[codes] * per_value
+    values: Float32Array = grid[codes]
+    # Each chunk times its scale, in place: the same float32 products as repeating the scales.
+    full = codes.size // CHUNK
+    values[: full * CHUNK].reshape(full, CHUNK)[...] *= scales[:full, None]
+    if codes.size > full * CHUNK:
+        values[full * CHUNK :] *= scales[full]
+    return values
 
 
 def unpack_codes(
@@ -95,6 +110,16 @@ def unpack_codes(
     raw = np.frombuffer(section, dtype=np.uint8)
     if bits == 8:
         return raw
+    if 8 % bits == 0:
+        per_byte = 8 // bits
+        lanes = np.empty((raw.size, per_byte), dtype=np.uint8)
+        low = np.uint8((1 << bits) - 1)
+        for j in range(per_byte):
+            lanes[:, j] = (raw >> np.uint8(bits * j)) & low
+        codes = lanes.ravel()
+        if codes[k:].any():
+            raise CodecError("non-zero padding bits after the values")
+        return codes[:k]
     stream = np.unpackbits(raw, bitorder="little")
     if stream[k * bits :].any():
         raise CodecError("non-zero padding bits after the values")

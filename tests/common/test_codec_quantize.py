@@ -53,3 +53,48 @@ def test_one_bit_decodes_to_plus_or_minus_scale() -> None:
     encoded = encode_update(vector, params, np.random.default_rng(0))
     scale = np.abs(vector).max()
     assert set(np.abs(encoded.decoded).tolist()) == {float(scale)}
+
+
+# ------------------------------------------------------------------------------- code packing
+
+
+def _reference_stream(codes: list[int], bits: int) -> bytes:
+    """The documented layout, bit by bit: code i's bit b is stream bit ``i * bits + b``."""
+    out = bytearray(-(-len(codes) * bits // 8))
+    for i, code in enumerate(codes):
+        for b in range(bits):
+            if code >> b & 1:
+                position = i * bits + b
+                out[position // 8] |= 1 << (position % 8)
+    return bytes(out)
+
+
+def test_codes_pack_to_the_documented_stream() -> None:
+    from common.codec_quantize import pack_codes
+
+    assert pack_codes(np.array([1, 2, 3], dtype=np.uint8), 2) == bytes([0b0011_1001])
+    assert pack_codes(np.array([1, 0, 1, 1, 0, 0, 0, 0, 1], dtype=np.uint8), 1) == b"\x0d\x01"
+
+
+@pytest.mark.parametrize("bits", [1, 2, 3, 4, 5, 6, 7, 8])
+@pytest.mark.parametrize("k", [1, 7, 8, 9, 4099])
+def test_packing_matches_the_reference_and_unpacks(bits: int, k: int) -> None:
+    from common.codec_quantize import pack_codes, unpack_codes
+
+    codes = np.random.default_rng(k * bits).integers(0, 1 << bits, k).astype(np.uint8)
+    packed = pack_codes(codes, bits)
+
+    assert packed == _reference_stream(codes.tolist(), bits)
+    assert np.array_equal(unpack_codes(memoryview(packed), k, bits), codes)
+
+
+@pytest.mark.parametrize("bits", [1, 2, 4, 3])
+def test_unpacking_refuses_set_padding_bits(bits: int) -> None:
+    from common.codec import CodecError
+    from common.codec_quantize import pack_codes, unpack_codes
+
+    k = 3  # 3 * bits is never a whole number of bytes for these
+    packed = bytearray(pack_codes(np.zeros(k, dtype=np.uint8), bits))
+    packed[-1] |= 0x80
+    with pytest.raises(CodecError, match="padding"):
+        unpack_codes(memoryview(bytes(packed)), k, bits)
