@@ -68,7 +68,7 @@ SUMMARIES = "summaries.jsonl"
 
 @dataclass(frozen=True)
 class Setting:
-    """One codec configuration under test (``downlink_bits`` ``None``: the run's default)."""
+    """One codec configuration under test (``downlink_bits``, ``lr`` ``None``: the run's)."""
 
     name: str
     topk: float
@@ -77,6 +77,7 @@ class Setting:
     mask: str = "topk"
     quantizer: str = "stochastic"
     downlink_bits: int | None = None
+    lr: float | None = None
 
     @property
     def params(self) -> CodecParams:
@@ -94,6 +95,8 @@ class Setting:
         }
         if self.downlink_bits is not None:
             keys["codec.downlink-bits"] = self.downlink_bits
+        if self.lr is not None:
+            keys["lr"] = self.lr
         return keys
 
 
@@ -117,6 +120,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("sub5-4bit-down6", 0.05, 4, mask="subspace", downlink_bits=6),
     Setting("sub6-3bit-down6", 0.06, 3, mask="subspace", downlink_bits=6),
     Setting("sub7-2bit-down6", 0.07, 2, mask="subspace", downlink_bits=6),
+    Setting("sub5-4bit-lr2", 0.05, 4, mask="subspace", lr=2.0),
+    Setting("sub5-4bit-lr3", 0.05, 4, mask="subspace", lr=3.0),
+    Setting("sub10-4bit-lr2", 0.1, 4, mask="subspace", lr=2.0),
+    Setting("sub25-4bit-lr2", 0.25, 4, mask="subspace", lr=2.0),
 )
 """Dense float32 both ways first: the baseline of every ratio and accuracy difference.
 
@@ -129,7 +136,10 @@ index, ``rand25-sign`` none (a 16-byte seed), so it keeps many more coordinates 
 ``subK-Bbit`` trains each round in the shared random subspace of ``K`` % of the coordinates
 (``codec.mask = "subspace"``, docs/subspace.md) and sends its values at ``B`` bits; the
 downlink then carries only the last round's subspace (``-downB``: at ``B`` bits a value); the
-last three spend the aggressive preset's byte budget (100x) on a larger subspace at fewer bits.
+three after ``sub4-8bit`` spend the aggressive preset's byte budget (100x) on a larger subspace
+at fewer bits. ``-lrX`` trains at client learning rate ``X`` (``lr``) instead of the run's: a
+step's noise in a subspace of fraction ``f`` has ``sqrt(f)`` times the dense norm, so a larger
+step costs less noise there (docs/subspace.md).
 """
 BY_NAME = {s.name: s for s in SETTINGS}
 
