@@ -44,6 +44,9 @@ def test_every_setting_is_a_valid_config_and_dense_comes_first() -> None:
         config = FedveilConfig.from_flat(s.overrides())
         assert (config.codec_topk, config.codec_bits) == (s.topk, s.bits)
         assert config.codec_quantizer == s.params.quantizer == s.quantizer
+        default_lr = FedveilConfig.from_flat({}).lr
+        assert config.lr == (default_lr if s.lr is None else s.lr)
+    assert any(s.lr is not None for s in SETTINGS)
 
 
 def test_plan_runs_dense_and_the_chosen_settings_over_consecutive_seeds() -> None:
