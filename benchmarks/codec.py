@@ -122,6 +122,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("sub7-2bit-down6", 0.07, 2, mask="subspace", downlink_bits=6),
     Setting("sub5-4bit-lr2", 0.05, 4, mask="subspace", lr=2.0),
     Setting("sub5-4bit-lr3", 0.05, 4, mask="subspace", lr=3.0),
+    Setting("sub5-4bit-down7-lr2", 0.05, 4, mask="subspace", downlink_bits=7, lr=2.0),
+    Setting("sub5-4bit-down6-lr2", 0.05, 4, mask="subspace", downlink_bits=6, lr=2.0),
+    Setting("sub5-4bit-down7-lr3", 0.05, 4, mask="subspace", downlink_bits=7, lr=3.0),
     Setting("sub10-4bit-lr2", 0.1, 4, mask="subspace", lr=2.0),
     Setting("sub25-4bit-lr2", 0.25, 4, mask="subspace", lr=2.0),
 )
