@@ -125,6 +125,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("sub5-4bit-down7-lr2", 0.05, 4, mask="subspace", downlink_bits=7, lr=2.0),
     Setting("sub5-4bit-down6-lr2", 0.05, 4, mask="subspace", downlink_bits=6, lr=2.0),
     Setting("sub5-4bit-down7-lr3", 0.05, 4, mask="subspace", downlink_bits=7, lr=3.0),
+    Setting("sub4.5-4bit-lr2", 0.045, 4, mask="subspace", lr=2.0),
     Setting("sub10-4bit-lr2", 0.1, 4, mask="subspace", lr=2.0),
     Setting("sub25-4bit-lr2", 0.25, 4, mask="subspace", lr=2.0),
 )
