@@ -92,7 +92,7 @@ def dequantize(
     # A lookup table of grid points in [-1, 1] (endpoints exact): multiplying by a finite scale
     # can then never overflow to inf, whatever a hostile payload holds.
     grid = (np.arange(levels + 1, dtype=np.float64) * (2.0 / levels) - 1.0).astype(np.float32)
-    values: Float32Array = grid[codes]
+    values: Float32Array = np.take(grid, codes)  # the same lookup, about twice as fast
     # Each chunk times its scale, in place: the same float32 products as repeating the scales.
     full = codes.size // CHUNK
     values[: full * CHUNK].reshape(full, CHUNK)[...] *= scales[:full, None]
