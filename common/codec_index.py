@@ -24,15 +24,16 @@ SEED_BYTES: Final = 16
 MAX_VARINT_BYTES: Final = 5
 
 
-@functools.lru_cache(maxsize=4)
+@functools.lru_cache(maxsize=2)
 def seeded_mask(seed: bytes, size: int, k: int) -> npt.NDArray[np.bool_]:
     """Return the ``(size,)`` mask of the ``k`` coordinates a 16-byte seed selects, read-only.
 
     Built only from PCG64's raw output stream and SeedSequence, which numpy keeps stable across
     releases (NEP 19), unlike ``Generator`` methods such as ``choice``; the selection itself is
-    a deterministic partition, so sender and receiver agree bit for bit. The last few masks are
-    kept: a round's shared subspace is drawn once per process and then found by the trainer,
-    the encoder, the opener, the decoder and the downlink alike; callers must not write to it.
+    a deterministic partition, so sender and receiver agree bit for bit. The last two masks are
+    kept (a round's and the one before, which the downlink asks for): a round's shared subspace
+    is drawn once per process and then found by the trainer, the encoder, the opener, the
+    decoder and the downlink alike; callers must not write to it.
     """
     keys: npt.NDArray[np.uint64] = np.asarray(
         np.random.PCG64(int.from_bytes(seed, "little")).random_raw(size), dtype=np.uint64
@@ -46,7 +47,7 @@ def seeded_mask(seed: bytes, size: int, k: int) -> npt.NDArray[np.bool_]:
     return mask
 
 
-@functools.lru_cache(maxsize=4)
+@functools.lru_cache(maxsize=2)
 def seeded_indices(seed: bytes, size: int, k: int) -> IntArray:
     """Return the ``k`` increasing coordinates of :func:`seeded_mask`, read-only and kept alike.
 
