@@ -291,10 +291,8 @@ def run_all(plan: Plan, runs_dir: Path, *, verbose: bool, log: Console) -> list[
 
 
 def downlink_bits(plan: Plan, setting: Setting) -> int:
-    """Return the ``codec.downlink-bits`` a setting's runs used (its own, ``--set``, default)."""
-    if setting.downlink_bits is not None:
-        return setting.downlink_bits
-    return FedveilConfig.from_flat(plan.flat).codec_downlink_bits
+    """Return the ``codec.downlink-bits`` a setting's runs used (its own, else the default)."""
+    return FedveilConfig.from_flat(run_keys(plan, setting, plan.seeds[0])).codec_downlink_bits
 
 
 def aggregate(

@@ -35,7 +35,7 @@ from common.downlink import (
     digest,
     encode_change,
     open_blob,
-    signed_message,
+    signed_blob,
 )
 from common.envelope import DPFacts, open_client_update, seal_client_update
 from common.sealing import AggregatorKeyPair, CodecHeader, SealContext, open_update, seal_update
@@ -241,14 +241,16 @@ def downlink_seconds(
     """
     rng = np.random.default_rng(seed)
     bits = DENSE_BITS if bits == 0 else bits
-    base = update_vector(size, rng) * np.float32(100)
+    # Raw float32 is sent whole, as a change from zeros.
+    if bits == DENSE_BITS:
+        base = np.zeros(size, dtype=np.float32)
+    else:
+        base = update_vector(size, rng) * np.float32(100)
     change = update_vector(size, rng)
     subspace = None
     if fraction is not None:
         subspace = Subspace(round_seed(0, 1), fraction)
         change[~round_mask(0, 1, size, fraction)] = 0
-    if bits == DENSE_BITS:
-        base = np.zeros(size, dtype=np.float32)
     target = base + change
     signer = SigningKey.from_seed(bytes(32))
     expected = Expected(run_id=1, server_round=2, node_id=1, size=size)
@@ -261,9 +263,8 @@ def downlink_seconds(
 
     def per_node(payload: bytes, target_digest: bytes) -> None:
         header = DownlinkHeader(bits, size, 1, 2, 1, base_digest, target_digest, len(payload))
-        packed = header.pack()
         payload_hash = hashlib.sha256(payload).digest()
-        blob = packed + payload + signer.sign(signed_message(packed, payload_hash))
+        blob = signed_blob(header.pack(), payload, payload_hash, signer)
         got, body = open_blob(blob, signer.public_bytes, expected)
         # The node names its held reference by hashing it (client.downlink), then rebuilds.
         if digest(base) != got.base:

@@ -34,7 +34,7 @@ from common.codec import (
     decode_update,
     encode_update,
 )
-from common.crypto.signing import SIGNATURE_LEN, BadSignature, verify
+from common.crypto.signing import SIGNATURE_LEN, BadSignature, SigningKey, verify
 
 MAGIC: Final = b"FVDL"
 VERSION: Final = 1
@@ -174,6 +174,15 @@ def apply_change(
 def signed_message(header: bytes, payload_hash: bytes) -> bytes:
     """Return what the aggregator signs: domain tag, the header, SHA-256 of the payload."""
     return DOMAIN + header + payload_hash
+
+
+def signed_blob(header: bytes, payload: bytes, payload_hash: bytes, signer: SigningKey) -> bytes:
+    """Return the blob :func:`open_blob` reads: header, payload, the signature over both.
+
+    ``payload_hash`` is SHA-256 of ``payload``, passed in because the server hashes a change
+    once and signs it for every node that gets it.
+    """
+    return header + payload + signer.sign(signed_message(header, payload_hash))
 
 
 @dataclass(frozen=True)

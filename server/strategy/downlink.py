@@ -41,7 +41,7 @@ from common.downlink import (
     Subspace,
     digest,
     encode_change,
-    signed_message,
+    signed_blob,
     zero_digest,
 )
 from common.weights import flatten
@@ -131,8 +131,7 @@ class CompressedDownlink(StrategyWrapper):
                 target=change.target_digest,
                 payload_len=len(change.payload),
             ).pack()
-            signature = self.signer.sign(signed_message(header, change.payload_hash))
-            blob = header + change.payload + signature
+            blob = signed_blob(header, change.payload, change.payload_hash, self.signer)
             record = ConfigRecord(
                 {protocol.DOWNLINK_BLOB: blob, protocol.SIGNING_KEY: self.signer.public_bytes}
             )
