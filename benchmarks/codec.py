@@ -117,17 +117,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("sub5-4bit", 0.05, 4, mask="subspace"),
     Setting("sub5-4bit-down4", 0.05, 4, mask="subspace", downlink_bits=4),
     Setting("sub4-8bit", 0.04, 8, mask="subspace"),
-    Setting("sub5-4bit-down6", 0.05, 4, mask="subspace", downlink_bits=6),
-    Setting("sub6-3bit-down6", 0.06, 3, mask="subspace", downlink_bits=6),
-    Setting("sub7-2bit-down6", 0.07, 2, mask="subspace", downlink_bits=6),
     Setting("sub5-4bit-lr2", 0.05, 4, mask="subspace", lr=2.0),
-    Setting("sub5-4bit-lr3", 0.05, 4, mask="subspace", lr=3.0),
     Setting("sub5-4bit-down7-lr2", 0.05, 4, mask="subspace", downlink_bits=7, lr=2.0),
     Setting("sub5-4bit-down6-lr2", 0.05, 4, mask="subspace", downlink_bits=6, lr=2.0),
     Setting("sub5-4bit-down7-lr3", 0.05, 4, mask="subspace", downlink_bits=7, lr=3.0),
     Setting("sub4.5-4bit-lr2", 0.045, 4, mask="subspace", lr=2.0),
-    Setting("sub10-4bit-lr2", 0.1, 4, mask="subspace", lr=2.0),
-    Setting("sub25-4bit-lr2", 0.25, 4, mask="subspace", lr=2.0),
 )
 """Dense float32 both ways first: the baseline of every ratio and accuracy difference.
 
@@ -139,11 +133,10 @@ index, ``rand25-sign`` none (a 16-byte seed), so it keeps many more coordinates 
 ``rand25-sign-down1`` also sends the model at 1 bit per value (a scaled sign of its change).
 ``subK-Bbit`` trains each round in the shared random subspace of ``K`` % of the coordinates
 (``codec.mask = "subspace"``, docs/subspace.md) and sends its values at ``B`` bits; the
-downlink then carries only the last round's subspace (``-downB``: at ``B`` bits a value); the
-three after ``sub4-8bit`` spend the aggressive preset's byte budget (100x) on a larger subspace
-at fewer bits. ``-lrX`` trains at client learning rate ``X`` (``lr``) instead of the run's: a
-step's noise in a subspace of fraction ``f`` has ``sqrt(f)`` times the dense norm, so a larger
-step costs less noise there (docs/subspace.md).
+downlink then carries only the last round's subspace (``-downB``: at ``B`` bits a value).
+``-lrX`` trains at client learning rate ``X`` (``lr``) instead of the run's: a step's noise in
+a subspace of fraction ``f`` has ``sqrt(f)`` times the dense norm, so a larger step costs less
+noise there (docs/subspace.md); ``sub5-4bit-down7-lr2`` is the aggressive preset.
 """
 BY_NAME = {s.name: s for s in SETTINGS}
 
